@@ -1,0 +1,71 @@
+"""A generator of synthetic HAM10000-layout folders for fast unit tests (never instead of real data)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+
+
+def make_fake_ham10000(
+    root: Path,
+    per_class: int = 4,
+    images_per_lesion: int = 2,
+    size: tuple[int, int] = (200, 150),
+    layout: str = "images",
+    fmt: str = "jpg",
+    dataverse: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write `per_class` images of each class plus a metadata CSV below `root`; return `root`.
+
+    layout: "images" (one images/ folder), "parts" (HAM10000_images_part_1/_part_2) or "nested"
+    (images a few folders deep). size is (width, height). Each class gets its own mean colour so a
+    model can tell them apart. dataverse=True adds the Dataverse CSV's extra `dataset` column.
+    """
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    n = 0
+    for c, dx in enumerate(CLASSES):
+        for i in range(per_class):
+            image_id = f"ISIC_{9000000 + n:07d}"
+            lesion_id = f"HAM_{c:02d}{i // images_per_lesion:05d}"
+            if layout == "images":
+                folder = root / "images"
+            elif layout == "parts":
+                folder = root / ("HAM10000_images_part_1" if n % 2 == 0 else "HAM10000_images_part_2")
+            elif layout == "nested":
+                folder = root / "downloads" / "ham" / f"batch{n % 3}"
+            else:
+                raise ValueError(f"unknown layout {layout!r}")
+            folder.mkdir(parents=True, exist_ok=True)
+            base = np.array([30 + 30 * c, 200 - 25 * c, 120], dtype=np.float32)
+            pixels = base + rng.normal(0, 20, size=(size[1], size[0], 3))
+            img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            img.save(folder / f"{image_id}.{fmt}")
+            row = {
+                "lesion_id": lesion_id,
+                "image_id": image_id,
+                "dx": dx,
+                "dx_type": "histo",
+                "age": str(float(20 + n % 60)),
+                "sex": "male" if n % 2 else "female",
+                "localization": "back",
+            }
+            if dataverse:
+                row["dataset"] = "vidir_modern"
+            rows.append(row)
+            n += 1
+    columns = COLUMNS + (["dataset"] if dataverse else [])
+    with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
