@@ -1,4 +1,4 @@
-"""A generator of synthetic HAM10000-layout folders for fast unit tests (never instead of real data)."""
+"""Synthetic HAM10000-layout folders for fast unit tests (never instead of real data)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ def make_fake_ham10000(
 ) -> Path:
     """Write `per_class` images of each class plus a metadata CSV below `root`; return `root`.
 
-    layout: "images" (one images/ folder), "parts" (HAM10000_images_part_1/_part_2) or "nested"
-    (images a few folders deep). size is (width, height). Each class gets its own mean colour so a
-    model can tell them apart. dataverse=True adds the Dataverse CSV's extra `dataset` column.
+    layout: "images" (one images/ folder), "parts" (HAM10000_images_part_1/_part_2),
+    "parts_lower" (ham10000_images_part_1/_part_2), "kaggle" (both letter cases, every image
+    twice, as the Kaggle download ships) or "nested" (images a few folders deep). size is
+    (width, height). Each class gets its own mean colour so a model can tell them apart.
+    dataverse=True adds the Dataverse CSV's extra `dataset` column.
     """
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -39,8 +41,9 @@ def make_fake_ham10000(
             lesion_id = f"HAM_{c:02d}{i // images_per_lesion:05d}"
             if layout == "images":
                 folder = root / "images"
-            elif layout == "parts":
-                folder = root / ("HAM10000_images_part_1" if n % 2 == 0 else "HAM10000_images_part_2")
+            elif layout in ("parts", "parts_lower", "kaggle"):
+                part = "HAM10000_images_part_1" if n % 2 == 0 else "HAM10000_images_part_2"
+                folder = root / (part.lower() if layout == "parts_lower" else part)
             elif layout == "nested":
                 folder = root / "downloads" / "ham" / f"batch{n % 3}"
             else:
@@ -50,6 +53,12 @@ def make_fake_ham10000(
             pixels = base + rng.normal(0, 20, size=(size[1], size[0], 3))
             img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
             img.save(folder / f"{image_id}.{fmt}")
+            if layout == "kaggle":
+                twin = root / folder.name.lower()
+                twin.mkdir(exist_ok=True)
+                (twin / f"{image_id}.{fmt}").write_bytes(
+                    (folder / f"{image_id}.{fmt}").read_bytes()
+                )
             row = {
                 "lesion_id": lesion_id,
                 "image_id": image_id,
