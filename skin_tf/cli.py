@@ -73,7 +73,63 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_download)
 
 
-REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [_add_split, _add_download]
+def _calibrate(args: argparse.Namespace) -> int:
+    from skin_tf.calibration import calibrate_run
+
+    result = calibrate_run(args.run_dir, results_dir=args.results)
+    print(
+        f"temperature {result['temperature']:.3f} (fitted on val); test NLL "
+        f"{result['test']['nll_before']:.4f} -> {result['test']['nll_after']:.4f}, ECE "
+        f"{result['test']['ece_before']:.4f} -> {result['test']['ece_after']:.4f}"
+    )
+    return 0
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="fit temperature scaling on a run's validation predictions"
+    )
+    p.add_argument("run_dir", type=Path, help="a run directory made by `skin-tf train`")
+    p.add_argument("--results", type=Path, default=Path("results"), help="where figures go")
+    p.set_defaults(func=_calibrate)
+
+
+def _threshold(args: argparse.Namespace) -> int:
+    from skin_tf.threshold import threshold_run
+
+    result = threshold_run(
+        args.run_dir,
+        min_sensitivity=args.min_sensitivity,
+        results_dir=args.results,
+        n_boot=args.n_boot,
+        seed=args.seed,
+    )
+    val, test = result["val"], result["test"]
+    print(f"melanoma threshold {result['threshold']:.4f} chosen on val ({result['note']})")
+    print(f"  val : sensitivity {val['sensitivity']:.3f}  specificity {val['specificity']:.3f}")
+    print(f"  test: sensitivity {test['sensitivity']:.3f}  specificity {test['specificity']:.3f}")
+    print(f"report: {result['report']}")
+    return 0
+
+
+def _add_threshold(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "threshold", help="choose the melanoma operating point on val, report it on test"
+    )
+    p.add_argument("run_dir", type=Path, help="a run directory made by `skin-tf train`")
+    p.add_argument("--min-sensitivity", type=float, default=0.85, help="target val sensitivity")
+    p.add_argument("--results", type=Path, default=Path("results"), help="where reports go")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (over lesions)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_threshold)
+
+
+REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_split,
+    _add_download,
+    _add_calibrate,
+    _add_threshold,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
