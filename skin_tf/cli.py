@@ -124,6 +124,33 @@ def _add_threshold(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_threshold)
 
 
+def _tfds_prepare(args: argparse.Namespace) -> int:
+    from skin_tf.data import resolve_data_root
+    from skin_tf.tfds_ham10000 import prepare_ham10000
+
+    builder = prepare_ham10000(
+        resolve_data_root(args.data), args.tfds_dir, overwrite=args.overwrite
+    )
+    for name, split in builder.info.splits.items():
+        print(f"{name}: {split.num_examples} images")
+    print(f"prepared {builder.data_dir}")
+    return 0
+
+
+def _add_tfds_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tfds-prepare", help="build the ham10000 TFDS dataset (lesion split, seed 42)"
+    )
+    p.add_argument(
+        "--data", type=Path, help="HAM10000 folder (default: $SKIN_TF_DATA or data/ham10000)"
+    )
+    p.add_argument("--tfds-dir", type=Path, default=Path("~/tensorflow_datasets").expanduser())
+    p.add_argument(
+        "--overwrite", action="store_true", help="rebuild if --tfds-dir holds other data"
+    )
+    p.set_defaults(func=_tfds_prepare)
+
+
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_split,
     _add_download,
