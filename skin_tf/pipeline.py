@@ -29,6 +29,7 @@ RESIZE_MODES = ("squash", "crop")
 BALANCE_MODES = ("none", "sampler")
 DEFAULT_AUGMENT = AugmentConfig()
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SYNTH_MANIFEST = "manifest.csv"  # written by skin_tf.synth beside the class folders
 _JPEG_RATIOS = (1, 2, 4, 8)  # the DCT scaling factors libjpeg supports
 
 
@@ -353,14 +354,19 @@ def read_image_folder(root: str | Path) -> pd.DataFrame:
 
     Returns columns image_id ("<dx>/<file stem>"), path (absolute), dx, label, lesion_id (the
     image_id: each image stands alone). Unknown folder names, stray files, non-image files or an
-    empty class folder raise DataError naming them. Hidden files (".*") are ignored.
+    empty class folder raise DataError naming them. Hidden files (".*") and the `manifest.csv`
+    that `skin-tf synth` writes beside the class folders are ignored.
 
     >>> extra = read_image_folder("synthetic/")   # synthetic/mel/0001.png, synthetic/df/...
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"Image folder {root} does not exist: pass a folder of class subfolders.")
-    entries = [p for p in sorted(root.iterdir()) if not p.name.startswith(".")]
+    entries = [
+        p
+        for p in sorted(root.iterdir())
+        if not p.name.startswith(".") and not (p.name == SYNTH_MANIFEST and p.is_file())
+    ]
     unknown = [p.name for p in entries if not p.is_dir() or p.name not in CLASSES]
     if unknown:
         raise DataError(

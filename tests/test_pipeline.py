@@ -315,6 +315,7 @@ def _synthetic_tree(root: Path, counts: dict[str, int]) -> Path:
 def test_read_image_folder_indexes_class_folders(tmp_path):
     root = _synthetic_tree(tmp_path / "synth", {"mel": 3, "df": 2})
     (root / ".DS_Store").write_text("ignored")
+    (root / "manifest.csv").write_text("file,dx,seed,vae_run\n")  # skin-tf synth writes one
     frame = read_image_folder(root)
     assert len(frame) == 5 and set(frame["dx"]) == {"mel", "df"}
     assert (frame["label"] == frame["dx"].map(CLASSES.index)).all()
