@@ -1,0 +1,267 @@
+"""Run directories: unique names, JSON files, meta.json (provenance) and a one-line caption.
+
+A run lives in `runs/<UTC time>__<run-name>/` and holds config.json, meta.json, splits.csv,
+history.csv, best.keras, predictions_{val,test}.csv and metrics.json.
+
+    >>> run_dir = create_run_dir("runs", "baseline-smoke")  # doctest: +SKIP
+    >>> run_dir.name  # doctest: +SKIP
+    '20250101T120000Z__baseline-smoke'
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from PIL import Image
+
+if TYPE_CHECKING:
+    from skin_tf.config import TrainConfig
+
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+SOURCE_SIZE_SAMPLE = 200  # image headers read to find the most common source size
+
+
+def create_run_dir(runs_dir: str | os.PathLike, run_name: str) -> Path:
+    """Make and return a new `runs_dir/<UTC %Y%m%dT%H%M%SZ>__<run_name>` directory.
+
+    Never reuses a directory: when the name is taken (two runs started in the same second), a
+    counter is appended (`__name-2`, `__name-3`, …).
+
+    >>> create_run_dir("/tmp/runs", "demo").name  # doctest: +SKIP
+    '20250101T120000Z__demo'
+    """
+    if not RUN_NAME_PATTERN.match(run_name):
+        raise ValueError(
+            f"run name {run_name!r} must start with a letter or digit and contain only letters, "
+            "digits, '.', '_' and '-' (it becomes part of a folder name)"
+        )
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
+    for attempt in range(1, 1000):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        path = runs_dir / f"{stamp}__{run_name}{suffix}"
+        try:
+            path.mkdir()  # atomic: fails if another process created it first
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"could not find a free run directory name for {run_name} in {runs_dir}")
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """Write `value` as indented JSON (UTF-8, trailing newline); returns the path."""
+    path = Path(path)
+    path.write_text(json.dumps(value, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, with an error naming the file when it is missing or broken."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is this a complete run directory?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): rewrite or delete it") from err
+
+
+def git_sha(start: str | os.PathLike | None = None) -> str | None:
+    """The current commit of the git checkout holding `start` (default: this package), or None."""
+    folder = Path(start) if start else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha or None
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of python, tensorflow, keras, numpy and skin_tf (None when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("tensorflow", "keras", "numpy", "skin_tf"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> str:
+    """ "CPU (N cores)", or the GPU names TensorFlow sees (e.g. "GPU: NVIDIA A100")."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = []
+        for gpu in gpus:
+            details = tf.config.experimental.get_device_details(gpu)
+            names.append(details.get("device_name", gpu.name))
+        return "GPU: " + ", ".join(names)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU ({cores} cores)"
+
+
+def source_image_size(paths: list[str], sample: int = SOURCE_SIZE_SAMPLE) -> str | None:
+    """Most common "WxH" among an evenly spaced sample of image headers (pixels are not decoded).
+
+    >>> source_image_size(frame["path"].tolist())  # doctest: +SKIP
+    '200x150'
+    """
+    if not paths:
+        return None
+    step = max(1, len(paths) // sample)
+    sizes: collections.Counter[str] = collections.Counter()
+    for path in paths[::step][:sample]:
+        with Image.open(path) as image:
+            sizes[f"{image.width}x{image.height}"] += 1
+    return sizes.most_common(1)[0][0]
+
+
+def collect_meta(
+    config: TrainConfig,
+    data_root: str | os.PathLike,
+    frame: pd.DataFrame,
+    run_name: str | None = None,
+) -> dict[str, Any]:
+    """Provenance of a run for meta.json: code, library versions, seed, host, hardware and data.
+
+    `frame` is the index the run trains on (read_metadata, possibly subset); n_images counts it.
+
+    >>> meta = collect_meta(config, root, frame, run_name="baseline")  # doctest: +SKIP
+    >>> meta["data"]["source_size"]  # doctest: +SKIP
+    '200x150'
+    """
+    weights = "none" if config.weights is None else config.weights
+    return {
+        "run_name": run_name or config.name,
+        "config_name": config.name,
+        "profile": config.profile,
+        "created_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_sha": git_sha(),
+        "versions": package_versions(),
+        "seed": config.seed,
+        "host": platform.node(),
+        "platform": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "hardware": hardware(),
+        "precision": config.precision,
+        "model": config.model,
+        "weights": weights,
+        "image_size": config.image_size,
+        "epochs": config.epochs,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
+        "data": {
+            "root": str(Path(data_root).resolve()),
+            "source_size": source_image_size(frame["path"].astype(str).tolist()),
+            "n_images": len(frame),
+        },
+    }
+
+
+_FULL_SIZE = "600x450"  # the size of the original HAM10000 images
+
+
+def provenance(run_dir: str | os.PathLike) -> str:
+    """One-line caption of what produced a run's figures, from its meta.json (and history.csv).
+
+    >>> provenance("runs/20250101T120000Z__baseline-cpu")  # doctest: +SKIP
+    'HAM10000 200x150 copy · weights: none · B0 112 px · 10 epochs · CPU (2 cores) · run b0-cpu'
+    """
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "meta.json")
+    size = meta.get("data", {}).get("source_size")
+    data = "HAM10000 full-size" if size == _FULL_SIZE else f"HAM10000 {size or '?'} copy"
+    model = str(meta.get("model", "?"))
+    short_model = model.replace("efficientnet_", "").upper() if model.startswith("eff") else model
+    epochs = _epochs_trained(run_dir)
+    if epochs is None:
+        epochs_text = f"{meta.get('epochs')} epochs"
+    elif epochs == meta.get("epochs"):
+        epochs_text = f"{epochs} epochs"
+    else:
+        epochs_text = f"{epochs} of {meta.get('epochs')} epochs"
+    return " · ".join(
+        [
+            data,
+            f"weights: {meta.get('weights')}",
+            f"{short_model} {meta.get('image_size')} px",
+            epochs_text,
+            str(meta.get("hardware")),
+            f"run {meta.get('run_name')}",
+        ]
+    )
+
+
+def _epochs_trained(run_dir: Path) -> int | None:
+    history = run_dir / "history.csv"
+    if not history.is_file():
+        return None
+    try:
+        return len(pd.read_csv(history))
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+
+
+# ------------------------------------------------------------------ resuming: history and backups
+
+
+def completed_epochs(backup_dir: str | os.PathLike) -> int:
+    """Epochs finished according to the BackupAndRestore state below `backup_dir` (0 if none).
+
+    Each training phase keeps its own `<backup_dir>/<phase>/training_metadata.json`.
+    """
+    done = 0
+    for path in Path(backup_dir).glob("*/training_metadata.json"):
+        done = max(done, int(read_json(path).get("epoch", 0)))
+    return done
+
+
+def trim_history(history_path: str | os.PathLike, epochs: int) -> None:
+    """Keep only history rows of epochs < `epochs` (an epoch logged after its last backup is
+    re-run on resume and must not appear twice); delete the file when none remain."""
+    path = Path(history_path)
+    if not path.is_file():
+        return
+    try:
+        history = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        path.unlink()
+        return
+    kept = history[history["epoch"] < epochs]
+    if kept.empty:
+        path.unlink()
+    elif len(kept) < len(history):
+        kept.to_csv(path, index=False)
+
+
+def best_so_far(history_path: str | os.PathLike, metric: str, mode: str) -> float | None:
+    """Best value of `metric` in history.csv (min or max), None without rows; seeds the
+    checkpoint callback on resume so it only replaces best.keras with a better epoch."""
+    path = Path(history_path)
+    if not path.is_file():
+        return None
+    column = pd.read_csv(path)[metric].dropna()
+    if column.empty:
+        return None
+    return float(column.min() if mode == "min" else column.max())

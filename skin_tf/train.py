@@ -1,0 +1,514 @@
+"""Train one config end to end: split → fit (val metrics, best epoch, resume) → predict → metrics.
+
+    >>> from skin_tf.config import load_config
+    >>> run_dir = train(load_config("baseline", profile="smoke"), runs_dir="runs")  # doctest: +SKIP
+    >>> sorted(p.name for p in run_dir.iterdir())  # doctest: +SKIP
+    ['best.keras', 'config.json', 'history.csv', 'meta.json', 'metrics.json', ...]
+
+Shell: `skin-tf train --config baseline --profile cpu` (the last line printed is the run dir);
+`skin-tf train --resume runs/<run>` continues an interrupted run from its last finished epoch.
+
+Each epoch a callback predicts the validation set and adds val_loss, val_acc, val_macro_f1,
+val_balanced_acc and val_mel_recall to the logs; ModelCheckpoint keeps the epoch that is best by
+the config's `select_metric` as best.keras; CSVLogger appends history.csv; BackupAndRestore keeps
+the state of the last finished epoch in `<run>/backup/` until the run completes. Then best.keras
+predicts val and test (predictions_*.csv) and skin_tf.metrics writes metrics.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from skin_tf.config import ConfigError, TrainConfig, config_from_dict
+from skin_tf.data import CLASSES, MEL_INDEX
+from skin_tf.runs import collect_meta, create_run_dir, read_json, write_json
+
+if TYPE_CHECKING:  # TensorFlow loads only when training starts, so config errors come instantly
+    import keras
+    import tensorflow as tf
+
+RUN_FILES = (
+    "config.json",
+    "meta.json",
+    "splits.csv",
+    "history.csv",
+    "best.keras",
+    "predictions_val.csv",
+    "predictions_test.csv",
+    "metrics.json",
+)
+SPLITS = ("train", "val", "test")
+BACKUP_DIR = "backup"  # BackupAndRestore state; removed when the run completes
+RESUME_SEED_STRIDE = 7919  # training-stream seed offset per finished epoch on resume (a prime)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One `model.fit` call: epochs [start, end) with the backbone frozen or not."""
+
+    name: str
+    start: int
+    end: int
+    backbone_trainable: bool
+    learning_rate: float
+    warmup_epochs: int
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    """The fit calls of a run: head-only then whole model when freeze_epochs > 0, else one.
+
+    >>> [(p.name, p.start, p.end) for p in plan_phases(TrainConfig(freeze_epochs=2))]
+    [('head', 0, 2), ('finetune', 2, 10)]
+    """
+    if config.freeze_epochs == 0:
+        return [Phase("all", 0, config.epochs, True, config.learning_rate, config.warmup_epochs)]
+    head = Phase("head", 0, config.freeze_epochs, False, config.learning_rate, config.warmup_epochs)
+    finetune = Phase(
+        "finetune",
+        config.freeze_epochs,
+        config.epochs,
+        True,
+        config.learning_rate * config.fine_tune_lr_factor,
+        0,  # warm-up applies to the first phase only
+    )
+    return [head, finetune]
+
+
+def train(
+    config: TrainConfig | None = None,
+    data_root: str | os.PathLike | None = None,
+    runs_dir: str | os.PathLike = Path("runs"),
+    run_name: str | None = None,
+    resume: str | os.PathLike | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> Path:
+    """Train `config` into a new run directory (or finish the run in `resume`); return its path.
+
+    data_root defaults to $SKIN_TF_DATA or ./data/ham10000 (for a resume: the run's own data
+    root). run_name defaults to "<config name>" plus "-<profile>" for non-full profiles.
+    callbacks: extra Keras callbacks (e.g. TensorBoard), run after the run's own ones.
+    """
+    if resume is not None:
+        run_dir, config, root = _prepare_resume(Path(resume), config, data_root)
+        model, _ = _build_model(config)
+    else:
+        if config is None:
+            raise ValueError("train() needs a config (load_config(...)) or resume=RUN_DIR")
+        frame, root = _prepare_data(config, data_root)
+        # Built before the run directory exists: missing weights leave no half-made run behind.
+        model, policy = _build_model(config)
+        run_dir = _create_run(config, frame, root, Path(runs_dir), run_name, policy)
+    try:
+        _fit(run_dir, config, root, model, callbacks)
+        _evaluate(run_dir, config, root)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: continue with `skin-tf train --resume {run_dir}`", file=sys.stderr)
+        raise
+    shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)  # the run is complete
+    return run_dir
+
+
+# ------------------------------------------------------------------ preparing the run directory
+
+
+def default_run_name(config: TrainConfig) -> str:
+    """ "baseline" for the full profile, "baseline-cpu" / "baseline-smoke" otherwise."""
+    return config.name if config.profile == "full" else f"{config.name}-{config.profile}"
+
+
+def _check_inputs(config: TrainConfig) -> None:
+    """Errors that can be found before reading any image."""
+    if config.synthetic_dir is not None and not Path(config.synthetic_dir).expanduser().is_dir():
+        raise ConfigError(
+            f"synthetic_dir={config.synthetic_dir!r} is not a folder: generate synthetic images "
+            "first (see the cVAE notebook / `skin-tf synth`), or set synthetic_dir=null"
+        )
+    if config.weights not in (None, "imagenet") and not Path(config.weights).is_file():
+        raise ConfigError(f"weights={config.weights!r}: no such file")
+
+
+def _prepare_data(
+    config: TrainConfig, data_root: str | os.PathLike | None
+) -> tuple[pd.DataFrame, Path]:
+    """The run's index with its `split` column (subset first for smoke runs), and the data root."""
+    from skin_tf.data import lesion_subset, read_metadata, resolve_data_root, split_by_lesion
+
+    _check_inputs(config)
+    root = resolve_data_root(data_root)
+    frame = read_metadata(root)
+    if config.subset_per_class is not None:
+        frame = lesion_subset(frame, config.subset_per_class, seed=config.seed)
+    frame = split_by_lesion(frame, fractions=config.fractions, seed=config.seed)
+    _check_split(frame, config)
+    return frame, root
+
+
+def _create_run(
+    config: TrainConfig,
+    frame: pd.DataFrame,
+    root: Path,
+    runs_dir: Path,
+    run_name: str | None,
+    precision_policy: str,
+) -> Path:
+    """A new run directory holding config.json, splits.csv and meta.json."""
+    from skin_tf.data import write_splits
+
+    run_dir = create_run_dir(runs_dir, run_name or default_run_name(config))
+    write_json(run_dir / "config.json", config.to_dict())
+    write_splits(frame, run_dir / "splits.csv")
+    meta = collect_meta(config, root, frame, run_name=_name_of(run_dir))
+    meta["precision"] = precision_policy
+    write_json(run_dir / "meta.json", meta)
+    return run_dir
+
+
+def _build_model(config: TrainConfig) -> tuple[keras.Model, str]:
+    """Seed everything, set the precision policy, build the classifier; returns (model, policy)."""
+    import keras
+
+    from skin_tf.losses import configure_precision
+    from skin_tf.models import build_classifier
+
+    keras.utils.set_random_seed(config.seed)
+    policy = configure_precision(config.precision)
+    model = build_classifier(config.model, config.image_size, config.weights, config.dropout)
+    return model, policy
+
+
+def _name_of(run_dir: Path) -> str:
+    return run_dir.name.split("__", 1)[-1]
+
+
+def _check_split(frame: pd.DataFrame, config: TrainConfig) -> None:
+    for split in ("train", "val", "test"):
+        if not (frame["split"] == split).any():
+            raise ValueError(f"the {split} split is empty: use more data or other fractions")
+    val = frame[frame["split"] == "val"]
+    if config.select_metric == "val_mel_recall" and not (val["label"] == MEL_INDEX).any():
+        raise ConfigError(
+            "select_metric='val_mel_recall' but the val split holds no melanoma: choose "
+            "another select_metric or a larger subset"
+        )
+
+
+def _prepare_resume(
+    run_dir: Path, config: TrainConfig | None, data_root: str | os.PathLike | None
+) -> tuple[Path, TrainConfig, Path]:
+    from skin_tf.data import resolve_data_root
+
+    for name in ("config.json", "meta.json", "splits.csv"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"cannot resume {run_dir}: it has no {name}")
+    if (run_dir / "metrics.json").is_file():
+        raise FileExistsError(f"{run_dir} is already complete (it has metrics.json)")
+    stored = config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir))
+    if config is not None and config != stored:
+        raise ConfigError(
+            f"--resume continues {run_dir} with its own config.json: drop --config/--set, or "
+            "start a new run"
+        )
+    _check_inputs(stored)
+    if data_root is None:
+        data_root = read_json(run_dir / "meta.json")["data"]["root"]
+    return run_dir, stored, resolve_data_root(data_root)
+
+
+# ------------------------------------------------------------------ training
+
+
+def _frames(run_dir: Path, data_root: Path) -> dict[str, pd.DataFrame]:
+    """Train/val/test index frames of the run, in splits.csv order, joined to image paths."""
+    from skin_tf.data import read_metadata, read_splits
+
+    splits = read_splits(run_dir / "splits.csv")
+    index = read_metadata(data_root).set_index("image_id")
+    missing = ~splits["image_id"].isin(index.index)
+    if missing.any():
+        raise ValueError(
+            f"{missing.sum()} images of {run_dir / 'splits.csv'} are not in {data_root} "
+            f"(e.g. {splits.loc[missing, 'image_id'].head(3).tolist()}): pass --data pointing "
+            "at the data the run was made with"
+        )
+    joined = index.loc[splits["image_id"]].reset_index()
+    joined["split"] = splits["split"].to_numpy()
+    return {s: joined[joined["split"] == s].reset_index(drop=True) for s in SPLITS}
+
+
+def _augment_config(config: TrainConfig):
+    from skin_tf.pipeline import AugmentConfig
+
+    if config.augment is None:
+        return None
+    return AugmentConfig(**dataclasses.asdict(config.augment))
+
+
+def class_weight_for(config: TrainConfig, train_frame: pd.DataFrame) -> dict[int, float] | None:
+    """`model.fit` class weights from the TRAIN split: inverse frequency (mean 1) if
+    config.class_weights, times mel_multiplier on melanoma; None when both are off.
+
+    >>> config = TrainConfig(class_weights=False, mel_multiplier=3.0)
+    >>> class_weight_for(config, frame)[4]  # doctest: +SKIP
+    3.0
+    """
+    from skin_tf.pipeline import class_weights
+
+    if config.class_weights:
+        return class_weights(train_frame, mel_multiplier=config.mel_multiplier)
+    if config.mel_multiplier != 1.0:
+        weights = {c: 1.0 for c in range(len(CLASSES))}
+        weights[MEL_INDEX] = config.mel_multiplier
+        return weights
+    return None
+
+
+def _datasets(
+    config: TrainConfig,
+    frames: dict[str, pd.DataFrame],
+    splits: tuple[str, ...] = SPLITS,
+    epochs_done: int = 0,
+) -> dict[str, tf.data.Dataset]:
+    """Datasets of the given splits: train shuffled/augmented/balanced, val and test in order.
+
+    The training stream is seeded by config.seed and `epochs_done`: a resumed run draws fresh
+    shuffles and augmentations instead of replaying, with trained weights, the exact batches of
+    its first epoch (which a seeded stream restarted from scratch would do).
+    """
+    from skin_tf.pipeline import make_dataset
+
+    common = {"resize": config.resize, "cache": config.cache}
+    datasets = {}
+    if "train" in splits:
+        datasets["train"] = make_dataset(
+            frames["train"],
+            config.image_size,
+            training=True,
+            batch_size=config.batch_size,
+            augment=_augment_config(config),
+            balance=config.balance,
+            sampler_power=config.sampler_power,
+            synthetic_dir=config.synthetic_dir,
+            seed=config.seed + RESUME_SEED_STRIDE * epochs_done,
+            **common,
+        )
+    for split in [s for s in splits if s != "train"]:
+        datasets[split] = make_dataset(
+            frames[split], config.image_size, training=False, batch_size=config.batch_size, **common
+        )
+    return datasets
+
+
+def _fit(
+    run_dir: Path,
+    config: TrainConfig,
+    root: Path,
+    model: keras.Model,
+    extra: Sequence[keras.callbacks.Callback],
+) -> None:
+    """Run the phases of plan_phases, resuming from the run's backups where they exist."""
+    import keras
+
+    from skin_tf.losses import build_loss, build_optimizer
+    from skin_tf.models import set_backbone_trainable
+    from skin_tf.runs import best_so_far, completed_epochs, trim_history
+
+    epochs_done = completed_epochs(run_dir / BACKUP_DIR)
+    history = run_dir / "history.csv"
+    trim_history(history, epochs_done)
+    frames = _frames(run_dir, root)
+    datasets = _datasets(config, frames, epochs_done=epochs_done)
+    steps = len(datasets["train"])
+    weights = class_weight_for(config, frames["train"])
+    loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
+    validation = _validation_callback(datasets["val"], frames["val"]["label"].to_numpy(), loss)
+    for phase in plan_phases(config):
+        if config.freeze_epochs:  # single-phase runs keep every layer (BatchNorm too) trainable
+            set_backbone_trainable(model, phase.backbone_trainable)
+        optimizer = build_optimizer(
+            phase.learning_rate,
+            config.weight_decay,
+            total_steps=steps * (phase.end - phase.start),
+            warmup_steps=steps * phase.warmup_epochs,
+            schedule=config.lr_schedule,
+        )
+        model.compile(
+            optimizer,
+            loss,
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+            jit_compile=config.jit_compile,
+        )
+        # BackupAndRestore sets this private field when it restores; a stale value from the
+        # previous phase would otherwise override initial_epoch below.
+        model._initial_epoch = None
+        callbacks = [
+            validation,  # first: later callbacks read the val_* values it adds to the logs
+            keras.callbacks.ModelCheckpoint(
+                run_dir / "best.keras",
+                monitor=config.select_metric,
+                mode=config.select_mode,
+                save_best_only=True,
+                initial_value_threshold=best_so_far(
+                    history, config.select_metric, config.select_mode
+                ),
+            ),
+            keras.callbacks.CSVLogger(history, append=True),
+            keras.callbacks.BackupAndRestore(
+                run_dir / BACKUP_DIR / phase.name, delete_checkpoint=False
+            ),
+            *extra,
+        ]
+        model.fit(
+            datasets["train"],
+            epochs=phase.end,
+            initial_epoch=phase.start,
+            class_weight=weights,
+            callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles (seeded); Keras cannot shuffle a tf.data set
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+
+
+# ------------------------------------------------------------------ predictions and metrics
+
+
+def predict_frame(
+    model: keras.Model, dataset: tf.data.Dataset, frame: pd.DataFrame, tta: bool = False
+) -> pd.DataFrame:
+    """image_id, dx, p_<class>… for a dataset built from `frame` with training=False (same order).
+
+    tta=True averages the softmax over the image and its horizontal and vertical flips.
+    """
+    probs = predict_probs(model, dataset, tta=tta)
+    if len(probs) != len(frame):
+        raise RuntimeError(f"predicted {len(probs)} rows for {len(frame)} images")
+    out = frame[["image_id", "dx"]].reset_index(drop=True).copy()
+    for i, code in enumerate(CLASSES):
+        out[f"p_{code}"] = probs[:, i]
+    return out
+
+
+def _evaluate(run_dir: Path, config: TrainConfig, root: Path) -> None:
+    import keras
+
+    from skin_tf.metrics import (
+        classification_metrics,
+        evaluate_split,
+        frame_arrays,
+        read_predictions,
+    )
+    from skin_tf.metrics import write_json as write_metrics_json
+
+    best = run_dir / "best.keras"
+    if not best.is_file():
+        raise RuntimeError(f"{best} is missing: no epoch was checkpointed; check history.csv")
+    model = keras.saving.load_model(best, compile=False)
+    frames = _frames(run_dir, root)
+    datasets = _datasets(config, frames, ("val", "test"))
+    report: dict[str, Any] = _selection_summary(run_dir / "history.csv", config)
+    for split in ("val", "test"):
+        predictions = predict_frame(model, datasets[split], frames[split], tta=config.tta)
+        predictions.to_csv(run_dir / f"predictions_{split}.csv", index=False, float_format="%.6f")
+        frame = read_predictions(run_dir, split)
+        if config.bootstrap > 0:
+            report[split] = evaluate_split(frame, n_boot=config.bootstrap, seed=config.seed)
+        else:
+            labels, probs, lesions = frame_arrays(frame)
+            report[split] = classification_metrics(labels, probs)
+            report[split]["n_lesions"] = int(pd.Series(lesions).nunique())
+    write_metrics_json(run_dir / "metrics.json", report)
+
+
+def _selection_summary(history_path: Path, config: TrainConfig) -> dict[str, Any]:
+    history = pd.read_csv(history_path)
+    column = history[config.select_metric]
+    row = column.idxmin() if config.select_mode == "min" else column.idxmax()
+    return {
+        "select_metric": config.select_metric,
+        "best_epoch": int(history.loc[row, "epoch"]) + 1,  # 1-based, as in the progress bar
+        "best_value": float(column[row]),
+        "epochs_trained": len(history),
+        "tta": config.tta,
+    }
+
+
+# ------------------------------------------------------------------ per-epoch validation
+
+
+def predict_probs(model: keras.Model, dataset: tf.data.Dataset, tta: bool = False) -> np.ndarray:
+    """Softmax probabilities (n, 7) for an ordered (images, labels) dataset, float64.
+
+    tta=True averages over the image, its left-right flip and its up-down flip.
+    """
+    import tensorflow as tf
+
+    def as_is(images, labels):
+        return images
+
+    def flip_left_right(images, labels):
+        return tf.reverse(images, axis=[2])
+
+    def flip_up_down(images, labels):
+        return tf.reverse(images, axis=[1])
+
+    views = [as_is, flip_left_right, flip_up_down] if tta else [as_is]
+    probs = [
+        np.asarray(model.predict(dataset.map(view), verbose=0), dtype=np.float64) for view in views
+    ]
+    return np.mean(probs, axis=0)
+
+
+def validation_logs(labels: np.ndarray, probs: np.ndarray, loss_fn: Any) -> dict[str, float]:
+    """The per-epoch selection metrics: val_loss, val_acc, val_macro_f1, val_balanced_acc,
+    val_mel_recall (NaN when the val split has no melanoma).
+
+    >>> logs = validation_logs(np.array([4, 5]), np.eye(7)[[4, 5]], build_loss())
+    >>> logs["val_acc"], logs["val_mel_recall"]  # doctest: +SKIP
+    (1.0, 1.0)
+    """
+    from skin_tf.metrics import (
+        fast_accuracy,
+        fast_balanced_accuracy,
+        fast_macro_f1,
+        fast_mel_sensitivity,
+    )
+
+    loss = loss_fn(labels.astype(np.int32), probs.astype(np.float32))
+    return {
+        "val_loss": float(np.asarray(loss)),
+        "val_acc": fast_accuracy(labels, probs),
+        "val_macro_f1": fast_macro_f1(labels, probs),
+        "val_balanced_acc": fast_balanced_accuracy(labels, probs),
+        "val_mel_recall": fast_mel_sensitivity(labels, probs),
+    }
+
+
+def _validation_callback(dataset: tf.data.Dataset, labels: np.ndarray, loss_fn: Any):
+    import keras
+
+    class ValidationMetrics(keras.callbacks.Callback):
+        """Predicts the val set after each epoch and adds `validation_logs` to the epoch logs.
+
+        One pass over the val set serves the loss and every metric (fit gets no
+        validation_data, so Keras does not predict it a second time).
+        """
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if logs is None:
+                return
+            probs = predict_probs(self.model, dataset)
+            logs.update(validation_logs(labels, probs, loss_fn))
+
+    return ValidationMetrics()
+
+
+# ------------------------------------------------------------------ command line

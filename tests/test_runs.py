@@ -1,0 +1,157 @@
+"""Run directories: naming, no overwrite, JSON helpers, meta.json, provenance, resume helpers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skin_tf.config import load_config
+from skin_tf.runs import (
+    best_so_far,
+    collect_meta,
+    completed_epochs,
+    create_run_dir,
+    provenance,
+    read_json,
+    source_image_size,
+    trim_history,
+    write_json,
+)
+
+RUN_DIR_NAME = re.compile(r"^\d{8}T\d{6}Z__(?P<name>.+)$")
+
+
+def test_run_dir_is_named_by_utc_time_and_run_name(tmp_path: Path):
+    run_dir = create_run_dir(tmp_path / "runs", "baseline-smoke")
+    assert run_dir.is_dir() and run_dir.parent == tmp_path / "runs"
+    match = RUN_DIR_NAME.match(run_dir.name)
+    assert match and match["name"] == "baseline-smoke"
+
+
+def test_run_dirs_are_never_reused(tmp_path: Path):
+    first = create_run_dir(tmp_path, "same")
+    (first / "config.json").write_text("{}")
+    others = [create_run_dir(tmp_path, "same") for _ in range(3)]
+    assert len({first, *others}) == 4  # same second: a counter keeps them apart
+    assert (first / "config.json").read_text() == "{}"
+    assert all(not any(d.iterdir()) for d in others)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "../up", "with space", "-dash-first"])
+def test_unsafe_run_names_are_rejected(tmp_path: Path, name: str):
+    with pytest.raises(ValueError, match="run name"):
+        create_run_dir(tmp_path, name)
+
+
+def test_json_helpers(tmp_path: Path):
+    path = write_json(tmp_path / "x.json", {"a": [1, 2], "b": None})
+    assert read_json(path) == {"a": [1, 2], "b": None}
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        read_json(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json"):
+        read_json(tmp_path / "bad.json")
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "nan.json", {"x": float("nan")})  # strict JSON only
+
+
+def test_source_image_size_is_the_most_common_header_size(tmp_path: Path):
+    paths = []
+    for i, size in enumerate([(600, 450), (200, 150), (200, 150)]):
+        path = tmp_path / f"{i}.jpg"
+        Image.new("RGB", size).save(path)
+        paths.append(str(path))
+    assert source_image_size(paths) == "200x150"
+    assert source_image_size([]) is None
+
+
+def test_collect_meta_fields(fake_root: Path):
+    from skin_tf.data import read_metadata
+
+    frame = read_metadata(fake_root)
+    config = load_config("baseline", profile="cpu")
+    meta = collect_meta(config, fake_root, frame, run_name="baseline-cpu")
+    json.dumps(meta, allow_nan=False)  # writable as strict JSON
+    assert meta["run_name"] == "baseline-cpu"
+    assert (meta["config_name"], meta["profile"]) == ("baseline", "cpu")
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", meta["created_utc"])
+    assert meta["git_sha"] is None or re.match(r"^[0-9a-f]{40}$", meta["git_sha"])
+    assert set(meta["versions"]) == {"python", "tensorflow", "keras", "numpy", "skin_tf"}
+    assert meta["versions"]["tensorflow"] and meta["versions"]["keras"]
+    assert meta["seed"] == 42 and meta["host"]
+    assert re.match(r"^(CPU \(\d+ cores\)|GPU: .+)$", meta["hardware"])
+    assert meta["weights"] == "none" and meta["precision"] == "float32"
+    assert meta["image_size"] == config.image_size and meta["epochs"] == 10
+    assert meta["data"] == {
+        "root": str(fake_root.resolve()),
+        "source_size": "200x150",
+        "n_images": len(frame),
+    }
+
+
+def _write_meta(run_dir: Path, **changes) -> None:
+    meta = {
+        "run_name": "b0-cpu",
+        "model": "efficientnet_b0",
+        "weights": "none",
+        "image_size": 96,
+        "epochs": 10,
+        "hardware": "CPU (2 cores)",
+        "data": {"source_size": "200x150"},
+    }
+    meta.update(changes)
+    write_json(run_dir / "meta.json", meta)
+
+
+def test_provenance_caption(tmp_path: Path):
+    _write_meta(tmp_path)
+    assert provenance(tmp_path) == (
+        "HAM10000 200x150 copy · weights: none · B0 96 px · 10 epochs · CPU (2 cores) · run b0-cpu"
+    )
+    pd.DataFrame({"epoch": [0, 1, 2], "loss": [1.0, 0.9, 0.8]}).to_csv(
+        tmp_path / "history.csv", index=False
+    )
+    assert "3 of 10 epochs" in provenance(tmp_path)  # an unfinished run says so
+    _write_meta(
+        tmp_path,
+        model="efficientnet_b2",
+        weights="imagenet",
+        epochs=3,
+        data={"source_size": "600x450"},
+    )
+    caption = provenance(tmp_path)
+    assert caption.startswith("HAM10000 full-size · weights: imagenet · B2 96 px · 3 epochs")
+
+
+def test_completed_epochs_reads_every_phase_backup(tmp_path: Path):
+    assert completed_epochs(tmp_path / "backup") == 0
+    for phase, epoch in (("head", 2), ("finetune", 5)):
+        (tmp_path / "backup" / phase).mkdir(parents=True)
+        write_json(tmp_path / "backup" / phase / "training_metadata.json", {"epoch": epoch})
+    assert completed_epochs(tmp_path / "backup") == 5
+
+
+def test_trim_history_drops_epochs_after_the_last_backup(tmp_path: Path):
+    path = tmp_path / "history.csv"
+    trim_history(path, 3)  # no file: nothing to do
+    pd.DataFrame({"epoch": [0, 1, 2], "val_loss": [3.0, 2.0, 1.0]}).to_csv(path, index=False)
+    trim_history(path, 2)
+    assert pd.read_csv(path)["epoch"].tolist() == [0, 1]
+    trim_history(path, 5)
+    assert pd.read_csv(path)["epoch"].tolist() == [0, 1]
+    trim_history(path, 0)
+    assert not path.exists()
+
+
+def test_best_so_far(tmp_path: Path):
+    path = tmp_path / "history.csv"
+    assert best_so_far(path, "val_loss", "min") is None
+    pd.DataFrame({"epoch": [0, 1, 2], "val_loss": [2.0, 1.0, 1.5], "val_acc": [0.2, None, 0.6]})\
+        .to_csv(path, index=False)  # fmt: skip
+    assert best_so_far(path, "val_loss", "min") == 1.0
+    assert best_so_far(path, "val_acc", "max") == 0.6
