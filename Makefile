@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SKIN_TF_TEST_DATA ?= $(abspath ../shared/data/ham10000)
 export SKIN_TF_TEST_DATA
 
-.PHONY: install test test-fast lint format demo clean
+.PHONY: browser install test test-fast lint format demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,15 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# The browser end-to-end test drives Debian's Chromium (no browser download). Installed here when
+# missing and we can (root + apt-get); otherwise that one test skips and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian chromium for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null) \
+	    || echo "could not install chromium: the browser test will skip"; \
+	fi
 
 install: $(VENV)/.installed
 
@@ -29,16 +38,19 @@ format: install
 	$(BIN)/ruff format skin_tf tests benchmarks
 
 # Full suite: fast unit tests plus the real-data tier (SKIN_TF_TEST_DATA, default ../shared/data/ham10000).
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -ra
 
 # Quick tier only.
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"
 
+# The main job: data (SKIN_TF_DATA, data/ham10000 or a download) -> train -> calibrate -> threshold
+# -> evaluate -> export saved_models/demo -> Streamlit page. NO_APP=1 stops before the page;
+# DEMO_PROFILE=smoke makes it tiny. Re-running reuses what exists.
+DEMO_PROFILE ?= full
 demo: install
-	@echo "make demo: train the demo config, evaluate, pick the melanoma operating point on validation,"
-	@echo "calibrate, export saved_models/demo and open the Streamlit page. Not wired yet (issue 9)."
+	$(BIN)/skin-tf demo --profile $(DEMO_PROFILE) $(if $(NO_APP),--no-app,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -293,6 +293,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from skin_tf.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        profile=args.profile, data=args.data, runs_dir=args.runs_dir, results_dir=args.results,
+        model_dir=args.model_dir, app=not args.no_app, port=args.port,
+    )  # fmt: skip
+    print(run_demo(settings))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="train, evaluate, threshold, calibrate, export and open the page (make demo)"
+    )
+    p.add_argument("--profile", choices=("full", "smoke"), default="full", help="smoke: tiny")
+    p.add_argument(
+        "--data", type=Path, help="HAM10000 folder (default: $SKIN_TF_DATA or data/ham10000)"
+    )
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--model-dir", type=Path, default=Path("saved_models/demo"))
+    p.add_argument("--no-app", action="store_true", help="stop before starting the Streamlit page")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=_demo)
+
+
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_split,
     _add_download,
@@ -304,6 +331,7 @@ REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_synth,
     _add_cvae_report,
     _add_app,
+    _add_demo,
 ]
 
 
