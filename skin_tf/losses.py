@@ -1,20 +1,14 @@
-"""Losses, class weights, optimiser and precision policy for training the classifiers.
+"""Losses, optimiser and precision policy for training the classifiers.
 
 Labels are sparse int class indices; models output softmax probabilities. Class imbalance is
-handled by per-class weights passed to `model.fit(class_weight=compute_class_weights(...))`:
+handled by per-class weights (`pipeline.class_weights`) passed to `model.fit(class_weight=…)`:
 Keras turns them into per-sample weights, which every loss here respects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import keras
-import numpy as np
 from keras import ops
-from sklearn.utils.class_weight import compute_class_weight
-
-from skin_tf.data import MEL_INDEX
 
 LOSS_KINDS: tuple[str, ...] = ("ce", "focal")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
@@ -85,7 +79,7 @@ def build_loss(
     """A Keras loss for sparse int labels and softmax probabilities.
 
     kind "ce" is cross-entropy, "focal" is focal loss with exponent `focal_gamma`. Class weights
-    are not part of the loss: pass `class_weight=compute_class_weights(...)` to `model.fit`.
+    are not part of the loss: pass `class_weight=pipeline.class_weights(...)` to `model.fit`.
 
     Example:
         >>> loss = build_loss("focal", label_smoothing=0.1, focal_gamma=2.0)
@@ -93,42 +87,6 @@ def build_loss(
         True
     """
     return SparseCategoricalLoss(kind, label_smoothing=label_smoothing, focal_gamma=focal_gamma)
-
-
-def compute_class_weights(
-    labels: Sequence[int] | np.ndarray,
-    num_classes: int = 7,
-    melanoma_multiplier: float = 1.0,
-    melanoma_index: int = MEL_INDEX,
-) -> dict[int, float]:
-    """Balanced class weights from the TRAINING labels, melanoma optionally weighted up further.
-
-    weight[c] = n_samples / (num_classes * count[c]) (scikit-learn's "balanced"), then
-    weight[melanoma_index] *= melanoma_multiplier. For `model.fit(class_weight=...)`.
-
-    Example:
-        >>> compute_class_weights([0, 0, 0, 1], num_classes=2)
-        {0: 0.6666666666666666, 1: 2.0}
-    """
-    labels = np.asarray(labels)
-    if labels.size == 0:
-        raise ValueError("No training labels given: class weights need the training split.")
-    if melanoma_multiplier <= 0:
-        raise ValueError(f"melanoma_multiplier must be > 0, got {melanoma_multiplier}.")
-    classes = np.arange(num_classes)
-    out_of_range = sorted(set(labels.tolist()) - set(classes.tolist()))
-    if out_of_range:
-        raise ValueError(f"Labels {out_of_range} are outside 0..{num_classes - 1}.")
-    missing = sorted(set(classes.tolist()) - set(labels.tolist()))
-    if missing:
-        raise ValueError(
-            f"Classes {missing} have no training examples, so they cannot be weighted: "
-            "check the split (every class needs training images) or disable class weights."
-        )
-    weights = compute_class_weight("balanced", classes=classes, y=labels)
-    if melanoma_multiplier != 1.0:
-        weights[melanoma_index] *= melanoma_multiplier
-    return {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
 
 
 def build_optimizer(

@@ -11,7 +11,6 @@ from skin_tf.losses import (
     SparseCategoricalLoss,
     build_loss,
     build_optimizer,
-    compute_class_weights,
     configure_precision,
 )
 
@@ -121,26 +120,6 @@ def test_loss_config_round_trips_through_keras_serialization():
 def test_bad_loss_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_loss(**kwargs)
-
-
-def test_class_weights_are_balanced_with_a_melanoma_multiplier():
-    labels = [0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 5, 5, 5, 5, 5, 6]  # 20 labels
-    counts = np.bincount(labels)
-    expected = 20 / (7 * counts)
-    weights = compute_class_weights(labels)
-    assert list(weights) == list(range(7))
-    np.testing.assert_allclose([weights[c] for c in range(7)], expected)
-
-    boosted = compute_class_weights(labels, melanoma_multiplier=2.0)
-    assert boosted[4] == pytest.approx(2 * expected[4])
-    assert boosted[5] == pytest.approx(expected[5])
-
-
-def test_class_weights_refuse_a_split_missing_a_class():
-    with pytest.raises(ValueError, match=r"Classes \[6\] have no training examples"):
-        compute_class_weights([0, 1, 2, 3, 4, 5])
-    with pytest.raises(ValueError, match="outside"):
-        compute_class_weights([0, 1, 2, 3, 4, 5, 6, 7])
 
 
 def _rate_at(optimizer: keras.optimizers.Optimizer, step: int) -> float:
