@@ -320,6 +320,73 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
+def _gradcam(args: argparse.Namespace) -> int:
+    from skin_tf.data import CLASSES
+    from skin_tf.gradcam import gradcam_run
+
+    result = gradcam_run(
+        args.run_dir, image_paths=args.images, out_dir=args.out, method=args.method,
+        per_class=args.per_class,
+        class_index=None if args.class_name is None else CLASSES.index(args.class_name),
+        data_root=args.data,
+    )  # fmt: skip
+    print(f"wrote {result['gallery']}, {len(result['overlays'])} overlays, {result['readme']}")
+    return 0
+
+
+def _add_gradcam(sub: argparse._SubParsersAction) -> None:
+    from skin_tf.data import CLASSES
+
+    p = sub.add_parser("gradcam", help="Grad-CAM overlays and a per-class gallery for a run")
+    p.add_argument("run_dir", type=Path, help="run directory with best.keras")
+    p.add_argument("--images", nargs="+", type=Path, help="explain these files instead")
+    p.add_argument("--out", type=Path, default=Path("results/gradcam"), help="output folder")
+    p.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam"), default="gradcam")
+    p.add_argument("--per-class", type=int, default=2, help="correct and wrong per class")
+    p.add_argument("--class", dest="class_name", choices=CLASSES, help="explain this class")
+    p.add_argument("--data", type=Path, help="HAM10000 folder if not the run's own")
+    p.set_defaults(func=_gradcam)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from skin_tf.export import export_run, load_served_metadata
+
+    out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    threshold = load_served_metadata(out).get("mel_threshold", {}).get("value")
+    print(f"exported {args.run_dir} -> {out} (melanoma threshold: {threshold})")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="SavedModel (serve + explain endpoints) with metadata.json")
+    p.add_argument("run_dir", type=Path, help="run directory with best.keras")
+    p.add_argument("--out", type=Path, required=True, help="folder for the SavedModel")
+    p.add_argument("--overwrite", action="store_true", help="replace an exported model")
+    p.set_defaults(func=_export)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Exit code 1 when any file failed (the others are still predicted), else 0."""
+    from skin_tf.export import load_served
+    from skin_tf.predict import format_predictions, predict_files
+
+    served = load_served(args.model)
+    results = predict_files(served, args.images, top_k=args.top_k)
+    print(format_predictions(results, json=args.json, threshold=served.threshold))
+    if not args.json:
+        print(f"({served.disclaimer})", file=sys.stderr)
+    return 1 if any(r["error"] is not None for r in results) else 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-k classes and the melanoma flag for image files")
+    p.add_argument("model", type=Path, help="exported SavedModel folder (skin-tf export)")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--top-k", type=int, default=3, help="classes to list per image")
+    p.set_defaults(func=_predict)
+
+
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_split,
     _add_download,
@@ -330,6 +397,9 @@ REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train_vae,
     _add_synth,
     _add_cvae_report,
+    _add_gradcam,
+    _add_export,
+    _add_predict,
     _add_app,
     _add_demo,
 ]
