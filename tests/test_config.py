@@ -34,7 +34,7 @@ REFERENCE_EXPERIMENTS = {
 
 
 def test_the_nine_reference_experiments_are_shipped():
-    assert set(config_names()) == REFERENCE_EXPERIMENTS
+    assert set(config_names()) == REFERENCE_EXPERIMENTS | {"demo"}  # demo: `make demo`
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
