@@ -387,11 +387,67 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_predict)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from skin_tf.evaluate import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir, tta=args.tta, results_dir=args.results, n_boot=args.bootstrap,
+        seed=args.seed, data_root=args.data,
+    )  # fmt: skip
+    blocks = {split: result["metrics"][split] for split in ("val", "test")}
+    if "tta" in result["metrics"]:
+        blocks["test, TTA"] = result["metrics"]["tta"]["test"]
+    for name, m in blocks.items():
+        mel = "n/a" if m["mel_sensitivity"] is None else f"{m['mel_sensitivity']:.3f}"
+        print(
+            f"{name}: accuracy {m['accuracy']:.3f}  macro-F1 {m['macro_f1']:.3f}  "
+            f"balanced accuracy {m['balanced_accuracy']:.3f}  "
+            f"melanoma sensitivity {mel}"
+        )
+    print(f"wrote {args.run_dir / 'metrics.json'}, {result['summary']}, {result['record']}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="metrics with lesion-bootstrap CIs, figures, results/summary_<run>.md"
+    )
+    p.add_argument("run_dir", type=Path, help="run directory (runs/<time>__<name>)")
+    p.add_argument(
+        "--tta", action="store_true",
+        help="also predict val/test with 8 flips/rotations averaged, reported separately",
+    )  # fmt: skip
+    p.add_argument("--results", type=Path, default=Path("results"), help="summaries and figures")
+    p.add_argument("--data", type=Path, help="HAM10000 folder for --tta (default: the run's)")
+    p.add_argument(
+        "--bootstrap", type=int, help="bootstrap resamples for the 95%% intervals (default: config)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=_evaluate)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from skin_tf.report import build_results_index, read_run_records
+
+    path = build_results_index(args.results, args.runs)
+    print(f"wrote {path} ({len(read_run_records(args.results))} runs)")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild results/README.md (one table of all runs)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("--runs", type=Path, help="first refresh the records of the runs in this folder")
+    p.set_defaults(func=_report)
+
+
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_split,
     _add_download,
     _add_tfds_prepare,
     _add_train,
+    _add_evaluate,
+    _add_report,
     _add_calibrate,
     _add_threshold,
     _add_train_vae,

@@ -291,13 +291,15 @@ _NOT_SCORES = ("epoch", "learning_rate", "lr")
 
 
 def training_curves(
-    history: pd.DataFrame, *, best_epoch: int | None = None, title: str, caption: str
+    history: pd.DataFrame, *, kept_epoch: int | None = None, title: str, caption: str
 ) -> Figure:
     """Loss (left) and every other logged score (right) per epoch; train solid, val dashed.
 
-    `history` is a Keras CSVLogger file (epoch counted from 0, shown from 1). best_epoch (0-based,
-    as logged) draws a vertical line where the kept checkpoint came from.
+    `history` is a Keras CSVLogger file (epoch counted from 0, shown from 1). kept_epoch
+    (1-based) draws a vertical line at the epoch the kept checkpoint (best.keras) came from.
     """
+    from matplotlib.ticker import MaxNLocator
+
     epochs = history["epoch"] + 1 if "epoch" in history.columns else history.index + 1
     names = [c for c in history.columns if c not in _NOT_SCORES]
     bases = list(dict.fromkeys(c.removeprefix("val_") for c in names))
@@ -317,8 +319,14 @@ def training_curves(
                     label=f"{base} ({split})",
                 )
     for ax, label in ((ax_loss, "loss"), (ax_score, "score")):
-        if best_epoch is not None:
-            ax.axvline(best_epoch + 1, color="0.4", linestyle=":", label="kept checkpoint")
+        if kept_epoch is not None:
+            ax.axvline(
+                kept_epoch,
+                color="0.4",
+                linestyle=":",
+                label=f"kept checkpoint (epoch {kept_epoch})",
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
