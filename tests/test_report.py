@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
 import pytest
 
+from skin_tf.cli import main
 from skin_tf.evaluate import evaluate_run
 from skin_tf.report import (
-    add_report_arguments,
     build_results_index,
     fmt,
     fmt_ci,
     read_run_records,
     record_path,
-    report_command,
 )
 from tests.test_evaluate import write_fake_run
 
@@ -146,11 +144,7 @@ def test_empty_and_broken_results_folders(tmp_path):
 
 
 def test_report_command_parses_and_writes(two_runs, capsys):
-    parser = argparse.ArgumentParser()
-    add_report_arguments(parser)
-    args = parser.parse_args(["--results", str(two_runs["results"])])
-    assert args.runs is None
-    assert report_command(args) == 0
+    assert main(["report", "--results", str(two_runs["results"])]) == 0
     assert "(2 runs)" in capsys.readouterr().out
 
 
