@@ -9,6 +9,7 @@ Stages, each printed with its elapsed time and skipped when its output already e
     evaluate  metrics with lesion-bootstrap intervals, figures, results/summary_<run>.md
     export    SavedModel in saved_models/demo (serve + explain endpoints, metadata.json)
     report    results/README.md
+    card      results/MODEL_CARD.md for the demo run
     app       the Streamlit page on 127.0.0.1 (skipped with --no-app)
 
 Example:
@@ -130,6 +131,7 @@ def run_demo(settings: DemoSettings) -> Path:
     from skin_tf.calibration import calibrate_run
     from skin_tf.evaluate import evaluate_run
     from skin_tf.export import export_run
+    from skin_tf.model_card import write_model_card
     from skin_tf.report import build_results_index, record_path
     from skin_tf.threshold import threshold_run
 
@@ -167,6 +169,9 @@ def run_demo(settings: DemoSettings) -> Path:
         lambda: export_run(run, settings.model_dir, overwrite=exported is not None),
     )  # fmt: skip
     stages.run("report", False, f"{results / 'README.md'}", lambda: build_results_index(results))
+    stages.run(
+        "card", False, f"{results / 'MODEL_CARD.md'}", lambda: write_model_card(run, results)
+    )
     if settings.app:
         from skin_tf.app_support import app_command
 

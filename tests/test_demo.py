@@ -88,7 +88,16 @@ def test_make_demo_from_a_clean_checkout_makes_every_promised_artifact(real_data
         cwd=checkout, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for stage in ("data", "train", "calibrate", "threshold", "evaluate", "export", "report"):
+    for stage in (
+        "data",
+        "train",
+        "calibrate",
+        "threshold",
+        "evaluate",
+        "export",
+        "report",
+        "card",
+    ):
         assert f"] {stage}" in done.stdout, stage
 
     (run,) = (checkout / "runs").glob("*__demo-smoke")
@@ -105,7 +114,7 @@ def test_make_demo_from_a_clean_checkout_makes_every_promised_artifact(real_data
     assert metadata["mel_threshold"]["value"] is not None
     results = checkout / "results"
     for name in (
-        "README.md", "summary_demo-smoke.md", "mel_threshold_demo-smoke.md",
+        "README.md", "MODEL_CARD.md", "summary_demo-smoke.md", "mel_threshold_demo-smoke.md",
         "runs/demo-smoke.json", "figures/demo-smoke_confusion.png",
         "figures/reliability_demo-smoke.png", "figures/mel_roc_pr_demo-smoke.png",
     ):  # fmt: skip
