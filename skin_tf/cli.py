@@ -270,7 +270,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--set augment.crop_scale=[0.6,1.0]); repeatable",
     )  # fmt: skip
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    _add_strategy(p)
     p.set_defaults(func=_train)
+
+
+def _add_strategy(p: argparse.ArgumentParser) -> None:
+    from skin_tf.config import STRATEGIES
+
+    p.add_argument(
+        "--strategy", choices=STRATEGIES,
+        help="tf.distribute engine: auto | mirrored | multi_worker (TF_CONFIG) | tpu; same as "
+        "--set strategy=X (docs/scaling.md)",
+    )  # fmt: skip
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set values plus --strategy (a shorthand for --set strategy=X)."""
+    return [*args.overrides, *([f"strategy={args.strategy}"] if args.strategy else [])]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -280,17 +296,63 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume is None and args.config is None:
         raise ConfigError("give --config NAME|PATH (or --resume RUN_DIR)")
-    config = None
+    config, overrides = None, _overrides(args)
     if args.config is not None:
-        config = load_config(args.config, profile=args.profile, overrides=args.overrides)
-    elif args.overrides or args.profile != "full":
-        raise ConfigError("--resume uses the run's own config.json: drop --profile/--set")
+        config = load_config(args.config, profile=args.profile, overrides=overrides)
+    elif overrides or args.profile != "full":
+        raise ConfigError(
+            "--resume uses the run's own config.json: drop --profile/--set/--strategy"
+        )
     try:
         run_dir = train(config, args.data, args.runs_dir, args.run_name, resume=args.resume)
     except KeyboardInterrupt:  # train() has printed how to resume
         return 130
-    print(run_dir)
+    if run_dir is not None:  # None on non-chief workers of a multi-worker run
+        print(run_dir)
     return 0
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from skin_tf.config import load_config
+    from skin_tf.cv import cv_command
+
+    config = None
+    if args.config is not None:
+        config = load_config(args.config, profile=args.profile, overrides=_overrides(args))
+    try:
+        return cv_command(
+            config, args.folds, data_root=args.data, runs_dir=args.runs_dir, cv_dir=args.cv_dir,
+            only_folds=args.fold, summarise_only=args.summarise,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    from skin_tf.config import PROFILES
+
+    p = sub.add_parser("cv", help="lesion-grouped k-fold cross-validation: mean ± sd per metric")
+    p.add_argument("--config", help="a shipped config name or a .json path")
+    p.add_argument("--profile", choices=list(PROFILES), default="full")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )  # fmt: skip
+    _add_strategy(p)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument(
+        "--fold", type=int, action="append", metavar="I",
+        help="train only fold I (one per machine/GPU, same --cv-dir); repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--cv-dir", type=Path, help="the cross-validation folder (to add folds or resume)"
+    )
+    p.add_argument("--summarise", action="store_true", help="only summarise the finished folds")
+    p.add_argument(
+        "--data", type=Path, help="HAM10000 folder (default: $SKIN_TF_DATA or data/ham10000)"
+    )
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.set_defaults(func=_cv)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -446,6 +508,7 @@ REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_download,
     _add_tfds_prepare,
     _add_train,
+    _add_cv,
     _add_evaluate,
     _add_report,
     _add_calibrate,

@@ -14,6 +14,7 @@ Run an experiment from the shell (the last line printed is the run directory):
     skin-tf train --config baseline --profile cpu       # from scratch at 112 px, ~1 h on 2 cores
     skin-tf train --config baseline --profile smoke     # 64 px, tiny subset, 1 epoch (tests, CI)
     skin-tf train --config effnetb2_mel_select --set epochs=5 --set augment.crop_scale=[0.7,1.0]
+    skin-tf train --config baseline --strategy mirrored   # every local GPU (docs/scaling.md)
 
 Profiles
 - full: the config as written (ImageNet weights).
@@ -39,6 +40,8 @@ from typing import Any, Literal
 
 MODELS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3")
 SELECT_METRICS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_mel_recall")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "tpu")  # skin_tf.distribute, docs/scaling.md
+LR_SCALING_RULES = ("linear", "sqrt", "none")
 
 # The cpu profile's image size, chosen by measurement on this project's 2-core CPU (TF 2.21,
 # EfficientNet-B0 from scratch, batch 32, float32, no XLA, the real pipeline on the 200x150 copy,
@@ -120,6 +123,9 @@ class TrainConfig:
     # Runtime
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16", "auto"] = "float32"
     jit_compile: bool = False  # XLA made EfficientNet training ~3x slower on the 2-core CPU
+    # tf.distribute engine (skin_tf.distribute): batch_size stays per replica; the rate scales
+    strategy: Literal["auto", "mirrored", "multi_worker", "tpu"] = "auto"
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # rate × replicas, × √replicas, × 1
     seed: int = 42
     # Data split and evaluation
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test, split by lesion

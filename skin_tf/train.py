@@ -8,6 +8,11 @@
 Shell: `skin-tf train --config baseline --profile cpu` (the last line printed is the run dir);
 `skin-tf train --resume runs/<run>` continues an interrupted run from its last finished epoch.
 
+The config's `strategy` picks a tf.distribute engine (skin_tf.distribute): the model, optimizer
+and metrics are made in its scope, the global batch is batch_size × replicas, the rate follows
+`lr_scaling`, and with several workers only the chief writes the run directory (the others work
+in a temporary copy that is deleted at the end). docs/scaling.md has the commands.
+
 Each epoch a callback predicts the validation set and adds val_loss, val_acc, val_macro_f1,
 val_balanced_acc and val_mel_recall to the logs; ModelCheckpoint keeps the epoch that is best by
 the config's `select_metric` as best.keras; CSVLogger appends history.csv; BackupAndRestore keeps
@@ -21,6 +26,7 @@ import dataclasses
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,8 @@ from skin_tf.runs import collect_meta, create_run_dir, read_json, write_json
 if TYPE_CHECKING:  # TensorFlow loads only when training starts, so config errors come instantly
     import keras
     import tensorflow as tf
+
+    from skin_tf.distribute import Distribution
 
 RUN_FILES = (
     "config.json",
@@ -91,29 +99,61 @@ def train(
     run_name: str | None = None,
     resume: str | os.PathLike | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> Path:
+    splits: pd.DataFrame | None = None,
+) -> Path | None:
     """Train `config` into a new run directory (or finish the run in `resume`); return its path.
 
     data_root defaults to $SKIN_TF_DATA or ./data/ham10000 (for a resume: the run's own data
     root). run_name defaults to "<config name>" plus "-<profile>" for non-full profiles.
     callbacks: extra Keras callbacks (e.g. TensorBoard), run after the run's own ones.
+    splits: image_id and split ("train"/"val"/"test") columns to use instead of split_by_lesion
+    (cross-validation folds); only those images are used.
+    Non-chief workers of a multi-worker run return None: the chief's directory is the run.
     """
+    from skin_tf.distribute import (
+        WorkerLostError,
+        is_peer_failure,
+        make_distribution,
+        wait_for_all_workers,
+        worker_lost,
+    )
+
     if resume is not None:
         run_dir, config, root = _prepare_resume(Path(resume), config, data_root)
-        model, _ = _build_model(config)
+        dist = make_distribution(config.strategy)
+        _check_resume_replicas(run_dir, dist)
+        chief_run = str(run_dir)
+        if not dist.is_chief:
+            run_dir = _worker_copy(run_dir)
+        model, _ = _build_model(config, dist)
     else:
         if config is None:
             raise ValueError("train() needs a config (load_config(...)) or resume=RUN_DIR")
-        frame, root = _prepare_data(config, data_root)
+        _check_inputs(config)
+        dist = make_distribution(config.strategy)  # before any TensorFlow op (collectives)
+        frame, root = _prepare_data(config, data_root, splits)
         # Built before the run directory exists: missing weights leave no half-made run behind.
-        model, policy = _build_model(config)
-        run_dir = _create_run(config, frame, root, Path(runs_dir), run_name, policy)
+        model, policy = _build_model(config, dist)
+        runs_parent = Path(runs_dir) if dist.is_chief else _worker_folder()
+        run_dir = _create_run(config, frame, root, runs_parent, run_name, policy, dist)
+        chief_run = str(run_dir) if dist.is_chief else "<the chief's run directory>"
     try:
-        _fit(run_dir, config, root, model, callbacks)
-        _evaluate(run_dir, config, root)
+        _fit(run_dir, config, root, model, callbacks, dist)
+        if dist.is_chief:  # evaluation is local (best.keras), so the chief does it alone
+            _evaluate(run_dir, config, root)
+        wait_for_all_workers(dist)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: continue with `skin-tf train --resume {run_dir}`", file=sys.stderr)
+        print(f"\ninterrupted: continue with `skin-tf train --resume {chief_run}`", file=sys.stderr)
         raise
+    except Exception as err:
+        if dist.workers > 1 and is_peer_failure(err):
+            raise WorkerLostError(worker_lost(err, chief_run, dist)) from err
+        raise
+    finally:
+        if not dist.is_chief:
+            shutil.rmtree(run_dir.parent, ignore_errors=True)
+    if not dist.is_chief:
+        return None
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)  # the run is complete
     return run_dir
 
@@ -138,19 +178,59 @@ def _check_inputs(config: TrainConfig) -> None:
 
 
 def _prepare_data(
-    config: TrainConfig, data_root: str | os.PathLike | None
+    config: TrainConfig, data_root: str | os.PathLike | None, splits: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, Path]:
-    """The run's index with its `split` column (subset first for smoke runs), and the data root."""
+    """The run's index with its `split` column (subset first for smoke runs), and the data root.
+
+    With `splits` (image_id, split), those images and splits are used as given.
+    """
     from skin_tf.data import lesion_subset, read_metadata, resolve_data_root, split_by_lesion
 
     _check_inputs(config)
     root = resolve_data_root(data_root)
     frame = read_metadata(root)
-    if config.subset_per_class is not None:
-        frame = lesion_subset(frame, config.subset_per_class, seed=config.seed)
-    frame = split_by_lesion(frame, fractions=config.fractions, seed=config.seed)
+    if splits is not None:
+        frame = _apply_splits(frame, splits)
+    else:
+        if config.subset_per_class is not None:
+            frame = lesion_subset(frame, config.subset_per_class, seed=config.seed)
+        frame = split_by_lesion(frame, fractions=config.fractions, seed=config.seed)
     _check_split(frame, config)
     return frame, root
+
+
+def _apply_splits(frame: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """Rows of `frame` named in `splits`, in frame order, with splits' `split` column."""
+    missing_columns = {"image_id", "split"} - set(splits.columns)
+    if missing_columns:
+        raise ValueError(f"splits lacks column(s) {sorted(missing_columns)}: needs image_id, split")
+    unknown = sorted(set(splits["split"]) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"splits has split values {unknown}: use only {', '.join(SPLITS)}")
+    if splits["image_id"].duplicated().any():
+        raise ValueError("splits lists an image_id twice: give each image one split")
+    absent = ~splits["image_id"].isin(frame["image_id"])
+    if absent.any():
+        raise ValueError(
+            f"{absent.sum()} image_ids of the given splits are not in the data "
+            f"(e.g. {splits.loc[absent, 'image_id'].head(3).tolist()}): check the data root"
+        )
+    split_of = splits.set_index("image_id")["split"]
+    out = frame[frame["image_id"].isin(split_of.index)].reset_index(drop=True)
+    out["split"] = out["image_id"].map(split_of).to_numpy()
+    return out
+
+
+def _worker_folder() -> Path:
+    """A private folder for a non-chief worker's copy of the run (deleted when it finishes)."""
+    return Path(tempfile.mkdtemp(prefix="skin_tf_worker_"))
+
+
+def _worker_copy(run_dir: Path) -> Path:
+    """A non-chief worker's private copy of the chief's run (config, splits, history, backup)."""
+    copy = _worker_folder() / run_dir.name
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("best.keras", "predictions_*"))
+    return copy
 
 
 def _create_run(
@@ -160,21 +240,34 @@ def _create_run(
     runs_dir: Path,
     run_name: str | None,
     precision_policy: str,
+    dist: Distribution,
 ) -> Path:
     """A new run directory holding config.json, splits.csv and meta.json."""
     from skin_tf.data import write_splits
+    from skin_tf.distribute import learning_rate_record, scale_phases
 
     run_dir = create_run_dir(runs_dir, run_name or default_run_name(config))
     write_json(run_dir / "config.json", config.to_dict())
     write_splits(frame, run_dir / "splits.csv")
     meta = collect_meta(config, root, frame, run_name=_name_of(run_dir))
     meta["precision"] = precision_policy
+    phases = scale_phases(plan_phases(config), dist.replicas, config.lr_scaling)
+    meta["distribution"] = {
+        **dist.describe(),
+        "per_replica_batch_size": config.batch_size,
+        "global_batch_size": dist.global_batch_size(config.batch_size),
+        "dataset_sharding": "data",  # images listed in splits.csv, not file shards
+        "learning_rate": learning_rate_record(
+            config.learning_rate, phases, dist.replicas, config.lr_scaling
+        ),
+    }
     write_json(run_dir / "meta.json", meta)
     return run_dir
 
 
-def _build_model(config: TrainConfig) -> tuple[keras.Model, str]:
-    """Seed everything, set the precision policy, build the classifier; returns (model, policy)."""
+def _build_model(config: TrainConfig, dist: Distribution) -> tuple[keras.Model, str]:
+    """Seed everything, set the precision policy, build the classifier in the strategy's scope;
+    returns (model, policy)."""
     import keras
 
     from skin_tf.losses import configure_precision
@@ -182,7 +275,8 @@ def _build_model(config: TrainConfig) -> tuple[keras.Model, str]:
 
     keras.utils.set_random_seed(config.seed)
     policy = configure_precision(config.precision)
-    model = build_classifier(config.model, config.image_size, config.weights, config.dropout)
+    with dist.strategy.scope():
+        model = build_classifier(config.model, config.image_size, config.weights, config.dropout)
     return model, policy
 
 
@@ -222,6 +316,18 @@ def _prepare_resume(
     if data_root is None:
         data_root = read_json(run_dir / "meta.json")["data"]["root"]
     return run_dir, stored, resolve_data_root(data_root)
+
+
+def _check_resume_replicas(run_dir: Path, dist: Distribution) -> None:
+    """A resumed run keeps its global batch and learning rate, so its number of replicas."""
+    stored = read_json(run_dir / "meta.json").get("distribution", {}).get("replicas", 1)
+    if stored != dist.replicas:
+        raise ConfigError(
+            f"{run_dir} was trained on {stored} replica(s) but this resume has {dist.replicas}: "
+            "the global batch and learning rate would change mid-run. Resume with the same "
+            "devices/workers (SKIN_TF_CPU_DEVICES, CUDA_VISIBLE_DEVICES, TF_CONFIG), or start a "
+            "new run"
+        )
 
 
 # ------------------------------------------------------------------ training
@@ -277,8 +383,11 @@ def _datasets(
     frames: dict[str, pd.DataFrame],
     splits: tuple[str, ...] = SPLITS,
     epochs_done: int = 0,
+    batch_size: int | None = None,
 ) -> dict[str, tf.data.Dataset]:
     """Datasets of the given splits: train shuffled/augmented/balanced, val and test in order.
+
+    batch_size: the global batch (default config.batch_size, one replica).
 
     The training stream is seeded by config.seed and `epochs_done`: a resumed run draws fresh
     shuffles and augmentations instead of replaying, with trained weights, the exact batches of
@@ -286,14 +395,14 @@ def _datasets(
     """
     from skin_tf.pipeline import make_dataset
 
-    common = {"resize": config.resize, "cache": config.cache}
+    batch_size = batch_size or config.batch_size
+    common = {"resize": config.resize, "cache": config.cache, "batch_size": batch_size}
     datasets = {}
     if "train" in splits:
         datasets["train"] = make_dataset(
             frames["train"],
             config.image_size,
             training=True,
-            batch_size=config.batch_size,
             augment=_augment_config(config),
             balance=config.balance,
             sampler_power=config.sampler_power,
@@ -302,9 +411,7 @@ def _datasets(
             **common,
         )
     for split in [s for s in splits if s != "train"]:
-        datasets[split] = make_dataset(
-            frames[split], config.image_size, training=False, batch_size=config.batch_size, **common
-        )
+        datasets[split] = make_dataset(frames[split], config.image_size, training=False, **common)
     return datasets
 
 
@@ -314,10 +421,12 @@ def _fit(
     root: Path,
     model: keras.Model,
     extra: Sequence[keras.callbacks.Callback],
+    dist: Distribution,
 ) -> None:
     """Run the phases of plan_phases, resuming from the run's backups where they exist."""
     import keras
 
+    from skin_tf.distribute import scale_phases, shard_by
     from skin_tf.losses import build_loss, build_optimizer
     from skin_tf.models import set_backbone_trainable
     from skin_tf.runs import best_so_far, completed_epochs, trim_history
@@ -326,27 +435,40 @@ def _fit(
     history = run_dir / "history.csv"
     trim_history(history, epochs_done)
     frames = _frames(run_dir, root)
-    datasets = _datasets(config, frames, epochs_done=epochs_done)
+    global_batch = dist.global_batch_size(config.batch_size)
+    datasets = _datasets(
+        config, frames, ("train", "val"), epochs_done=epochs_done, batch_size=global_batch
+    )
+    datasets = {split: shard_by(dataset, "data") for split, dataset in datasets.items()}
     steps = len(datasets["train"])
     weights = class_weight_for(config, frames["train"])
     loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
     validation = _validation_callback(datasets["val"], frames["val"]["label"].to_numpy(), loss)
-    for phase in plan_phases(config):
+    phases = scale_phases(plan_phases(config), dist.replicas, config.lr_scaling)
+    if dist.replicas > 1:
+        print(
+            f"{dist.setting}: {dist.replicas} replicas on {dist.workers} worker(s), global batch "
+            f"{global_batch}, learning rate {phases[0].learning_rate:g} ({config.lr_scaling} "
+            f"scaling of {config.learning_rate:g}, warm-up {phases[0].warmup_epochs} epoch(s))",
+            file=sys.stderr,
+        )
+    for phase in phases:
         if config.freeze_epochs:  # single-phase runs keep every layer (BatchNorm too) trainable
             set_backbone_trainable(model, phase.backbone_trainable)
-        optimizer = build_optimizer(
-            phase.learning_rate,
-            config.weight_decay,
-            total_steps=steps * (phase.end - phase.start),
-            warmup_steps=steps * phase.warmup_epochs,
-            schedule=config.lr_schedule,
-        )
-        model.compile(
-            optimizer,
-            loss,
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
-            jit_compile=config.jit_compile,
-        )
+        with dist.strategy.scope():  # optimizer and metric variables live on every replica
+            optimizer = build_optimizer(
+                phase.learning_rate,
+                config.weight_decay,
+                total_steps=steps * (phase.end - phase.start),
+                warmup_steps=steps * phase.warmup_epochs,
+                schedule=config.lr_schedule,
+            )
+            model.compile(
+                optimizer,
+                loss,
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+                jit_compile=config.jit_compile,
+            )
         # BackupAndRestore sets this private field when it restores; a stale value from the
         # previous phase would otherwise override initial_epoch below.
         model._initial_epoch = None
