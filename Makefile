@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SKIN_TF_TEST_DATA ?= $(abspath ../shared/data/ham10000)
 export SKIN_TF_TEST_DATA
 
-.PHONY: browser install test test-fast lint format demo clean
+.PHONY: notebooks browser install test test-fast lint format demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,18 @@ test-fast: install
 DEMO_PROFILE ?= full
 demo: install
 	$(BIN)/skin-tf demo --profile $(DEMO_PROFILE) $(if $(NO_APP),--no-app,)
+
+# The seven notebooks top to bottom, for real: `make notebooks PROFILE=cpu` (hours on 2 cores;
+# PROFILE=smoke: minutes). Executed copies go to notebooks/executed/ (git-ignored); figures,
+# summaries and tables to results/. DATA=path overrides $$SKIN_TF_DATA / data/ham10000.
+PROFILE ?= cpu
+notebooks: install
+	@mkdir -p notebooks/executed
+	@set -e; for nb in notebooks/0*.ipynb; do \
+	  echo "== $$nb (profile $(PROFILE))"; \
+	  $(BIN)/papermill "$$nb" "notebooks/executed/$$(basename $$nb)" -k python3 --cwd notebooks \
+	    -p profile $(PROFILE) $(if $(DATA),-p data_dir $(abspath $(DATA))); \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,527 @@
+"""What the numbered notebooks share: their parameters, finding an earlier notebook's runs by name
+(training them when absent), comparison tables, and the few figures only a notebook draws.
+
+    >>> nb = setup(profile="smoke")  # doctest: +SKIP
+    >>> run_dir = run_or_train(load_config("baseline", profile=nb.profile), nb)  # doctest: +SKIP
+    >>> metrics_table({"baseline": run_dir})  # doctest: +SKIP
+
+Relative paths (results, runs, saved_models, data/ham10000) are taken from the project root: the
+folder above notebooks/ when a notebook runs from there, else the working directory. Runs are
+found by name *and* config: a notebook reuses the newest finished run whose config.json equals
+the config it asks for, resumes an unfinished one, and trains a new one otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from skin_tf.config import PROFILES, ConfigError
+from skin_tf.data import CLASS_NAMES, CLASSES, DATA_ROOT_ENV, DEFAULT_DATA_ROOT, resolve_data_root
+from skin_tf.plots import add_caption
+from skin_tf.report import HEADLINE, fmt_ci, headline, record_path, run_facts
+from skin_tf.runs import git_sha, provenance, read_json, source_image_size
+
+if TYPE_CHECKING:
+    from skin_tf.config import TrainConfig
+    from skin_tf.cvae_config import VaeConfig
+
+PROFILE_ENV = "SKIN_TF_PROFILE"
+DEFAULT_PROFILE = "full"
+_RUN_DIR = r"\d{8}T\d{6}Z__%s(-\d+)?"  # runs.create_run_dir: <UTC time>__<name>[-n]
+
+
+# ---------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A notebook's resolved parameters: profile and absolute folders."""
+
+    profile: str
+    data_root: Path
+    results_dir: Path
+    runs_dir: Path
+    saved_models_dir: Path
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.results_dir / "figures"
+
+    @property
+    def suffix(self) -> str:
+        """ "" for the full profile, else "-cpu" / "-smoke": as in run names, so the figures of
+        one profile never overwrite another's."""
+        return "" if self.profile == "full" else f"-{self.profile}"
+
+
+def project_root(cwd: str | os.PathLike | None = None) -> Path:
+    """The folder relative paths start from: the parent of `notebooks/` when run there, else cwd.
+
+    >>> project_root("/repo/notebooks")
+    PosixPath('/repo')
+    """
+    folder = Path(cwd or Path.cwd()).resolve()
+    return folder.parent if folder.name == "notebooks" else folder
+
+
+def setup(
+    data_dir: str | os.PathLike | None = None,
+    profile: str | None = None,
+    results_dir: str | os.PathLike = "results",
+    runs_dir: str | os.PathLike = "runs",
+    saved_models_dir: str | os.PathLike = "saved_models",
+) -> Setup:
+    """Resolve a notebook's parameters cell; checks the profile and that the data is there.
+
+    data_dir None: $SKIN_TF_DATA, else data/ham10000. profile None: $SKIN_TF_PROFILE, else
+    "full" (ImageNet weights, the configs as written); "cpu" and "smoke" as in skin_tf.config.
+
+    >>> setup(profile="smoke").profile  # doctest: +SKIP
+    'smoke'
+    """
+    profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise ConfigError(
+            f"profile={profile!r} (from the parameters cell or ${PROFILE_ENV}) is not one of "
+            f"{', '.join(PROFILES)}"
+        )
+    root = project_root()
+
+    def place(path: str | os.PathLike) -> Path:
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else root / path
+
+    _figures_inline()
+    if data_dir is not None:
+        data_root = resolve_data_root(place(data_dir))
+    elif os.environ.get(DATA_ROOT_ENV):
+        data_root = resolve_data_root()
+    else:
+        data_root = resolve_data_root(root / DEFAULT_DATA_ROOT)
+    return Setup(profile, data_root, place(results_dir), place(runs_dir), place(saved_models_dir))
+
+
+def _figures_inline() -> None:
+    """In a Jupyter kernel, show returned Figures (skin_tf builds them without pyplot)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "kernel"):
+        shell.run_line_magic("matplotlib", "inline")
+
+
+# ---------------------------------------------------------------- runs by name
+
+
+def find_run(
+    runs_dir: str | os.PathLike,
+    run_name: str,
+    config: Mapping[str, Any] | None = None,
+    done_file: str = "metrics.json",
+    finished: bool = True,
+) -> Path | None:
+    """The newest run `runs_dir/<time>__<run_name>` with `done_file` (finished=True) or without
+    it (finished=False), whose config.json equals `config` when given; None if there is none.
+
+    >>> find_run("runs", "baseline-smoke")  # doctest: +SKIP
+    PosixPath('runs/20250101T120000Z__baseline-smoke')
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return None
+    pattern = re.compile(_RUN_DIR % re.escape(run_name))
+    for run_dir in sorted(runs_dir.iterdir(), reverse=True):  # names start with the UTC time
+        if not (run_dir.is_dir() and pattern.fullmatch(run_dir.name)):
+            continue
+        if (run_dir / done_file).is_file() != finished:
+            continue
+        if config is None or (
+            (run_dir / "config.json").is_file() and read_json(run_dir / "config.json") == config
+        ):
+            return run_dir
+    return None
+
+
+def run_or_train(config: TrainConfig, nb: Setup, run_name: str | None = None) -> Path:
+    """A finished classifier run of `config` in nb.runs_dir: reused, resumed, or trained now.
+
+    run_name defaults to skin_tf.train.default_run_name ("baseline-smoke", …), so later notebooks
+    find the runs of earlier ones.
+    """
+    from skin_tf.train import default_run_name, train
+
+    name = run_name or default_run_name(config)
+    wanted = config.to_dict()
+    found = find_run(nb.runs_dir, name, wanted)
+    if found is not None:
+        print(f"reusing {found.name}: {provenance(found)}")
+        return found
+    unfinished = find_run(nb.runs_dir, name, wanted, finished=False)
+    if unfinished is not None and (unfinished / "splits.csv").is_file():
+        print(f"resuming the unfinished run {unfinished.name}")
+        return train(resume=unfinished, data_root=nb.data_root)
+    print(
+        f"training {name} (profile {config.profile}: {config.model}, {config.image_size} px, "
+        f"weights {config.weights}, {config.epochs} epochs)"
+    )
+    return train(config, data_root=nb.data_root, runs_dir=nb.runs_dir, run_name=name)
+
+
+def vae_run_or_train(config: VaeConfig, nb: Setup) -> Path:
+    """A finished cVAE run of `config` (named like `skin-tf train-vae` names it), or a new one."""
+    from skin_tf.cvae import WEIGHTS_FILE, train_vae
+
+    name = config.name if config.profile == "full" else f"{config.name}-{config.profile}"
+    wanted = config.to_dict()
+    found = find_run(nb.runs_dir, name, wanted, done_file=WEIGHTS_FILE)
+    if found is not None:
+        print(f"reusing {found.name}: {provenance(found)}")
+        return found
+    unfinished = find_run(nb.runs_dir, name, wanted, done_file=WEIGHTS_FILE, finished=False)
+    if unfinished is not None and (unfinished / "splits.csv").is_file():
+        print(f"resuming the unfinished cVAE run {unfinished.name}")
+        return train_vae(resume=unfinished, data_root=nb.data_root)
+    print(
+        f"training the cVAE {name} (profile {config.profile}: {config.image_size} px, latent "
+        f"{config.latent_dim}, {config.epochs} epochs)"
+    )
+    return train_vae(config, data_root=nb.data_root, runs_dir=nb.runs_dir, run_name=name)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluated run: its metrics.json and what `evaluate_run` wrote in the results folder."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    figures: dict[str, Path]  # "confusion", "curves", "recall"
+    summary: Path | None  # results/summary_<run-name>.md
+
+
+def evaluated(run_dir: str | os.PathLike, nb: Setup, again: bool = False) -> Evaluation:
+    """Evaluate a run with `skin_tf.evaluate.evaluate_run` (metrics with lesion-bootstrap
+    intervals, figures, summary, results record), unless nb.results_dir already holds this run's
+    record and again=False (then the stored evaluation is read back)."""
+    from skin_tf.evaluate import evaluate_run
+    from skin_tf.metrics import run_name_of
+
+    run_dir = Path(run_dir)
+    path = record_path(nb.results_dir, run_name_of(run_dir))
+    record = read_json(path) if path.is_file() else {}
+    metrics = read_json(run_dir / "metrics.json")
+    if again or record.get("run_id") != run_dir.name or "evaluation" not in metrics:
+        evaluate_run(run_dir, results_dir=nb.results_dir)
+        record, metrics = read_json(path), read_json(run_dir / "metrics.json")
+    summary = record.get("summary")
+    return Evaluation(
+        run_dir,
+        metrics,
+        {key: nb.results_dir / value for key, value in record.get("figures", {}).items()},
+        None if summary is None else nb.results_dir / summary,
+    )
+
+
+def show(*paths: str | os.PathLike) -> None:
+    """Display saved figures (PNG files) in the notebook, exactly as they were written."""
+    from IPython.display import Image, display
+
+    for path in paths:
+        display(Image(filename=str(path)))
+
+
+# ---------------------------------------------------------------- tables
+
+
+def metrics_table(
+    runs: Mapping[str, str | os.PathLike],
+    splits: Sequence[str] = ("test",),
+    facts: Sequence[str] = (),
+) -> pd.DataFrame:
+    """One row per run and split: `facts` from report.run_facts (e.g. "image_size",
+    "kept_epoch"), images, then the headline metrics as "value [95% CI]" (from metrics.json).
+
+    >>> metrics_table({"baseline": run_dir}, splits=("val", "test"))  # doctest: +SKIP
+    """
+    rows = {}
+    for label, run_dir in runs.items():
+        known = run_facts(run_dir) if facts else {}
+        stored = read_json(Path(run_dir) / "metrics.json")
+        for split in splits:
+            metrics = stored[split]
+            row: dict[str, Any] = {key: known[key] for key in facts}
+            row["images"] = metrics.get("n_images")
+            for key, value in headline(metrics).items():
+                if isinstance(value, dict):
+                    row[dict(HEADLINE)[key]] = fmt_ci(value["value"], value["ci"])
+            rows[label if len(splits) == 1 else f"{label} ({split})"] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "run"
+    return table
+
+
+def recall_frame(split_metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Per-class recall, its 95% interval (lo, hi; NaN when unknown) and support, from one split
+    of an evaluated metrics.json: the input of `skin_tf.plots.per_class_recall`."""
+    per_class = split_metrics["per_class"]
+    ci = split_metrics.get("ci_per_class_recall", {})
+
+    def end(code: str, i: int) -> float:
+        value = (ci.get(code) or (None, None))[i]
+        return np.nan if value is None else float(value)
+
+    return pd.DataFrame(
+        {
+            "recall": [per_class[c]["recall"] for c in CLASSES],
+            "lo": [end(c, 0) for c in CLASSES],
+            "hi": [end(c, 1) for c in CLASSES],
+            "support": [per_class[c]["support"] for c in CLASSES],
+        },
+        index=list(CLASSES),
+    )
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A pipe table of `table` (index as the first column), for results/*.md files."""
+    header = [str(table.index.name or ""), *map(str, table.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for index, row in table.iterrows():
+        cells = [str(index), *("" if pd.isna(v) else str(v) for v in row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save_table(table: pd.DataFrame, path: str | os.PathLike, title: str, caption: str) -> Path:
+    """Write `table` as markdown under a title and an italic line saying what produced it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {title}\n\n_{caption}_\n\n{markdown_table(table)}\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- captions
+
+
+def runs_caption(produced_by: str, run_dirs: Sequence[str | os.PathLike]) -> str:
+    """Footer for a figure comparing runs: what produced it, the provenance the runs share, then
+    what differs per run (`skin_tf.runs.provenance` parts).
+
+    >>> runs_caption("03", [b0, sampler])  # doctest: +SKIP
+    '03 · HAM10000 200x150 copy · weights: none · B0 64 px · … · runs: run baseline; run …'
+    """
+    parts = [provenance(run_dir).split(" · ") for run_dir in run_dirs]
+    shared = [part for part in parts[0] if all(part in other for other in parts[1:])]
+    per_run = "; ".join(" · ".join(p for p in run if p not in shared) for run in parts)
+    return " · ".join([produced_by, *shared, *([f"runs: {per_run}"] if len(parts) > 1 else [])])
+
+
+def data_caption(frame: pd.DataFrame, produced_by: str) -> str:
+    """Footer for a figure of the data alone: which copy, how many images and lesions, code."""
+    size = source_image_size(frame["path"].astype(str).tolist())
+    copy = "HAM10000 full-size" if size == "600x450" else f"HAM10000 {size} copy"
+    sha = git_sha()
+    return (
+        f"{produced_by} · {copy} · {len(frame):,} images, {frame['lesion_id'].nunique():,} lesions"
+        f" · git {sha[:10] if sha else 'unknown'}"
+    )
+
+
+# ---------------------------------------------------------------- data figures (01_eda)
+
+
+def class_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per class: name, images, share of images, lesions, images per lesion (mean and max)."""
+    per_lesion = frame.groupby(["dx", "lesion_id"]).size()
+    table = pd.DataFrame(
+        {
+            "name": [CLASS_NAMES[c] for c in CLASSES],
+            "images": frame["dx"].value_counts().reindex(CLASSES, fill_value=0),
+            "lesions": frame.groupby("dx")["lesion_id"].nunique().reindex(CLASSES, fill_value=0),
+            "max images/lesion": per_lesion.groupby("dx").max().reindex(CLASSES),
+        },
+        index=list(CLASSES),
+    )
+    table.insert(2, "share", (table["images"] / len(frame)).round(3))
+    table.insert(4, "images/lesion", (table["images"] / table["lesions"]).round(2))
+    table.index.name = "dx"
+    return table
+
+
+def class_figure(frame: pd.DataFrame, *, caption: str) -> Figure:
+    """Images and lesions per class (left) and lesions by their number of images (right)."""
+    table = class_table(frame)
+    fig = Figure(figsize=(12, 4.5))
+    left, right = fig.subplots(1, 2)
+    table[["images", "lesions"]].plot.bar(ax=left, rot=0)
+    for container in left.containers:
+        left.bar_label(container, fontsize=7)
+    left.set(title="Images and lesions per class", xlabel="class", ylabel="count")
+    lesion_sizes = frame.groupby("lesion_id").agg(dx=("dx", "first"), images=("dx", "size"))
+    counts = pd.crosstab(lesion_sizes["images"], lesion_sizes["dx"]).reindex(
+        columns=list(CLASSES), fill_value=0
+    )
+    counts.plot.bar(ax=right, stacked=True, rot=0)
+    right.set(
+        title="Lesions by number of images (one lesion: several photos)",
+        xlabel="images of the lesion",
+        ylabel="lesions",
+        yscale="log",
+    )
+    add_caption(fig, caption)
+    return fig
+
+
+def patients_figure(frame: pd.DataFrame, *, caption: str) -> Figure:
+    """Age (box plot), sex (shares) and body site (shares) of the images of each class."""
+    import seaborn as sns
+
+    fig = Figure(figsize=(15, 5))
+    ax_age, ax_sex, ax_site = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.6]})
+    sns.boxplot(data=frame, x="dx", y="age", order=list(CLASSES), ax=ax_age, color="tab:blue")
+    missing = int(frame["age"].isna().sum())
+    ax_age.set(title=f"Age by class ({missing} images without age)", xlabel="class")
+    shares = pd.crosstab(frame["dx"], frame["sex"], normalize="index").reindex(list(CLASSES))
+    shares.plot.bar(ax=ax_sex, stacked=True, rot=0)
+    ax_sex.set(title="Sex by class (share of images)", xlabel="class", ylabel="share")
+    ax_sex.legend(fontsize=8, loc="lower right")
+    sites = pd.crosstab(frame["dx"], frame["localization"], normalize="index").reindex(
+        list(CLASSES)
+    )
+    sns.heatmap(sites.T, ax=ax_site, cmap="Blues", annot=True, fmt=".2f", annot_kws={"size": 6})
+    ax_site.set(title="Body site by class (share of the class's images)", xlabel="class")
+    add_caption(fig, caption)
+    return fig
+
+
+def dx_type_figure(frame: pd.DataFrame, *, caption: str) -> Figure:
+    """How each class's diagnosis was confirmed (histopathology, follow-up, consensus, confocal)."""
+    counts = pd.crosstab(frame["dx"], frame["dx_type"]).reindex(list(CLASSES), fill_value=0)
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    (counts.div(counts.sum(axis=1), axis=0)).plot.bar(ax=ax, stacked=True, rot=0)
+    ax.set_xticks(range(len(CLASSES)), [f"{c}\n({counts.loc[c].sum()})" for c in CLASSES])
+    ax.set(title="Ground truth by class (dx_type)", xlabel="class (images)", ylabel="share")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    add_caption(fig, caption)
+    return fig
+
+
+def image_sizes(paths: Sequence[str]) -> pd.DataFrame:
+    """Image count per "WxH" size (headers only, every file), most common first."""
+    from PIL import Image
+
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.append(f"{image.width}x{image.height}")
+    counts = pd.Series(sizes, dtype=str).value_counts()
+    return counts.rename_axis("size").rename("images").to_frame()
+
+
+def samples_figure(
+    frame: pd.DataFrame, per_class: int = 6, seed: int = 0, *, caption: str
+) -> Figure:
+    """`per_class` random images of each class (rows), seeded, at their own size."""
+    from PIL import Image
+
+    fig = Figure(figsize=(1.9 * per_class + 0.8, 1.6 * len(CLASSES) + 0.6))
+    axes = fig.subplots(len(CLASSES), per_class, squeeze=False)
+    for row, code in enumerate(CLASSES):
+        of_class = frame[frame["dx"] == code]
+        chosen = of_class.sample(min(per_class, len(of_class)), random_state=seed)
+        for column, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column < len(chosen):
+                with Image.open(chosen["path"].iloc[column]) as image:
+                    ax.imshow(image.convert("RGB"))
+                ax.set_title(chosen["image_id"].iloc[column], fontsize=6)
+        axes[row][0].set_ylabel(code, rotation=0, ha="right", va="center", fontsize=10)
+    fig.suptitle(f"{per_class} random images per class (seed {seed})")
+    add_caption(fig, caption)
+    return fig
+
+
+def split_figure(table: pd.DataFrame, *, caption: str) -> Figure:
+    """Per class, the share of its images in train/val/test (`skin_tf.data.split_table` input)."""
+    classes = [c for c in table.index if c != "total"]
+    splits = [s for s in table.columns if s != "all"]
+    shares = table.loc[classes, splits].div(table.loc[classes, "all"], axis=0)
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
+    shares.plot.bar(ax=ax, stacked=True, rot=0)
+    ax.set_xticks(
+        range(len(classes)), [f"{c}\n{'/'.join(map(str, table.loc[c, splits]))}" for c in classes]
+    )
+    ax.set(
+        title="Lesion split: share of each class's images per split",
+        xlabel=f"class (images: {' / '.join(splits)})",
+        ylabel="share",
+    )
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    add_caption(fig, caption)
+    return fig
+
+
+# ---------------------------------------------------------------- 05: accuracy vs sensitivity
+
+
+def tradeoff_figure(runs: Mapping[str, str | os.PathLike], *, title: str, caption: str) -> Figure:
+    """Accuracy vs melanoma sensitivity: per epoch on val (left, the kept epoch starred) and of
+    the kept checkpoint on test with 95% intervals (right). Needs evaluated runs."""
+    from skin_tf.report import kept_epoch
+
+    fig = Figure(figsize=(12, 5))
+    ax_val, ax_test = fig.subplots(1, 2)
+    for index, (label, run_dir) in enumerate(runs.items()):
+        colour = f"C{index}"
+        history = pd.read_csv(Path(run_dir) / "history.csv")
+        ax_val.plot(
+            history["val_acc"], history["val_mel_recall"], "o-", color=colour, ms=3, label=label
+        )
+        kept = kept_epoch(run_dir)
+        if kept is not None and 1 <= kept <= len(history):
+            row = history.iloc[kept - 1]
+            ax_val.plot(row["val_acc"], row["val_mel_recall"], "*", color=colour, ms=15, mec="k")
+        test = read_json(Path(run_dir) / "metrics.json")["test"]
+        x, y = test["accuracy"], test["mel_sensitivity"]
+        ci = test.get("ci", {})
+        x_ci, y_ci = ci.get("accuracy") or (x, x), ci.get("mel_sensitivity") or (y, y)
+        ax_test.errorbar(
+            x,
+            y,
+            xerr=[[x - x_ci[0]], [x_ci[1] - x]],
+            yerr=[[y - y_ci[0]], [y_ci[1] - y]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+            label=label,
+        )
+    ax_val.set(
+        title="Validation, every epoch (star: the kept checkpoint)",
+        xlabel="val accuracy",
+        ylabel="val melanoma sensitivity",
+    )
+    ax_test.set(
+        title="Test, kept checkpoint (95% lesion-bootstrap intervals)",
+        xlabel="test accuracy",
+        ylabel="test melanoma sensitivity",
+    )
+    for ax in (ax_val, ax_test):
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    add_caption(fig, caption)
+    return fig
