@@ -133,7 +133,7 @@ class TrainConfig:
     select_metric: Literal[
         "val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_mel_recall"
     ] = "val_loss"  # which epoch's checkpoint becomes best.keras
-    tta: bool = False  # test-time augmentation: average predictions over flips
+    tta: bool = False  # test-time augmentation: average over the 8 flips/90° rotations
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals in metrics.json
 
     @property

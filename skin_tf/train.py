@@ -508,7 +508,7 @@ def predict_frame(
 ) -> pd.DataFrame:
     """image_id, dx, p_<class>… for a dataset built from `frame` with training=False (same order).
 
-    tta=True averages the softmax over the image and its horizontal and vertical flips.
+    tta=True averages the softmax over the 8 flips/90° rotations of each image.
     """
     probs = predict_probs(model, dataset, tta=tta)
     if len(probs) != len(frame):
@@ -569,24 +569,13 @@ def _selection_summary(history_path: Path, config: TrainConfig) -> dict[str, Any
 def predict_probs(model: keras.Model, dataset: tf.data.Dataset, tta: bool = False) -> np.ndarray:
     """Softmax probabilities (n, 7) for an ordered (images, labels) dataset, float64.
 
-    tta=True averages over the image, its left-right flip and its up-down flip.
+    tta=True averages the 8 flips/90° rotations (`evaluate.predict_tta`, the one TTA).
     """
-    import tensorflow as tf
+    if tta:
+        from skin_tf.evaluate import predict_tta
 
-    def as_is(images, labels):
-        return images
-
-    def flip_left_right(images, labels):
-        return tf.reverse(images, axis=[2])
-
-    def flip_up_down(images, labels):
-        return tf.reverse(images, axis=[1])
-
-    views = [as_is, flip_left_right, flip_up_down] if tta else [as_is]
-    probs = [
-        np.asarray(model.predict(dataset.map(view), verbose=0), dtype=np.float64) for view in views
-    ]
-    return np.mean(probs, axis=0)
+        return predict_tta(model, dataset)
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
 
 
 def validation_logs(labels: np.ndarray, probs: np.ndarray, loss_fn: Any) -> dict[str, float]:
