@@ -52,18 +52,16 @@ INPUT_DTYPES = (tf.float32, tf.uint8)  # float32 first: it is the TF-Serving sig
 # ---------------------------------------------------------------- in-graph preprocessing
 
 
-RESIZE_ALIASES = {"squash": "squash", "stretch": "squash", "crop": "crop"}
-
-
 def resize_rule(name: str) -> str:
-    """The pipeline's resize mode for a config value ("stretch" is the config's word for squash)."""
-    try:
-        return RESIZE_ALIASES[name]
-    except KeyError:
+    """`name`, checked against the modes `skin_tf.pipeline.decode_resize` has."""
+    from skin_tf.pipeline import RESIZE_MODES
+
+    if name not in RESIZE_MODES:
         raise ValueError(
-            f"resize={name!r} is not supported for export: use one of "
-            f"{', '.join(sorted(RESIZE_ALIASES))} (the modes skin_tf.pipeline.decode_resize has)"
-        ) from None
+            f"resize={name!r} is not supported for export: use one of {', '.join(RESIZE_MODES)} "
+            "(the modes skin_tf.pipeline.decode_resize has)"
+        )
+    return name
 
 
 def resize_images(images: tf.Tensor, size: tuple[int, int], resize: str) -> tf.Tensor:

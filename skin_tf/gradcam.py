@@ -125,13 +125,13 @@ def heatmap_to_input(
     """Map heatmaps on the model grid (N, a, b) onto an input image's pixels (N, H, W).
 
     Undoes the geometry of the training resize rule (`size` is the model input (h, w)):
-    "squash" (alias "stretch") rescales each axis; "crop" lays the map over the central crop
+    "squash" rescales each axis; "crop" lays the map over the central crop
     with the model's aspect ratio and leaves zero outside it. Works eagerly and inside a
     tf.function (the `explain` endpoint uses it).
     """
     height, width = input_hw[0], input_hw[1]
     cam = tf.convert_to_tensor(cam, tf.float32)[..., None]
-    if resize in ("squash", "stretch"):
+    if resize == "squash":
         out = tf.image.resize(cam, (height, width))
     elif resize == "crop":
         h, w = float(size[0]), float(size[1])
@@ -146,7 +146,7 @@ def heatmap_to_input(
             width,
         )
     else:
-        raise ValueError(f"unknown resize rule {resize!r}: use squash (stretch) or crop")
+        raise ValueError(f"unknown resize rule {resize!r}: use squash or crop")
     return out[..., 0]
 
 

@@ -167,7 +167,7 @@ def write_run(run_dir: Path, model: keras.Model, *, temperature: float | None, o
     """A run directory with what export_run reads (no predictions needed)."""
     run_dir.mkdir(parents=True)
     model.save(run_dir / "best.keras")
-    config = {"model": "efficientnet_b0", "image_size": SIZE, "resize": "stretch", "tta": False}
+    config = {"model": "efficientnet_b0", "image_size": SIZE, "resize": "squash", "tta": False}
     (run_dir / "config.json").write_text(json.dumps(config))
     meta = {
         "run_name": "tiny", "config_name": "baseline", "profile": "smoke",

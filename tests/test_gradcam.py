@@ -122,7 +122,7 @@ def make_run(run_dir: Path, data_root: Path, model: keras.Model) -> pd.DataFrame
     """A finished run on the synthetic data: best.keras, config, meta and test predictions."""
     run_dir.mkdir(parents=True)
     model.save(run_dir / "best.keras")
-    config = {"model": "efficientnet_b0", "image_size": SIZE, "resize": "stretch"}
+    config = {"model": "efficientnet_b0", "image_size": SIZE, "resize": "squash"}
     (run_dir / "config.json").write_text(json.dumps(config))
     meta = {
         "run_name": "tiny-run", "config_name": "baseline", "profile": "smoke",
