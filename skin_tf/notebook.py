@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,9 +130,13 @@ def find_run(
     config: Mapping[str, Any] | None = None,
     done_file: str = "metrics.json",
     finished: bool = True,
+    complete: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
 ) -> Path | None:
     """The newest run `runs_dir/<time>__<run_name>` with `done_file` (finished=True) or without
     it (finished=False), whose config.json equals `config` when given; None if there is none.
+
+    complete: applied to a stored config.json before comparing, e.g. to give a run made before
+    a config field existed that field's default (which is how that run behaved).
 
     >>> find_run("runs", "baseline-smoke")  # doctest: +SKIP
     PosixPath('runs/20250101T120000Z__baseline-smoke')
@@ -146,11 +150,24 @@ def find_run(
             continue
         if (run_dir / done_file).is_file() != finished:
             continue
-        if config is None or (
-            (run_dir / "config.json").is_file() and read_json(run_dir / "config.json") == config
-        ):
+        if config is None or _stored_config(run_dir, complete) == config:
             return run_dir
     return None
+
+
+def _stored_config(
+    run_dir: Path, complete: Callable[[dict[str, Any]], Mapping[str, Any]] | None
+) -> Mapping[str, Any] | None:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    stored = read_json(path)
+    if complete is None:
+        return stored
+    try:
+        return complete(stored)
+    except ConfigError:  # written by a version with keys or values this one no longer accepts
+        return None
 
 
 def run_or_train(config: TrainConfig, nb: Setup, run_name: str | None = None) -> Path:
@@ -159,15 +176,20 @@ def run_or_train(config: TrainConfig, nb: Setup, run_name: str | None = None) ->
     run_name defaults to skin_tf.train.default_run_name ("baseline-smoke", …), so later notebooks
     find the runs of earlier ones.
     """
+    from skin_tf.config import config_from_dict
     from skin_tf.train import default_run_name, train
 
     name = run_name or default_run_name(config)
     wanted = config.to_dict()
-    found = find_run(nb.runs_dir, name, wanted)
+
+    def complete(stored: dict[str, Any]) -> dict[str, Any]:
+        return config_from_dict(stored).to_dict()
+
+    found = find_run(nb.runs_dir, name, wanted, complete=complete)
     if found is not None:
         print(f"reusing {found.name}: {provenance(found)}")
         return found
-    unfinished = find_run(nb.runs_dir, name, wanted, finished=False)
+    unfinished = find_run(nb.runs_dir, name, wanted, finished=False, complete=complete)
     if unfinished is not None and (unfinished / "splits.csv").is_file():
         print(f"resuming the unfinished run {unfinished.name}")
         return train(resume=unfinished, data_root=nb.data_root)
@@ -181,14 +203,21 @@ def run_or_train(config: TrainConfig, nb: Setup, run_name: str | None = None) ->
 def vae_run_or_train(config: VaeConfig, nb: Setup) -> Path:
     """A finished cVAE run of `config` (named like `skin-tf train-vae` names it), or a new one."""
     from skin_tf.cvae import WEIGHTS_FILE, train_vae
+    from skin_tf.cvae_config import vae_config_from_dict
 
     name = config.name if config.profile == "full" else f"{config.name}-{config.profile}"
     wanted = config.to_dict()
-    found = find_run(nb.runs_dir, name, wanted, done_file=WEIGHTS_FILE)
+
+    def complete(stored: dict[str, Any]) -> dict[str, Any]:
+        return vae_config_from_dict(stored).to_dict()
+
+    found = find_run(nb.runs_dir, name, wanted, done_file=WEIGHTS_FILE, complete=complete)
     if found is not None:
         print(f"reusing {found.name}: {provenance(found)}")
         return found
-    unfinished = find_run(nb.runs_dir, name, wanted, done_file=WEIGHTS_FILE, finished=False)
+    unfinished = find_run(
+        nb.runs_dir, name, wanted, done_file=WEIGHTS_FILE, finished=False, complete=complete
+    )
     if unfinished is not None and (unfinished / "splits.csv").is_file():
         print(f"resuming the unfinished cVAE run {unfinished.name}")
         return train_vae(resume=unfinished, data_root=nb.data_root)

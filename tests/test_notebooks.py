@@ -436,3 +436,20 @@ def test_notebook_runs_top_to_bottom_under_smoke(name, workspace, real_data_root
             data = output.get("data", {})
             if str(data.get("text/plain", "")).startswith("<Figure size"):
                 assert "image/png" in data, f"{name}: a figure was not shown as an image"
+
+
+def test_find_run_completes_configs_written_before_a_field_existed(tmp_path):
+    from skin_tf.config import config_from_dict, load_config
+
+    wanted = load_config("baseline", profile="smoke").to_dict()
+    older = {k: v for k, v in wanted.items() if k not in ("strategy", "lr_scaling")}
+    run = make_run(tmp_path, "20250101T000000Z__baseline-smoke", older)
+    make_run(tmp_path, "20250102T000000Z__baseline-smoke", {**wanted, "retired_key": 1})
+
+    def complete(stored):
+        return config_from_dict(stored).to_dict()
+
+    assert notebook.find_run(tmp_path, "baseline-smoke", wanted) is None  # exact match misses it
+    assert notebook.find_run(tmp_path, "baseline-smoke", wanted, complete=complete) == run
+    changed = {**wanted, "epochs": wanted["epochs"] + 1}
+    assert notebook.find_run(tmp_path, "baseline-smoke", changed, complete=complete) is None
