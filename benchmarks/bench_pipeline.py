@@ -28,7 +28,8 @@ import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
-from skin_tf.augment import AugmentConfig, augment_batch
+from skin_tf.augment import augment_batch
+from skin_tf.config import AugmentConfig
 from skin_tf.data import read_metadata
 from skin_tf.pipeline import AUTOTUNE, decode_resize, make_dataset
 

@@ -26,7 +26,6 @@ training process holding the cache of the whole train split. Results go in bench
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -57,10 +56,11 @@ def measure(
     import tensorflow as tf
 
     from skin_tf.config import load_config
-    from skin_tf.data import read_metadata, split_by_lesion
+    from skin_tf.data import read_metadata
     from skin_tf.losses import build_loss, build_optimizer
     from skin_tf.models import build_classifier
-    from skin_tf.pipeline import AugmentConfig, class_weights, make_dataset
+    from skin_tf.pipeline import class_weights, make_dataset
+    from skin_tf.splits import split_by_lesion
 
     config = load_config("baseline", profile="cpu")
     keras.utils.set_random_seed(seed)
@@ -76,7 +76,7 @@ def measure(
             training=True,
             batch_size=BATCH_SIZE,
             resize=config.resize,
-            augment=AugmentConfig(**dataclasses.asdict(config.augment)),
+            augment=config.augment,  # the config's own AugmentConfig, as in training
             cache=True,
             seed=seed,
         )

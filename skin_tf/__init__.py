@@ -28,7 +28,7 @@ _EXPORTS = {
     "CLASSES": "data",
     "CLASS_NAMES": "data",
     "read_metadata": "data",
-    "split_by_lesion": "data",
+    "split_by_lesion": "splits",
     "make_dataset": "pipeline",
     "load_image": "pipeline",
     "build_classifier": "models",

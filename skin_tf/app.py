@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from skin_tf import app_support as support
+from skin_tf.app_launch import page_settings
 from skin_tf.predict import MAX_PIXELS, MIN_SIDE
 
 st.set_page_config(page_title="skin_tf · HAM10000 lesion classifier", layout="wide")
@@ -42,7 +43,7 @@ st.warning(
     "lesion is dangerous: see a doctor about any skin change that worries you."
 )
 
-settings = support.page_settings()
+settings = page_settings()
 options, first, skipped = support.model_choices(settings)
 if not options:
     st.error(support.no_model_instructions(settings))

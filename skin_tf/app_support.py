@@ -1,28 +1,23 @@
-"""What the Streamlit page (`skin_tf/app.py`) needs besides Streamlit calls, and `skin-tf app`.
+"""What the Streamlit page (`skin_tf/app.py`) does besides Streamlit calls: find the exported
+models, analyse one upload, and write the top-k table, melanoma flag, CSV and provenance.
 
-    skin-tf app                                  # every model in saved_models/
-    skin-tf app --model saved_models/b0 --port 8502
-
-The page script reads its settings from the arguments after `--` (what `app_command` passes)
-or from the environment (SKIN_TF_MODEL, SKIN_TF_MODELS_DIR), so tests can set them. Images are
-read and validated by `skin_tf.predict.prepare_image`, scored and explained by the exported
-SavedModel (`skin_tf.export.load_served`) and drawn with `skin_tf.gradcam.overlay`; nothing here
-loads the Keras training model.
+Images are read and validated by `skin_tf.predict.prepare_image`, scored and explained by the
+exported SavedModel (`skin_tf.export.load_served`) and drawn with `skin_tf.gradcam.overlay`;
+nothing here loads the Keras training model. Starting the page (`skin-tf app`) and the settings
+it hands over are in `skin_tf.app_launch`.
 
 Example:
-    >>> settings = page_settings(["--models-dir", "saved_models"], environ={})
-    >>> settings.models_dir
-    PosixPath('saved_models')
+    >>> find_models("saved_models")  # doctest: +SKIP
+    ([PosixPath('saved_models/b0')], [])
+    >>> top_k_frame(np.eye(7)[4], 1)["class"].tolist()
+    ['mel']
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +30,9 @@ from PIL import Image
 from skin_tf.data import CLASS_NAMES, CLASSES, MEL_INDEX
 
 if TYPE_CHECKING:
+    from skin_tf.app_launch import PageSettings  # only a type: app_launch imports this module
     from skin_tf.export import ServedModel
 
-APP_PATH = Path(__file__).with_name("app.py")
-ENV_MODEL = "SKIN_TF_MODEL"
-ENV_MODELS_DIR = "SKIN_TF_MODELS_DIR"
-DEFAULT_MODELS_DIR = Path("saved_models")
 UPLOAD_TYPES = ["jpg", "jpeg", "png"]
 MAX_DISPLAY_SIDE = 1024  # pictures shown in the browser; the model always sees the full image
 _GREY_CAUTION = (
@@ -69,37 +61,7 @@ for _mode in ("I;16B", "I;16L"):
 _EXIF_ORIENTATION = 0x0112
 
 
-# ---------------------------------------------------------------- settings and model discovery
-
-
-@dataclass(frozen=True)
-class PageSettings:
-    """Where the page looks for exported models, and which one it opens first."""
-
-    models_dir: Path
-    model: Path | None = None
-
-
-def page_settings(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> PageSettings:
-    """Settings from `--model/--models-dir` in argv (after `streamlit run app.py --`), else env.
-
-    Unknown arguments are ignored: under AppTest argv is pytest's own command line.
-
-    Example:
-        >>> page_settings(["--model", "saved_models/b0"], environ={}).model
-        PosixPath('saved_models/b0')
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--model", type=Path)
-    parser.add_argument("--models-dir", type=Path)
-    known, _ = parser.parse_known_args(argv)
-    model = known.model or (Path(environ[ENV_MODEL]) if environ.get(ENV_MODEL) else None)
-    models_dir = known.models_dir or Path(environ.get(ENV_MODELS_DIR) or DEFAULT_MODELS_DIR)
-    return PageSettings(models_dir=models_dir, model=model)
+# ---------------------------------------------------------------- model discovery
 
 
 def is_exported_model(path: Path) -> bool:
@@ -466,80 +428,3 @@ def provenance_markdown(metadata: Mapping[str, Any]) -> str:
     if metadata.get("exported_utc"):
         lines.append(f"- Exported: {metadata['exported_utc']}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- `skin-tf app`
-
-
-def streamlit_command(
-    model: str | os.PathLike | None,
-    models_dir: str | os.PathLike,
-    port: int,
-    address: str,
-) -> list[str]:
-    """The `python -m streamlit run skin_tf/app.py …` command line `app_command` starts."""
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP_PATH),
-        "--server.address",
-        address,
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",  # no usage statistics sent anywhere
-        "false",
-        "--client.toolbarMode",  # no "Deploy" button: this is a local page
-        "minimal",
-        "--server.fileWatcherType",  # users run the page, they do not edit it
-        "none",
-        "--",
-        "--models-dir",
-        str(models_dir),
-    ]
-    if model is not None:
-        command += ["--model", str(model)]
-    return command
-
-
-def app_command(
-    model: str | os.PathLike | None = None,
-    models_dir: str | os.PathLike = DEFAULT_MODELS_DIR,
-    port: int = 8501,
-    address: str = "127.0.0.1",
-) -> int:
-    """Run the Streamlit page until Ctrl-C; returns Streamlit's exit code.
-
-    Example:
-        >>> app_command("saved_models/b0", port=8502)  # doctest: +SKIP
-        open http://127.0.0.1:8502 in a browser (Ctrl-C stops the page)
-    """
-    if model is not None and not is_exported_model(Path(model)):
-        raise FileNotFoundError(
-            f"{model} is not an exported model (needs saved_model.pb and metadata.json): "
-            "create one with `skin-tf export RUN_DIR --out saved_models/NAME`"
-        )
-    if not 0 < port < 65536:
-        raise ValueError(f"port must be between 1 and 65535, got {port}")
-    print(f"open http://{address}:{port} in a browser (Ctrl-C stops the page)", flush=True)
-    process = subprocess.Popen(streamlit_command(model, models_dir, port, address))
-    try:
-        return process.wait()
-    except KeyboardInterrupt:  # Ctrl-C reaches Streamlit too; let it shut down cleanly
-        return process.wait()
-
-
-def add_app_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `skin-tf app` arguments (the CLI calls `app_command` with them)."""
-    parser.add_argument("--model", type=Path, help="exported model to open first")
-    parser.add_argument(
-        "--models-dir",
-        type=Path,
-        default=DEFAULT_MODELS_DIR,
-        help="folder of exported models for the picker (default: saved_models)",
-    )
-    parser.add_argument("--port", type=int, default=8501)
-    parser.add_argument("--address", default="127.0.0.1", help="interface to listen on")

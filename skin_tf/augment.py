@@ -1,14 +1,18 @@
 """Training augmentation, applied per batch after the cache: flips, 90° turns, random-resized-crop,
 optional small rotations, colour jitter. One random draw per image; float32 in, float32 out.
+
+What to apply is a `skin_tf.config.AugmentConfig` (kept there, free of TensorFlow, so configs load
+without it); this module only applies it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
+
+from skin_tf.config import AugmentConfig
 
 # RGB → YIQ (NTSC); hue jitter rotates the I/Q chroma plane.
 _RGB_TO_YIQ = np.array(
@@ -16,44 +20,6 @@ _RGB_TO_YIQ = np.array(
 )
 _LUMA = _RGB_TO_YIQ[0]
 _RGB_TO_YIQ, _YIQ_TO_RGB = tf.constant(_RGB_TO_YIQ), tf.constant(np.linalg.inv(_RGB_TO_YIQ))
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Random training augmentation, applied per batch after the cache (one draw per image).
-
-    hflip/vflip/rot90: random flips and 90° rotations (together: all 8 orientations).
-    rotation_degrees: extra rotation, uniform in ±degrees (corners filled by reflection); it
-        needs a projective warp that halves cached throughput, so it is off by default.
-    brightness/contrast/saturation: factor uniform in [1 - x, 1 + x] (torchvision ColorJitter
-        semantics); hue: chroma rotation uniform in ±hue of a full turn (YIQ space).
-    crop_scale: random-resized-crop area fraction range (aspect ratio in [3/4, 4/3]), or None.
-        Crops come from the cached image at the target size, so a crop is scaled up (at most
-        1/sqrt(lo) times), not re-read from the original.
-
-    >>> AugmentConfig(rotation_degrees=15, crop_scale=None)
-    """
-
-    hflip: bool = True
-    vflip: bool = True
-    rot90: bool = True
-    rotation_degrees: float = 0.0
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.02
-    crop_scale: tuple[float, float] | None = (0.75, 1.0)
-
-    def __post_init__(self) -> None:
-        for field in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, field) < 1.0:
-                raise ValueError(f"AugmentConfig.{field} must be in [0, 1), got {self!r}")
-        if not 0.0 <= self.hue <= 0.5 or not 0.0 <= self.rotation_degrees <= 180.0:
-            raise ValueError(f"AugmentConfig: hue in [0, 0.5], rotation in [0, 180]: {self!r}")
-        if self.crop_scale is not None and not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-            raise ValueError(
-                f"AugmentConfig.crop_scale must be (lo, hi), 0 < lo <= hi <= 1: {self}"
-            )
 
 
 def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:

@@ -21,14 +21,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from skin_tf import plots
-from skin_tf.metrics import (
-    PROB_COLUMNS,
-    frame_arrays,
-    read_predictions,
-    run_caption,
-    run_name_of,
-    write_json,
-)
+from skin_tf.metrics import PROB_COLUMNS, frame_arrays, read_predictions
+from skin_tf.runs import run_caption, run_name_of, write_json
 
 TEMPERATURE_FILE = "temperature.json"
 # Bounds for the search on log T: T in [0.05, 20] covers every network we have seen by far.

@@ -17,13 +17,8 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _split(args: argparse.Namespace) -> int:
-    from skin_tf.data import (
-        read_metadata,
-        resolve_data_root,
-        split_by_lesion,
-        split_table,
-        write_splits,
-    )
+    from skin_tf.data import read_metadata, resolve_data_root
+    from skin_tf.splits import split_by_lesion, split_table, write_splits
 
     frame = split_by_lesion(
         read_metadata(resolve_data_root(args.data)), fractions=tuple(args.fractions), seed=args.seed
@@ -153,13 +148,13 @@ def _add_tfds_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _app(args: argparse.Namespace) -> int:
-    from skin_tf.app_support import app_command
+    from skin_tf.app_launch import app_command
 
     return app_command(args.model, args.models_dir, args.port, args.address)
 
 
 def _add_app(sub: argparse._SubParsersAction) -> None:
-    from skin_tf.app_support import add_app_arguments
+    from skin_tf.app_launch import add_app_arguments
 
     p = sub.add_parser(
         "app", help="Streamlit page: upload images, see top-k, Grad-CAM and the melanoma flag"

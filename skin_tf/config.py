@@ -1,8 +1,9 @@
-"""Training configs: a typed dataclass, shipped JSON experiments, profiles and `--set` overrides.
+"""Training configs: typed dataclasses, shipped JSON experiments, profiles and `--set` overrides.
 
 A config is data. `skin_tf/configs/<name>.json` holds every hyper-parameter of one reference
 experiment; a *profile* adapts any of them to the machine at hand; `--set key=value` changes single
 fields. Everything is validated before any work starts, and each error names the key.
+`TrainConfig.augment` is an `AugmentConfig` (what skin_tf.augment applies), or None for none.
 
     >>> cfg = load_config("baseline", profile="smoke", overrides=["epochs=2"])
     >>> cfg.image_size, cfg.epochs, cfg.weights
@@ -33,8 +34,9 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,13 +64,26 @@ class ConfigError(ValueError):
     """A config that cannot be trained: unknown key, wrong type or impossible value (named)."""
 
 
+# AugmentConfig lives here, not in skin_tf.augment (which applies it), because that module
+# imports TensorFlow and a TrainConfig must be readable and checkable without it.
 @dataclass(frozen=True)
-class AugmentSettings:
-    """Training-time augmentation (never applied to val/test); mirrors pipeline.AugmentConfig.
+class AugmentConfig:
+    """Random training augmentation, applied per batch after the cache (one draw per image).
 
-    hflip/vflip/rot90: random flips and 90-degree turns. rotation_degrees: extra rotation in
-    ±degrees (0 = off). brightness/contrast/saturation: factor in [1 - x, 1 + x]; hue: ±fraction
-    of a turn. crop_scale: random-resized-crop area range (lo, hi), or None for no crop.
+    hflip/vflip/rot90: random flips and 90° rotations (together: all 8 orientations).
+    rotation_degrees: extra rotation, uniform in ±degrees (corners filled by reflection); it
+        needs a projective warp that halves cached throughput, so it is off by default.
+    brightness/contrast/saturation: factor uniform in [1 - x, 1 + x] (torchvision ColorJitter
+        semantics); hue: chroma rotation uniform in ±hue of a full turn (YIQ space).
+    crop_scale: random-resized-crop area fraction range (aspect ratio in [3/4, 4/3]), or None.
+        Crops come from the cached image at the target size, so a crop is scaled up (at most
+        1/sqrt(lo) times), not re-read from the original.
+
+    These defaults are make_dataset's (`pipeline.DEFAULT_AUGMENT`); a TrainConfig's default is
+    REFERENCE_AUGMENT (no crop). Impossible values raise ConfigError naming the field.
+
+    >>> AugmentConfig(rotation_degrees=15, crop_scale=None).rotation_degrees
+    15
     """
 
     hflip: bool = True
@@ -79,7 +94,31 @@ class AugmentSettings:
     contrast: float = 0.1
     saturation: float = 0.1
     hue: float = 0.02
-    crop_scale: tuple[float, float] | None = None
+    crop_scale: tuple[float, float] | None = (0.75, 1.0)
+
+    def __post_init__(self) -> None:
+        def fail(key: str, why: str) -> None:
+            raise ConfigError(f"augment.{key}={getattr(self, key)!r} {why}")
+
+        lo_hi = self.crop_scale
+        if lo_hi is not None and not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+            fail(
+                "crop_scale",
+                "must be null or [lo, hi] with 0 < lo <= hi <= 1 (image area fractions)",
+            )
+        for key in ("brightness", "contrast", "saturation"):
+            if not 0 <= getattr(self, key) < 1:
+                fail(key, "must be in [0, 1)")
+        if not 0 <= self.hue <= 0.5:
+            fail("hue", "must be in [0, 0.5] (fraction of a full hue turn)")
+        if not 0 <= self.rotation_degrees <= 180:
+            fail("rotation_degrees", "must be in [0, 180]")
+
+
+# The reference experiments' augmentation (TrainConfig's default, and what a partial `augment`
+# object in a config or `--set augment.x=…` starts from): AugmentConfig's defaults without the
+# random-resized crop, which only the effnetb2_260 configs switch on.
+REFERENCE_AUGMENT = AugmentConfig(crop_scale=None)
 
 
 @dataclass(frozen=True)
@@ -116,7 +155,7 @@ class TrainConfig:
     balance: Literal["none", "sampler"] = "none"  # "sampler": class-balanced sampling
     sampler_power: float = 0.0  # sampler: class prob ∝ count**power (0 balanced, 1 natural)
     # Input pipeline
-    augment: AugmentSettings | None = field(default_factory=AugmentSettings)  # None: off
+    augment: AugmentConfig | None = REFERENCE_AUGMENT  # None: off (frozen, so safe to share)
     resize: Literal["squash", "crop"] = "squash"  # stretch to a square, or centre-crop one
     cache: bool | str = True  # True: decoded uint8 images in memory; a folder: files there
     synthetic_dir: str | None = None  # folder of synthetic training images (cVAE), or None
@@ -178,22 +217,7 @@ def config_names() -> list[str]:
     >>> "baseline" in config_names()
     True
     """
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    names = []
-    for name in _shipped_names():
-        raw = json.loads((_configs_folder() / f"{name}.json").read_text("utf-8"))
-        if isinstance(raw, dict) and set(raw) <= known:
-            names.append(name)
-    return names
-
-
-def _configs_folder():
-    return resources.files("skin_tf") / "configs"
-
-
-def _shipped_names() -> list[str]:
-    """Stems of every JSON file in skin_tf/configs/ (classifier and cVAE configs)."""
-    return sorted(p.name[:-5] for p in _configs_folder().iterdir() if p.name.endswith(".json"))
+    return shipped_names_for(TrainConfig)
 
 
 def load_config(
@@ -210,20 +234,20 @@ def load_config(
     >>> load_config("baseline", overrides=["epochs=3"]).epochs
     3
     """
-    raw, source = _read_raw(name_or_path)
-    if source in _shipped_names() and source not in config_names():
+    raw, source = read_config_json(name_or_path)
+    if source in shipped_config_names() and source not in config_names():
         raise ConfigError(
             f"{source!r} is not a classifier config (it is shipped for another command, e.g. "
             f"`skin-tf train-vae`); classifier configs: {', '.join(config_names())}"
         )
     if profile not in PROFILES:
         raise ConfigError(
-            f"unknown profile {profile!r}{_suggest(profile, PROFILES)}; "
+            f"unknown profile {profile!r}{did_you_mean(profile, PROFILES)}; "
             f"choose one of {', '.join(PROFILES)}"
         )
     _check_keys(raw, source)
-    merged = _merge(raw, PROFILES[profile])
-    merged = _merge(merged, parse_overrides(overrides))
+    merged = merge_settings(raw, PROFILES[profile])
+    merged = merge_settings(merged, parse_overrides(overrides))
     merged.setdefault("name", Path(source).stem)
     merged["profile"] = profile
     return config_from_dict(merged, source=str(source))
@@ -269,134 +293,42 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfi
         if name == "augment":
             values[name] = _augment_from(value, source)
         else:
-            values[name] = _coerce(value, hints[name], f"{source}: {name}")
+            values[name] = coerce_value(value, hints[name], f"{source}: {name}")
     config = TrainConfig(**values)
     _check_values(config, source)
     return config
-
-
-def _read_raw(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
-    text = str(name_or_path)
-    looks_like_path = text.endswith(".json") or "/" in text or "\\" in text
-    if looks_like_path:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist: check the path")
-        source = str(path)
-        content = path.read_text(encoding="utf-8")
-    else:
-        names = _shipped_names()
-        if text not in names:
-            raise ConfigError(
-                f"unknown config {text!r}{_suggest(text, names)}; shipped configs: "
-                f"{', '.join(names)} (or give a path to a .json file)"
-            )
-        source = text
-        content = (_configs_folder() / f"{text}.json").read_text("utf-8")
-    try:
-        raw = json.loads(content)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"config {source} is not valid JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {source} must be a JSON object of key: value pairs")
-    return raw, source
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _suggest(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check_keys(data: dict[str, Any], source: str) -> None:
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {key!r}{_suggest(key, known)}")
+            raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(key, known)}")
         if key == "augment" and isinstance(value, dict):
-            augment_known = [f.name for f in dataclasses.fields(AugmentSettings)]
+            augment_known = [f.name for f in dataclasses.fields(AugmentConfig)]
             for sub in value:
                 if sub not in augment_known:
                     raise ConfigError(
-                        f"{source}: unknown key 'augment.{sub}'{_suggest(sub, augment_known)}"
+                        f"{source}: unknown key 'augment.{sub}'{did_you_mean(sub, augment_known)}"
                     )
 
 
-def _augment_from(value: Any, source: str) -> AugmentSettings | None:
-    if value is None or isinstance(value, AugmentSettings):
+def _augment_from(value: Any, source: str) -> AugmentConfig | None:
+    """An AugmentConfig from a (possibly partial) JSON object; missing keys keep
+    REFERENCE_AUGMENT's values, so a config that names no crop_scale gets no crop."""
+    if value is None or isinstance(value, AugmentConfig):
         return value
     if not isinstance(value, dict):
         raise ConfigError(
             f'{source}: augment must be null (off) or an object like {{"hflip": true}}, '
             f"got {value!r}"
         )
-    hints = typing.get_type_hints(AugmentSettings)
-    return AugmentSettings(
-        **{k: _coerce(v, hints[k], f"{source}: augment.{k}") for k, v in value.items()}
-    )
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(hint))
-    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against a type hint; JSON lists become tuples, ints are accepted as floats."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    wrong = ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    if origin in (typing.Union, types.UnionType):
-        for arm in args:
-            try:
-                return _coerce(value, arm, where)
-            except ConfigError:
-                continue
-        raise wrong
-    if origin is Literal:
-        if value in args and type(value) is type(args[0]):
-            return value
-        raise ConfigError(
-            f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
-            f"{_suggest(str(value), map(str, args))}"
-        )
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
-    if hint is type(None):
-        if value is None:
-            return None
-        raise wrong
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise wrong
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise wrong
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
-            return float(value)
-        raise wrong
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise wrong
-    raise TypeError(f"config field {where} has an unsupported type hint {hint!r}")
+    hints = typing.get_type_hints(AugmentConfig)
+    values = {k: coerce_value(v, hints[k], f"{source}: augment.{k}") for k, v in value.items()}
+    try:
+        return dataclasses.replace(REFERENCE_AUGMENT, **values)
+    except ConfigError as err:  # AugmentConfig names the field; add where the value came from
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _check_values(c: TrainConfig, source: str) -> None:
@@ -407,7 +339,7 @@ def _check_values(c: TrainConfig, source: str) -> None:
 
     if c.model not in MODELS:
         raise ConfigError(
-            f"{source}: unknown model {c.model!r}{_suggest(c.model, MODELS)}; "
+            f"{source}: unknown model {c.model!r}{did_you_mean(c.model, MODELS)}; "
             f"choose one of {', '.join(MODELS)}"
         )
     if c.weights not in (None, "imagenet") and not c.weights.endswith(".h5"):
@@ -442,8 +374,6 @@ def _check_values(c: TrainConfig, source: str) -> None:
         fail("mel_multiplier", "must be > 0 (1 = no extra melanoma weight)")
     if not 0 <= c.sampler_power <= 1:
         fail("sampler_power", "must be in [0, 1]")
-    if c.augment is not None:
-        _check_augment(c.augment, source)
     if any(f <= 0 for f in c.fractions) or not math.isclose(sum(c.fractions), 1.0, abs_tol=1e-6):
         fail("fractions", "must be three positive numbers (train, val, test) summing to 1")
     if c.subset_per_class is not None and c.subset_per_class < 3:
@@ -454,16 +384,140 @@ def _check_values(c: TrainConfig, source: str) -> None:
         fail("synthetic_dir", "must be null or a folder path")
 
 
-def _check_augment(a: AugmentSettings, source: str) -> None:
-    def fail(key: str, why: str) -> None:
-        raise ConfigError(f"{source}: augment.{key}={getattr(a, key)!r} {why}")
+# ------------------------------------------------------------------ shared with cvae_config
+# Finding, reading, merging and type-checking config JSON is the same for the classifier's and the
+# cVAE's configs, so these are public and skin_tf.cvae_config imports them: one set of rules and
+# one style of error message for both. They stay in this module, not a helper module of their
+# own, because they raise ConfigError, which every caller already imports from here.
 
-    if a.crop_scale is not None and not 0 < a.crop_scale[0] <= a.crop_scale[1] <= 1:
-        fail("crop_scale", "must be null or [lo, hi] with 0 < lo <= hi <= 1 (image area fractions)")
-    for key in ("brightness", "contrast", "saturation"):
-        if not 0 <= getattr(a, key) < 1:
-            fail(key, "must be in [0, 1)")
-    if not 0 <= a.hue <= 0.5:
-        fail("hue", "must be in [0, 0.5] (fraction of a full hue turn)")
-    if not 0 <= a.rotation_degrees <= 180:
-        fail("rotation_degrees", "must be in [0, 180]")
+
+def configs_folder() -> Traversable:
+    """skin_tf/configs/, where the shipped JSON configs live (inside the installed package)."""
+    return resources.files("skin_tf") / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    """Stems of every JSON file in skin_tf/configs/ (classifier and cVAE configs)."""
+    return sorted(p.name[:-5] for p in configs_folder().iterdir() if p.name.endswith(".json"))
+
+
+def shipped_names_for(config_class: type) -> list[str]:
+    """Shipped config names, sorted, whose JSON keys are all fields of the `config_class`
+    dataclass: how the classifier's and the cVAE's configs in one folder tell themselves apart."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    names = []
+    for name in shipped_config_names():
+        raw = json.loads((configs_folder() / f"{name}.json").read_text("utf-8"))
+        if isinstance(raw, dict) and set(raw) <= known:
+            names.append(name)
+    return names
+
+
+def read_config_json(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """(JSON object, source) of a shipped config name or a .json path; source is the name or
+    the path, for error messages. Raises ConfigError for a missing file, an unknown name
+    (with a suggestion) or JSON that is not an object."""
+    text = str(name_or_path)
+    looks_like_path = text.endswith(".json") or "/" in text or "\\" in text
+    if looks_like_path:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist: check the path")
+        source = str(path)
+        content = path.read_text(encoding="utf-8")
+    else:
+        names = shipped_config_names()
+        if text not in names:
+            raise ConfigError(
+                f"unknown config {text!r}{did_you_mean(text, names)}; shipped configs: "
+                f"{', '.join(names)} (or give a path to a .json file)"
+            )
+        source = text
+        content = (configs_folder() / f"{text}.json").read_text("utf-8")
+    try:
+        raw = json.loads(content)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config {source} is not valid JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {source} must be a JSON object of key: value pairs")
+    return raw, source
+
+
+def merge_settings(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `update`, nested objects merged key by key (a profile or `--set`
+    that changes augment.hue keeps the other augment keys).
+
+    >>> merge_settings({"a": 1, "b": {"x": 1, "y": 2}}, {"b": {"y": 3}})
+    {'a': 1, 'b': {'x': 1, 'y': 3}}
+    """
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """The " (did you mean 'x'?)" hint naming the closest of `choices`; "" when none is close.
+
+    >>> did_you_mean("epoch", ["epochs", "seed"])
+    " (did you mean 'epochs'?)"
+    """
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+
+
+def coerce_value(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type hint; JSON lists become tuples, ints are accepted as floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    wrong = ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        for arm in args:
+            try:
+                return coerce_value(value, arm, where)
+            except ConfigError:
+                continue
+        raise wrong
+    if origin is Literal:
+        if value in args and type(value) is type(args[0]):
+            return value
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
+            f"{did_you_mean(str(value), map(str, args))}"
+        )
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(coerce_value(v, a, where) for v, a in zip(value, args, strict=True))
+    if hint is type(None):
+        if value is None:
+            return None
+        raise wrong
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+            return float(value)
+        raise wrong
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise wrong
+    raise TypeError(f"config field {where} has an unsupported type hint {hint!r}")

@@ -76,7 +76,7 @@ def assign_folds(
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from skin_tf.data import split_by_lesion
+    from skin_tf.splits import split_by_lesion
 
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"folds={folds!r}: cross-validation needs a whole number of folds >= 2")
@@ -119,7 +119,8 @@ def fold_splits(plan: pd.DataFrame, fold: int) -> pd.DataFrame:
 
 def plan_for(config: TrainConfig, folds: int, data_root: str | os.PathLike | None = None):
     """(plan, data root): the fold plan of `config` on the data (subset first, like a run)."""
-    from skin_tf.data import lesion_subset, read_metadata, resolve_data_root
+    from skin_tf.data import read_metadata, resolve_data_root
+    from skin_tf.splits import lesion_subset
 
     root = resolve_data_root(data_root)
     frame = read_metadata(root)

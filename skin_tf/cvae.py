@@ -43,7 +43,8 @@ from skin_tf.cvae_config import (  # noqa: F401  (re-exported: skin_tf.cvae is t
     vae_config_from_dict,
     vae_config_names,
 )
-from skin_tf.data import CLASSES, SPLITS
+from skin_tf.data import CLASSES
+from skin_tf.splits import SPLITS
 
 WEIGHTS_FILE = "vae.weights.h5"  # written when training completes: its presence marks a done run
 BACKUP_DIR = "backup"  # BackupAndRestore state; removed when the run completes
@@ -291,14 +292,9 @@ def data_root_of(run_dir: str | os.PathLike) -> Path:
 def _prepare_new_run(
     config: VaeConfig, data_root: str | os.PathLike | None, runs_dir: Path, run_name: str | None
 ) -> Path:
-    from skin_tf.data import (
-        lesion_subset,
-        read_metadata,
-        resolve_data_root,
-        split_by_lesion,
-        write_splits,
-    )
+    from skin_tf.data import read_metadata, resolve_data_root
     from skin_tf.runs import collect_meta, create_run_dir, write_json
+    from skin_tf.splits import lesion_subset, split_by_lesion, write_splits
 
     root = resolve_data_root(data_root)
     frame = read_metadata(root)
@@ -338,7 +334,8 @@ def _prepare_resume(
 
 def run_frames(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> dict[str, pd.DataFrame]:
     """Index frames (path, label, …) of a run's train/val/test split, in splits.csv order."""
-    from skin_tf.data import read_metadata, read_splits
+    from skin_tf.data import read_metadata
+    from skin_tf.splits import read_splits
 
     splits = read_splits(Path(run_dir) / "splits.csv")
     index = read_metadata(data_root).set_index("image_id")
@@ -357,7 +354,8 @@ def vae_datasets(
     config: VaeConfig, frames: dict[str, pd.DataFrame]
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """(train, val) datasets of the shared pipeline: flips/90° turns only, no colour jitter."""
-    from skin_tf.pipeline import AugmentConfig, make_dataset
+    from skin_tf.config import AugmentConfig
+    from skin_tf.pipeline import make_dataset
 
     augment = (
         AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, crop_scale=None)

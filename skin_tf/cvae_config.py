@@ -23,12 +23,12 @@ from typing import Any, Literal
 
 from skin_tf.config import (
     ConfigError,
-    _coerce,
-    _configs_folder,
-    _merge,
-    _read_raw,
-    _shipped_names,
-    _suggest,
+    coerce_value,
+    did_you_mean,
+    merge_settings,
+    read_config_json,
+    shipped_config_names,
+    shipped_names_for,
 )
 
 SMOKE_LESIONS_PER_CLASS = 10
@@ -87,18 +87,20 @@ def load_vae_config(
     >>> load_vae_config("vae_quick", profile="smoke", overrides=["latent_dim=32"]).latent_dim
     32
     """
-    raw, source = _read_raw(name_or_path)
-    if source in _shipped_names() and source not in vae_config_names():
+    raw, source = read_config_json(name_or_path)
+    if source in shipped_config_names() and source not in vae_config_names():
         raise ConfigError(
             f"{source!r} is a classifier config (for `skin-tf train`); cVAE configs: "
             f"{', '.join(vae_config_names())}"
         )
     if profile not in VAE_PROFILES:
         raise ConfigError(
-            f"unknown cVAE profile {profile!r}{_suggest(profile, VAE_PROFILES)}; "
+            f"unknown cVAE profile {profile!r}{did_you_mean(profile, VAE_PROFILES)}; "
             f"choose one of {', '.join(VAE_PROFILES)}"
         )
-    merged = _merge(_merge(raw, VAE_PROFILES[profile]), parse_vae_overrides(overrides))
+    merged = merge_settings(
+        merge_settings(raw, VAE_PROFILES[profile]), parse_vae_overrides(overrides)
+    )
     merged.setdefault("name", Path(str(source)).stem)
     merged["profile"] = profile
     return vae_config_from_dict(merged, source=str(source))
@@ -110,13 +112,7 @@ def vae_config_names() -> list[str]:
     >>> vae_config_names()
     ['vae', 'vae_quick']
     """
-    known = {f.name for f in dataclasses.fields(VaeConfig)}
-    names = []
-    for name in _shipped_names():
-        raw = json.loads((_configs_folder() / f"{name}.json").read_text("utf-8"))
-        if isinstance(raw, dict) and set(raw) <= known:
-            names.append(name)
-    return names
+    return shipped_names_for(VaeConfig)
 
 
 def parse_vae_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
@@ -149,8 +145,8 @@ def vae_config_from_dict(data: dict[str, Any], source: str = "config") -> VaeCon
     values = {}
     for key, value in data.items():
         if key not in known:
-            raise ConfigError(f"{source}: unknown cVAE key {key!r}{_suggest(key, known)}")
-        values[key] = _coerce(value, hints[key], f"{source}: {key}")
+            raise ConfigError(f"{source}: unknown cVAE key {key!r}{did_you_mean(key, known)}")
+        values[key] = coerce_value(value, hints[key], f"{source}: {key}")
     config = VaeConfig(**values)
     _check_values(config, source)
     return config

@@ -173,7 +173,7 @@ def run_demo(settings: DemoSettings) -> Path:
         "card", False, f"{results / 'MODEL_CARD.md'}", lambda: write_model_card(run, results)
     )
     if settings.app:
-        from skin_tf.app_support import app_command
+        from skin_tf.app_launch import app_command
 
         stages.say("app", "starting the Streamlit page (research use only, not medical advice)")
         app_command(settings.model_dir, settings.model_dir.parent, settings.port)

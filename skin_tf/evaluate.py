@@ -40,13 +40,11 @@ from skin_tf.metrics import (
     classification_metrics,
     evaluate_split,
     frame_arrays,
-    json_ready,
     read_predictions,
-    run_caption,
-    run_name_of,
 )
-from skin_tf.report import kept_epoch, write_run_record, write_summary
-from skin_tf.runs import read_json, write_json
+from skin_tf.report import write_run_record
+from skin_tf.run_summary import kept_epoch, write_summary
+from skin_tf.runs import json_ready, read_json, run_caption, run_name_of, write_json
 
 if TYPE_CHECKING:
     import keras

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from skin_tf.data import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.gradcam import heatmap_to_input, normalize_heatmaps
-from skin_tf.metrics import json_ready
+from skin_tf.runs import json_ready
 
 METADATA_FILE = "metadata.json"
 FORMAT = "skin_tf.export/1"
@@ -343,7 +343,7 @@ def _provenance(run_dir: Path) -> dict[str, Any]:
 
 
 def _run_name(run_dir: Path) -> str:
-    from skin_tf.metrics import run_name_of
+    from skin_tf.runs import run_name_of
 
     return run_name_of(run_dir)
 

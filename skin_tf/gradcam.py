@@ -291,10 +291,10 @@ def gradcam_run(
     """
     from skin_tf.calibration import apply_temperature, read_temperature
     from skin_tf.export import resize_rule
-    from skin_tf.metrics import run_caption, run_name_of
     from skin_tf.models import last_conv_layer_name
     from skin_tf.pipeline import load_image
     from skin_tf.predict import read_rgb_image
+    from skin_tf.runs import run_caption, run_name_of
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if method not in METHODS:

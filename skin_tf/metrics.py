@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,8 +30,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from skin_tf import runs
-from skin_tf.data import CLASSES, MEL_INDEX, SPLITS, read_splits
+from skin_tf.data import CLASSES, MEL_INDEX
+from skin_tf.splits import SPLITS, read_splits
 
 PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{c}" for c in CLASSES)
 # Rows of stored probabilities must sum to 1 within this (CSV round-off is far smaller).
@@ -369,41 +368,3 @@ def evaluate_split(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> di
         f"percentile bootstrap over lesions, {n_boot} resamples, seed {seed}, 95% interval"
     )
     return report
-
-
-# ---------------------------------------------------------------- writing results
-
-
-def json_ready(value: Any) -> Any:
-    """Plain-JSON copy of `value`: numpy to Python, tuples to lists, NaN/inf to None (null)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | np.ndarray):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_json(path: str | Path, value: Any) -> Path:
-    """Write `json_ready(value)` as strict indented JSON (NaN/inf become null); return the path."""
-    return runs.write_json(path, json_ready(value))
-
-
-def run_name_of(run_dir: str | Path) -> str:
-    """The run's name from meta.json (`run_name`), else the directory name."""
-    meta_path = Path(run_dir) / "meta.json"
-    if meta_path.is_file():
-        name = json.loads(meta_path.read_text()).get("run_name")
-        if name:
-            return str(name)
-    return Path(run_dir).name
-
-
-def run_caption(run_dir: str | Path, produced_by: str) -> str:
-    """One-line figure/table footer: what produced it, then `skin_tf.runs.provenance` of the run."""
-    return f"{produced_by} · {runs.provenance(run_dir)}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from skin_tf.data import CLASS_NAMES, CLASSES
-from skin_tf.report import HEADLINE, fmt, fmt_ci
+from skin_tf.run_summary import HEADLINE, fmt, fmt_ci
 from skin_tf.runs import provenance, read_json
 
 _INTENDED_USE = """\

@@ -21,7 +21,8 @@ import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
-from skin_tf.augment import AugmentConfig, augment_batch
+from skin_tf.augment import augment_batch
+from skin_tf.config import AugmentConfig
 from skin_tf.data import CLASSES, MEL_INDEX, DataError
 
 AUTOTUNE = tf.data.AUTOTUNE

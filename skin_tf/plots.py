@@ -4,7 +4,7 @@ Figures are built as `matplotlib.figure.Figure` objects, not through pyplot: no 
 backend to choose, nothing to close, and a notebook still shows a returned Figure.
 
 Every figure function takes `caption`, drawn as a small grey footer saying what produced the figure
-(data, weights, image size, epochs, hardware): use `skin_tf.metrics.run_caption`. Figure functions
+(data, weights, image size, epochs, hardware): use `skin_tf.runs.run_caption`. Figure functions
 take numbers already computed (tables, sweeps) so this module depends only on matplotlib/pandas.
 Add new figures as new functions ending with `_finish(fig, caption)`; save with `save_figure`.
 

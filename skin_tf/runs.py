@@ -1,5 +1,8 @@
 """Run directories: unique names, JSON files, meta.json (provenance) and a one-line caption.
 
+This is the one home of the JSON helpers (`json_ready`, `write_json`, `read_json`) and of what
+names and captions a run (`run_name_of`, `provenance`, `run_caption`).
+
 A run lives in `runs/<UTC time>__<run-name>/` and holds config.json, meta.json, splits.csv,
 history.csv, best.keras, predictions_{val,test}.csv and metrics.json.
 
@@ -13,15 +16,18 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -61,10 +67,37 @@ def create_run_dir(runs_dir: str | os.PathLike, run_name: str) -> Path:
     raise FileExistsError(f"could not find a free run directory name for {run_name} in {runs_dir}")
 
 
+def json_ready(value: Any) -> Any:
+    """Plain-JSON copy of `value`: numpy to Python, tuples to lists, NaN/inf to None (null).
+
+    >>> json_ready({"auc": np.float32(0.5), "ci": (np.int64(2), math.nan)})
+    {'auc': 0.5, 'ci': [2, None]}
+    """
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def write_json(path: str | os.PathLike, value: Any) -> Path:
-    """Write `value` as indented JSON (UTF-8, trailing newline); returns the path."""
+    """Write `json_ready(value)` as strict indented JSON (UTF-8, trailing newline); return the path.
+
+    Metrics hold numpy numbers and NaN (e.g. melanoma AUC without melanoma), so values pass through
+    `json_ready` first: NaN/inf become null and the file stays strict JSON that any reader accepts.
+
+    >>> write_json("runs/r1/metrics.json", {"mel_roc_auc": float("nan")})  # doctest: +SKIP
+    PosixPath('runs/r1/metrics.json')
+    """
     path = Path(path)
-    path.write_text(json.dumps(value, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    text = json.dumps(json_ready(value), indent=2, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
     return path
 
 
@@ -211,6 +244,29 @@ def provenance(run_dir: str | os.PathLike) -> str:
             f"run {meta.get('run_name')}",
         ]
     )
+
+
+def run_name_of(run_dir: str | os.PathLike) -> str:
+    """The run's name from meta.json (`run_name`), else the directory name.
+
+    >>> run_name_of("runs/20250101T120000Z__baseline-cpu")  # doctest: +SKIP
+    'baseline-cpu'
+    """
+    meta_path = Path(run_dir) / "meta.json"
+    if meta_path.is_file():
+        name = json.loads(meta_path.read_text()).get("run_name")
+        if name:
+            return str(name)
+    return Path(run_dir).name
+
+
+def run_caption(run_dir: str | os.PathLike, produced_by: str) -> str:
+    """One-line figure/table footer: what produced it, then the run's `provenance`.
+
+    >>> run_caption(run_dir, "skin_tf.evaluate.evaluate_run, test split")  # doctest: +SKIP
+    'skin_tf.evaluate.evaluate_run, test split · HAM10000 200x150 copy · weights: none · …'
+    """
+    return f"{produced_by} · {provenance(run_dir)}"
 
 
 def _epochs_trained(run_dir: Path) -> int | None:

@@ -213,8 +213,8 @@ def samples_grid_figure(
 
     >>> fig = samples_grid_figure(run_dir, per_class=8)  # doctest: +SKIP
     """
-    from skin_tf.metrics import run_caption
     from skin_tf.plots import add_caption
+    from skin_tf.runs import run_caption
 
     vae, _ = load_vae(run_dir)
     chosen = check_classes(classes)
@@ -237,9 +237,9 @@ def reconstruction_figure(
 
     >>> fig = reconstruction_figure(run_dir, per_class=3)  # doctest: +SKIP
     """
-    from skin_tf.metrics import run_caption
     from skin_tf.pipeline import load_image
     from skin_tf.plots import add_caption
+    from skin_tf.runs import run_caption
 
     vae, config = load_vae(run_dir)
     val = run_frames(run_dir, data_root or data_root_of(run_dir))["val"]
@@ -285,8 +285,8 @@ def loss_curves_figure(run_dir: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from skin_tf.metrics import run_caption
     from skin_tf.plots import add_caption, save_figure
+    from skin_tf.runs import run_caption
 
     run_dir = Path(run_dir)
     history = pd.read_csv(run_dir / "history.csv")

@@ -1,7 +1,7 @@
 """HAM10000 as a tensorflow-datasets builder, split by lesion with the project's own splitter.
 
 The builder reads a manually downloaded HAM10000 folder through `skin_tf.data.read_metadata`, splits
-it with `skin_tf.data.split_by_lesion` (seed 42, 80/10/10) and stores each JPEG's original bytes
+it with `skin_tf.splits.split_by_lesion` (seed 42, 80/10/10) and stores each JPEG's original bytes
 (no re-encoding). `load_split` reads a prepared split without decoding and hands the bytes to
 `skin_tf.pipeline.make_dataset_from_encoded`, so decoding, resizing and augmentation are the very
 code the DataFrame path uses.
@@ -29,8 +29,9 @@ import pandas as pd
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from skin_tf.data import CLASSES, DataError, read_metadata, split_by_lesion
+from skin_tf.data import CLASSES, DataError, read_metadata
 from skin_tf.pipeline import make_dataset_from_encoded
+from skin_tf.splits import split_by_lesion
 
 NAME = "ham10000"
 # The split is part of the prepared data: changing either constant needs a new VERSION.
@@ -47,7 +48,7 @@ _DESCRIPTION = """\
 HAM10000 ("Human Against Machine with 10000 training images"): 10,015 dermatoscopic images of
 pigmented skin lesions in 7 diagnostic classes (akiec, bcc, bkl, df, mel, nv, vasc), with one row
 of metadata per image. Several images often show the same lesion, so the train/validation/test
-splits are made by `skin_tf.data.split_by_lesion` (grouped by lesion_id, stratified by dx,
+splits are made by `skin_tf.splits.split_by_lesion` (grouped by lesion_id, stratified by dx,
 fractions 0.8/0.1/0.1, seed 42): no lesion appears in two splits.
 
 Images are stored as the source files' bytes (JPEG for the published dataset; a PNG source file is
@@ -114,7 +115,7 @@ class Ham10000(
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First release: lesion-grouped, dx-stratified splits from "
-        "skin_tf.data.split_by_lesion (fractions 0.8/0.1/0.1, seed 42); source image bytes.",
+        "skin_tf.splits.split_by_lesion (fractions 0.8/0.1/0.1, seed 42); source image bytes.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
 

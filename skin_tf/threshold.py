@@ -34,10 +34,8 @@ from skin_tf.metrics import (
     bootstrap_ci,
     frame_arrays,
     read_predictions,
-    run_caption,
-    run_name_of,
-    write_json,
 )
+from skin_tf.runs import run_caption, run_name_of, write_json
 from skin_tf.threshold_report import threshold_figures, threshold_markdown
 
 OPERATING_POINT_FILE = "operating_point.json"

@@ -13,16 +13,16 @@ and metrics are made in its scope, the global batch is batch_size × replicas, t
 `lr_scaling`, and with several workers only the chief writes the run directory (the others work
 in a temporary copy that is deleted at the end). docs/scaling.md has the commands.
 
-Each epoch a callback predicts the validation set and adds val_loss, val_acc, val_macro_f1,
-val_balanced_acc and val_mel_recall to the logs; ModelCheckpoint keeps the epoch that is best by
-the config's `select_metric` as best.keras; CSVLogger appends history.csv; BackupAndRestore keeps
-the state of the last finished epoch in `<run>/backup/` until the run completes. Then best.keras
-predicts val and test (predictions_*.csv) and skin_tf.metrics writes metrics.json.
+Each epoch a callback (skin_tf.selection) predicts the validation set and adds val_loss, val_acc,
+val_macro_f1, val_balanced_acc and val_mel_recall to the logs; ModelCheckpoint keeps the epoch that
+is best by the config's `select_metric` as best.keras; CSVLogger appends history.csv;
+BackupAndRestore keeps the state of the last finished epoch in `<run>/backup/` until the run
+completes. Then best.keras predicts val and test (predictions_*.csv) and skin_tf.metrics writes
+metrics.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import sys
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from skin_tf.config import ConfigError, TrainConfig, config_from_dict
 from skin_tf.data import CLASSES, MEL_INDEX
 from skin_tf.runs import collect_meta, create_run_dir, read_json, write_json
+from skin_tf.selection import predict_probs, selection_summary, validation_callback
 
 if TYPE_CHECKING:  # TensorFlow loads only when training starts, so config errors come instantly
     import keras
@@ -184,7 +184,8 @@ def _prepare_data(
 
     With `splits` (image_id, split), those images and splits are used as given.
     """
-    from skin_tf.data import lesion_subset, read_metadata, resolve_data_root, split_by_lesion
+    from skin_tf.data import read_metadata, resolve_data_root
+    from skin_tf.splits import lesion_subset, split_by_lesion
 
     _check_inputs(config)
     root = resolve_data_root(data_root)
@@ -243,8 +244,8 @@ def _create_run(
     dist: Distribution,
 ) -> Path:
     """A new run directory holding config.json, splits.csv and meta.json."""
-    from skin_tf.data import write_splits
     from skin_tf.distribute import learning_rate_record, scale_phases
+    from skin_tf.splits import write_splits
 
     run_dir = create_run_dir(runs_dir, run_name or default_run_name(config))
     write_json(run_dir / "config.json", config.to_dict())
@@ -335,7 +336,8 @@ def _check_resume_replicas(run_dir: Path, dist: Distribution) -> None:
 
 def _frames(run_dir: Path, data_root: Path) -> dict[str, pd.DataFrame]:
     """Train/val/test index frames of the run, in splits.csv order, joined to image paths."""
-    from skin_tf.data import read_metadata, read_splits
+    from skin_tf.data import read_metadata
+    from skin_tf.splits import read_splits
 
     splits = read_splits(run_dir / "splits.csv")
     index = read_metadata(data_root).set_index("image_id")
@@ -349,14 +351,6 @@ def _frames(run_dir: Path, data_root: Path) -> dict[str, pd.DataFrame]:
     joined = index.loc[splits["image_id"]].reset_index()
     joined["split"] = splits["split"].to_numpy()
     return {s: joined[joined["split"] == s].reset_index(drop=True) for s in SPLITS}
-
-
-def _augment_config(config: TrainConfig):
-    from skin_tf.pipeline import AugmentConfig
-
-    if config.augment is None:
-        return None
-    return AugmentConfig(**dataclasses.asdict(config.augment))
 
 
 def class_weight_for(config: TrainConfig, train_frame: pd.DataFrame) -> dict[int, float] | None:
@@ -403,7 +397,7 @@ def _datasets(
             frames["train"],
             config.image_size,
             training=True,
-            augment=_augment_config(config),
+            augment=config.augment,
             balance=config.balance,
             sampler_power=config.sampler_power,
             synthetic_dir=config.synthetic_dir,
@@ -443,7 +437,7 @@ def _fit(
     steps = len(datasets["train"])
     weights = class_weight_for(config, frames["train"])
     loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
-    validation = _validation_callback(datasets["val"], frames["val"]["label"].to_numpy(), loss)
+    validation = validation_callback(datasets["val"], frames["val"]["label"].to_numpy(), loss)
     phases = scale_phases(plan_phases(config), dist.replicas, config.lr_scaling)
     if dist.replicas > 1:
         print(
@@ -528,7 +522,6 @@ def _evaluate(run_dir: Path, config: TrainConfig, root: Path) -> None:
         frame_arrays,
         read_predictions,
     )
-    from skin_tf.metrics import write_json as write_metrics_json
 
     best = run_dir / "best.keras"
     if not best.is_file():
@@ -536,7 +529,7 @@ def _evaluate(run_dir: Path, config: TrainConfig, root: Path) -> None:
     model = keras.saving.load_model(best, compile=False)
     frames = _frames(run_dir, root)
     datasets = _datasets(config, frames, ("val", "test"))
-    report: dict[str, Any] = _selection_summary(run_dir / "history.csv", config)
+    report: dict[str, Any] = selection_summary(run_dir / "history.csv", config)
     for split in ("val", "test"):
         predictions = predict_frame(model, datasets[split], frames[split], tta=config.tta)
         predictions.to_csv(run_dir / f"predictions_{split}.csv", index=False, float_format="%.6f")
@@ -547,79 +540,4 @@ def _evaluate(run_dir: Path, config: TrainConfig, root: Path) -> None:
             labels, probs, lesions = frame_arrays(frame)
             report[split] = classification_metrics(labels, probs)
             report[split]["n_lesions"] = int(pd.Series(lesions).nunique())
-    write_metrics_json(run_dir / "metrics.json", report)
-
-
-def _selection_summary(history_path: Path, config: TrainConfig) -> dict[str, Any]:
-    history = pd.read_csv(history_path)
-    column = history[config.select_metric]
-    row = column.idxmin() if config.select_mode == "min" else column.idxmax()
-    return {
-        "select_metric": config.select_metric,
-        "best_epoch": int(history.loc[row, "epoch"]) + 1,  # 1-based, as in the progress bar
-        "best_value": float(column[row]),
-        "epochs_trained": len(history),
-        "tta": config.tta,
-    }
-
-
-# ------------------------------------------------------------------ per-epoch validation
-
-
-def predict_probs(model: keras.Model, dataset: tf.data.Dataset, tta: bool = False) -> np.ndarray:
-    """Softmax probabilities (n, 7) for an ordered (images, labels) dataset, float64.
-
-    tta=True averages the 8 flips/90° rotations (`evaluate.predict_tta`, the one TTA).
-    """
-    if tta:
-        from skin_tf.evaluate import predict_tta
-
-        return predict_tta(model, dataset)
-    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
-
-
-def validation_logs(labels: np.ndarray, probs: np.ndarray, loss_fn: Any) -> dict[str, float]:
-    """The per-epoch selection metrics: val_loss, val_acc, val_macro_f1, val_balanced_acc,
-    val_mel_recall (NaN when the val split has no melanoma).
-
-    >>> logs = validation_logs(np.array([4, 5]), np.eye(7)[[4, 5]], build_loss())
-    >>> logs["val_acc"], logs["val_mel_recall"]  # doctest: +SKIP
-    (1.0, 1.0)
-    """
-    from skin_tf.metrics import (
-        fast_accuracy,
-        fast_balanced_accuracy,
-        fast_macro_f1,
-        fast_mel_sensitivity,
-    )
-
-    loss = loss_fn(labels.astype(np.int32), probs.astype(np.float32))
-    return {
-        "val_loss": float(np.asarray(loss)),
-        "val_acc": fast_accuracy(labels, probs),
-        "val_macro_f1": fast_macro_f1(labels, probs),
-        "val_balanced_acc": fast_balanced_accuracy(labels, probs),
-        "val_mel_recall": fast_mel_sensitivity(labels, probs),
-    }
-
-
-def _validation_callback(dataset: tf.data.Dataset, labels: np.ndarray, loss_fn: Any):
-    import keras
-
-    class ValidationMetrics(keras.callbacks.Callback):
-        """Predicts the val set after each epoch and adds `validation_logs` to the epoch logs.
-
-        One pass over the val set serves the loss and every metric (fit gets no
-        validation_data, so Keras does not predict it a second time).
-        """
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if logs is None:
-                return
-            probs = predict_probs(self.model, dataset)
-            logs.update(validation_logs(labels, probs, loss_fn))
-
-    return ValidationMetrics()
-
-
-# ------------------------------------------------------------------ command line
+    write_json(run_dir / "metrics.json", report)

@@ -1,4 +1,5 @@
-"""The Streamlit page: helpers (fast) and the page itself under streamlit.testing AppTest (slow).
+"""The Streamlit page: skin_tf.app_support's helpers (fast) and the page itself under
+streamlit.testing AppTest (slow). Starting it (`skin-tf app`, the settings) is test_app_launch.py.
 
 The slow tests export a tiny real SavedModel once per session (`export_demo_model`: an untrained
 flat EfficientNetB0 at 128 px, 25-50 s on 2 busy cores) and upload real HAM10000 images plus bad
@@ -11,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from skin_tf import app_launch as launch
 from skin_tf import app_support as support
 from skin_tf.data import CLASSES, MEL_INDEX
 
@@ -159,19 +160,7 @@ CONVERTED_UPLOADS = {  # kind → what the note must say
 }
 
 
-# ---------------------------------------------------------------- settings and discovery (fast)
-
-
-def test_settings_come_from_argv_then_environment_then_default():
-    env = {support.ENV_MODEL: "env/m", support.ENV_MODELS_DIR: "env_models"}
-    assert support.page_settings([], environ={}) == support.PageSettings(Path("saved_models"))
-    assert support.page_settings([], environ=env) == support.PageSettings(
-        Path("env_models"), Path("env/m")
-    )
-    from_argv = support.page_settings(["--model", "a/b", "--models-dir", "mine"], environ=env)
-    assert from_argv == support.PageSettings(Path("mine"), Path("a/b"))
-    # pytest's own arguments (what AppTest leaves in sys.argv) are ignored, not misread
-    assert support.page_settings(["tests/x.py", "-m", "slow", "-q"], environ={}).model is None
+# ---------------------------------------------------------------- model discovery (fast)
 
 
 def fake_export(folder: Path, run: str = "r1") -> Path:
@@ -201,11 +190,11 @@ def test_model_choices_put_the_requested_model_first(tmp_path):
     models = tmp_path / "saved_models"
     a, b = fake_export(models / "a"), fake_export(models / "b")
     elsewhere = fake_export(tmp_path / "other" / "c")
-    assert support.model_choices(support.PageSettings(models)) == ([a, b], 0, [])
-    assert support.model_choices(support.PageSettings(models, b)) == ([a, b], 1, [])
+    assert support.model_choices(launch.PageSettings(models)) == ([a, b], 0, [])
+    assert support.model_choices(launch.PageSettings(models, b)) == ([a, b], 1, [])
     relative_b = Path(*b.parts)  # the same folder given another way still matches
-    assert support.model_choices(support.PageSettings(models, relative_b))[1] == 1
-    assert support.model_choices(support.PageSettings(models, elsewhere)) == (
+    assert support.model_choices(launch.PageSettings(models, relative_b))[1] == 1
+    assert support.model_choices(launch.PageSettings(models, elsewhere)) == (
         [elsewhere, a, b],
         0,
         [],
@@ -227,11 +216,11 @@ def test_model_version_changes_when_a_model_is_exported_again(tmp_path):
 
 
 def test_no_model_instructions_name_the_folder_and_the_commands(tmp_path):
-    missing = support.no_model_instructions(support.PageSettings(tmp_path / "nope"))
+    missing = support.no_model_instructions(launch.PageSettings(tmp_path / "nope"))
     assert "does not exist" in missing
     assert f"skin-tf export RUN_DIR --out {tmp_path / 'nope'}/NAME" in missing
     (tmp_path / "half").mkdir()
-    text = support.no_model_instructions(support.PageSettings(tmp_path))
+    text = support.no_model_instructions(launch.PageSettings(tmp_path))
     assert "`half`" in text and "does not exist" not in text
 
 
@@ -352,59 +341,18 @@ def test_provenance_markdown_shows_threshold_calibration_and_test_figures():
     assert "Melanoma threshold: none" in bare and "Calibration: none" in bare
 
 
-# ---------------------------------------------------------------- `skin-tf app` (fast)
-
-
-def test_streamlit_command_runs_this_page_headless_on_the_address():
-    command = support.streamlit_command("saved_models/b0", "saved_models", 8502, "127.0.0.1")
-    assert command[1:5] == ["-m", "streamlit", "run", str(support.APP_PATH)]
-    assert support.APP_PATH.is_file()
-    joined = " ".join(command)
-    assert "--server.address 127.0.0.1 --server.port 8502 --server.headless true" in joined
-    assert joined.endswith("-- --models-dir saved_models --model saved_models/b0")
-    # What the page reads back from those arguments
-    after = command[command.index("--") + 1 :]
-    assert support.page_settings(after, environ={}) == support.PageSettings(
-        Path("saved_models"), Path("saved_models/b0")
-    )
-
-
-def test_app_command_prints_the_url_and_returns_streamlits_code(tmp_path, monkeypatch, capsys):
-    model = fake_export(tmp_path / "b0")
-    started = []
-
-    class FakeProcess:
-        def __init__(self, command):
-            started.append(command)
-
-        def wait(self):
-            return 3
-
-    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
-    assert support.app_command(model, tmp_path, 8600, "127.0.0.1") == 3
-    assert "http://127.0.0.1:8600" in capsys.readouterr().out
-    assert started[0][-2:] == ["--model", str(model)]
-
-
-def test_app_command_refuses_a_folder_that_is_not_an_export(tmp_path):
-    with pytest.raises(FileNotFoundError, match="skin-tf export RUN_DIR"):
-        support.app_command(tmp_path / "nothing", tmp_path)
-    with pytest.raises(ValueError, match="port"):
-        support.app_command(None, tmp_path, port=0)
-
-
 # ---------------------------------------------------------------- the page under AppTest
 
 
 def page(monkeypatch, models_dir: Path, model: Path | None = None):
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv(support.ENV_MODELS_DIR, str(models_dir))
+    monkeypatch.setenv(launch.ENV_MODELS_DIR, str(models_dir))
     if model is None:
-        monkeypatch.delenv(support.ENV_MODEL, raising=False)
+        monkeypatch.delenv(launch.ENV_MODEL, raising=False)
     else:
-        monkeypatch.setenv(support.ENV_MODEL, str(model))
-    at = AppTest.from_file(str(support.APP_PATH), default_timeout=APP_TIMEOUT)
+        monkeypatch.setenv(launch.ENV_MODEL, str(model))
+    at = AppTest.from_file(str(launch.APP_PATH), default_timeout=APP_TIMEOUT)
     at.run()
     assert not at.exception, at.exception
     return at

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from skin_tf import app_support as support
+from skin_tf.app_launch import streamlit_command
 
 CHROMIUM = Path(os.environ.get("SKIN_TF_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -63,7 +63,7 @@ def running_page(
 ) -> Iterator[str]:
     """Start the page exactly as `skin-tf app` does; yield its URL; always stop the server."""
     port = free_port()
-    command = support.streamlit_command(model, models_dir, port, "127.0.0.1")
+    command = streamlit_command(model, models_dir, port, "127.0.0.1")
     log = log or Path(tempfile.mkstemp(prefix="streamlit-", suffix=".log")[1])
     with log.open("w") as log_file:
         server = subprocess.Popen(

@@ -11,7 +11,9 @@ from skin_tf import config as config_module
 from skin_tf.config import (
     CPU_PROFILE_IMAGE_SIZE,
     PROFILES,
+    REFERENCE_AUGMENT,
     SMOKE_IMAGES_PER_CLASS,
+    AugmentConfig,
     ConfigError,
     TrainConfig,
     config_from_dict,
@@ -163,6 +165,22 @@ def test_overrides_apply_after_the_profile_and_parse_json():
 
 def test_augment_null_turns_augmentation_off():
     assert load_config("baseline", overrides=["augment=null"]).augment is None
+
+
+def test_config_augmentation_is_the_reference_without_crop_not_make_datasets_default():
+    assert TrainConfig().augment == REFERENCE_AUGMENT == AugmentConfig(crop_scale=None)
+    assert AugmentConfig().crop_scale == (0.75, 1.0)  # pipeline.DEFAULT_AUGMENT keeps the crop
+    partial = config_from_dict({"augment": {"hue": 0.05}}).augment
+    assert partial == AugmentConfig(hue=0.05, crop_scale=None)  # unnamed keys: the reference
+    assert TrainConfig().to_dict()["augment"]["crop_scale"] is None
+    assert load_config("effnetb2_260_acc_select").to_dict()["augment"]["crop_scale"] == [0.6, 1.0]
+
+
+def test_augment_config_names_the_bad_field_when_built_directly():
+    with pytest.raises(ConfigError, match=r"^augment\.hue=0\.7 must be in \[0, 0\.5\]"):
+        AugmentConfig(hue=0.7)
+    with pytest.raises(ValueError, match="augment.crop_scale"):  # ConfigError is a ValueError
+        AugmentConfig(crop_scale=(0.9, 0.5))
 
 
 def test_parse_overrides_nests_dotted_keys_and_keeps_plain_strings():
@@ -321,7 +339,7 @@ def test_other_commands_configs_are_not_classifier_configs(tmp_path: Path, monke
     folder.mkdir()
     (folder / "baseline.json").write_text(json.dumps({"epochs": 2}))
     (folder / "vae_quick.json").write_text(json.dumps({"latent_dim": 8, "epochs": 2}))
-    monkeypatch.setattr(config_module, "_configs_folder", lambda: folder)
+    monkeypatch.setattr(config_module, "configs_folder", lambda: folder)
     assert config_names() == ["baseline"]
     with pytest.raises(ConfigError, match="not a classifier config"):
         load_config("vae_quick")

@@ -29,10 +29,10 @@ from skin_tf.cv import (
     read_cv,
     summarise_cv,
 )
-from skin_tf.data import CLASSES, DataError, read_metadata, split_by_lesion
+from skin_tf.data import CLASSES, DataError, read_metadata
 from skin_tf.metrics import classification_metrics
-from skin_tf.metrics import write_json as write_metrics_json
 from skin_tf.runs import create_run_dir, write_json
+from skin_tf.splits import split_by_lesion
 from tests.fakes import make_fake_ham10000
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def _fake_fold_run(cv_dir: Path, fold: int, seed: int, mel_in_val: bool = True) 
             labels[labels == 4] = 5
         probs = rng.dirichlet(np.ones(len(CLASSES)), 40)
         report[split] = classification_metrics(labels, probs)
-    write_metrics_json(run / "metrics.json", report)
+    write_json(run / "metrics.json", report)
     meta = {"run_name": f"fold{fold}", "model": "efficientnet_b0", "weights": "none",
             "image_size": 64, "epochs": 1, "hardware": "CPU (2 cores)",
             "data": {"source_size": "200x150"}}  # fmt: skip

@@ -319,7 +319,8 @@ def test_wilson_interval():
 
 def _classifier_run(folder: Path, probs: np.ndarray, labels: np.ndarray, synthetic_dir=None):
     """A minimal evaluated classifier run: config, meta, splits, test predictions, metrics."""
-    from skin_tf.metrics import PROB_COLUMNS, evaluate_split, json_ready, read_predictions
+    from skin_tf.metrics import PROB_COLUMNS, evaluate_split, read_predictions
+    from skin_tf.runs import json_ready
 
     folder.mkdir(parents=True)
     ids = [f"ISIC_{i:07d}" for i in range(len(labels))]

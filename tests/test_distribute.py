@@ -155,8 +155,9 @@ def test_multi_worker_without_tf_config_stops_before_any_work(tmp_path: Path, mo
 
 
 def test_resume_needs_the_same_number_of_replicas(fake_root: Path, tmp_path: Path, monkeypatch):
-    from skin_tf.data import read_metadata, split_by_lesion, write_splits
+    from skin_tf.data import read_metadata
     from skin_tf.runs import write_json
+    from skin_tf.splits import split_by_lesion, write_splits
 
     monkeypatch.delenv(CPU_DEVICES_ENV, raising=False)
     run = tmp_path / "run"

@@ -28,9 +28,9 @@ from skin_tf.metrics import (
     classification_metrics,
     evaluate_split,
     fast_accuracy,
-    json_ready,
     read_predictions,
 )
+from skin_tf.runs import json_ready
 
 
 def noisy_predictions(labels: np.ndarray, rng: np.random.Generator, signal: float = 2.0):
@@ -279,8 +279,3 @@ def test_evaluate_split_reports_intervals_around_the_estimates(tmp_path):
         assert lo <= report[name] <= hi, name
         assert hi - lo < 0.3, name
     json.dumps(json_ready(report), allow_nan=False)
-
-
-def test_json_ready_makes_strict_json():
-    value = {"a": np.float32(0.5), "b": (np.int64(2), math.nan), "c": np.array([math.inf])}
-    assert json_ready(value) == {"a": 0.5, "b": [2, None], "c": [None]}

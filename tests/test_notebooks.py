@@ -1,4 +1,4 @@
-"""The numbered notebooks and skin_tf.notebook.
+"""The numbered notebooks and skin_tf.notebook (the notebooks' figures: test_eda.py).
 
 Fast: every notebook is committed without outputs, starts with a papermill `parameters` cell, and
 uses only public skin_tf names, called with arguments their current signatures accept; the
@@ -20,13 +20,11 @@ from pathlib import Path
 
 import nbformat
 import numpy as np
-import pandas as pd
 import pytest
-from matplotlib.figure import Figure
 
 from skin_tf import notebook
 from skin_tf.config import ConfigError, load_config
-from skin_tf.data import CLASSES, DataError, read_metadata, split_by_lesion, split_table
+from skin_tf.data import CLASSES, DataError, read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -320,70 +318,18 @@ def test_metrics_table_and_recall_frame(tmp_path):
     assert "| base (test) | 1 | 28 | 0.500 [0.400, 0.600] |" in text
 
 
-def test_tradeoff_figure_draws_every_run(tmp_path):
-    runs = {}
-    for index, recall in enumerate((0.3, 0.7)):
-        run_dir = make_run(tmp_path, f"2025010{index}T000000Z__r{index}", {})
-        history = pd.DataFrame(
-            {"epoch": [0, 1], "val_acc": [0.5, 0.6], "val_mel_recall": [0.2, recall]}
-        )
-        history.to_csv(run_dir / "history.csv", index=False)
-        metrics = {"best_epoch": 2, "test": split_metrics(recall)}
-        (run_dir / "metrics.json").write_text(json.dumps(metrics))
-        runs[f"run {index}"] = run_dir
-    caption = notebook.runs_caption("a test", list(runs.values()))
+def test_runs_caption_says_what_the_runs_share_then_what_differs(tmp_path):
+    runs = [make_run(tmp_path, f"2025010{index}T000000Z__r{index}", {}) for index in (0, 1)]
+    caption = notebook.runs_caption("a test", runs)
     assert caption.startswith("a test · HAM10000 200x150 copy · weights: none")
     assert caption.endswith("runs: run r0; run r1")
-    fig = notebook.tradeoff_figure(runs, title="t", caption=caption)
-    ax_val, ax_test = fig.axes
-    assert len(ax_val.lines) == 4  # a path and a star per run
-    assert [t.get_text() for t in ax_test.get_legend().get_texts()] == ["run 0", "run 1"]
 
 
-# ---------------------------------------------------------------- the data figures (01_eda)
-
-
-@pytest.fixture()
-def fake_frame(tmp_path):
-    from tests.fakes import make_fake_ham10000
-
-    return read_metadata(make_fake_ham10000(tmp_path / "ham", per_class=6, images_per_lesion=2))
-
-
-def captions(fig: Figure) -> str:
-    return " ".join(t.get_text() for t in fig.texts)
-
-
-def test_class_table_counts_images_and_lesions(fake_frame):
-    table = notebook.class_table(fake_frame)
-    assert list(table.index) == list(CLASSES)
-    assert table["images"].sum() == len(fake_frame)
-    assert (
-        table["lesions"] == fake_frame.groupby("dx")["lesion_id"].nunique()[list(CLASSES)]
-    ).all()
-    assert table["share"].sum() == pytest.approx(1.0, abs=0.01)
-
-
-def test_data_figures_carry_their_caption(fake_frame):
-    caption = notebook.data_caption(fake_frame, "a test")
-    assert caption.startswith("a test · HAM10000 ") and f"{len(fake_frame)} images" in caption
-    split = split_table(split_by_lesion(fake_frame, seed=0))
-    figures = [
-        notebook.class_figure(fake_frame, caption=caption),
-        notebook.patients_figure(fake_frame, caption=caption),
-        notebook.dx_type_figure(fake_frame, caption=caption),
-        notebook.samples_figure(fake_frame, per_class=2, caption=caption),
-        notebook.split_figure(split, caption=caption),
-    ]
-    for fig in figures:
-        assert isinstance(fig, Figure)
-        assert "a test · HAM10000" in captions(fig)
-
-
-def test_image_sizes_reads_every_header(fake_frame):
-    sizes = notebook.image_sizes(fake_frame["path"].tolist())
-    assert sizes["images"].sum() == len(fake_frame)
-    assert all("x" in size for size in sizes.index)
+def test_data_caption_names_the_copy_and_counts(fake_root):
+    frame = read_metadata(fake_root)
+    caption = notebook.data_caption(frame, "a test")
+    assert caption.startswith("a test · HAM10000 ") and f"{len(frame)} images" in caption
+    assert f"{frame['lesion_id'].nunique()} lesions" in caption
 
 
 # ---------------------------------------------------------------- running them (slow)

@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from skin_tf.augment import AugmentConfig, augment_batch
-from skin_tf.data import CLASSES, MEL_INDEX, DataError, read_metadata, split_by_lesion
+from skin_tf.augment import augment_batch
+from skin_tf.config import AugmentConfig
+from skin_tf.data import CLASSES, MEL_INDEX, DataError, read_metadata
 from skin_tf.pipeline import (
     class_weights,
     decode_resize,
@@ -22,6 +23,7 @@ from skin_tf.pipeline import (
     read_image_folder,
     verify_images,
 )
+from skin_tf.splits import split_by_lesion
 
 SIZE = 32  # small images keep the dataset tests fast
 ORIENTATION_ONLY = AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, crop_scale=None)

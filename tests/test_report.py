@@ -1,4 +1,7 @@
-"""results/ records, summaries and the results/README.md index built from them."""
+"""results/ run records and the results/README.md index built from them.
+
+Per-run facts, number formatting and summaries: test_run_summary.py (and test_evaluate.py).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,7 @@ import pytest
 
 from skin_tf.cli import main
 from skin_tf.evaluate import evaluate_run
-from skin_tf.report import (
-    build_results_index,
-    fmt,
-    fmt_ci,
-    read_run_records,
-    record_path,
-)
+from skin_tf.report import build_results_index, read_run_records, record_path
 from tests.test_evaluate import write_fake_run
 
 
@@ -146,9 +143,3 @@ def test_empty_and_broken_results_folders(tmp_path):
 def test_report_command_parses_and_writes(two_runs, capsys):
     assert main(["report", "--results", str(two_runs["results"])]) == 0
     assert "(2 runs)" in capsys.readouterr().out
-
-
-def test_number_formatting():
-    assert fmt(None) == "n/a" and fmt(float("nan")) == "n/a" and fmt(0.12345) == "0.123"
-    assert fmt_ci(0.5, [0.4, 0.6]) == "0.500 [0.400, 0.600]"
-    assert fmt_ci(0.5, None) == "0.500" and fmt_ci(0.5, [None, None]) == "0.500"

@@ -1,11 +1,14 @@
-"""Run directories: naming, no overwrite, JSON helpers, meta.json, provenance, resume helpers."""
+"""Run directories: naming, no overwrite, JSON helpers, meta.json, names, provenance and captions,
+resume helpers."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -16,8 +19,11 @@ from skin_tf.runs import (
     collect_meta,
     completed_epochs,
     create_run_dir,
+    json_ready,
     provenance,
     read_json,
+    run_caption,
+    run_name_of,
     source_image_size,
     trim_history,
     write_json,
@@ -56,8 +62,20 @@ def test_json_helpers(tmp_path: Path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         read_json(tmp_path / "bad.json")
-    with pytest.raises(ValueError):
-        write_json(tmp_path / "nan.json", {"x": float("nan")})  # strict JSON only
+
+
+def test_json_ready_makes_strict_json():
+    value = {"a": np.float32(0.5), "b": (np.int64(2), math.nan), "c": np.array([math.inf])}
+    assert json_ready(value) == {"a": 0.5, "b": [2, None], "c": [None]}
+    assert json_ready({1: Path("runs/r1")}) == {"1": "runs/r1"}
+
+
+def test_write_json_converts_numpy_and_writes_nan_as_null(tmp_path: Path):
+    value = {"auc": np.float64(math.nan), "n": np.int64(3), "ci": (np.float32(0.25), math.inf)}
+    path = write_json(tmp_path / "metrics.json", value)
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("}\n") and "NaN" not in text and "Infinity" not in text  # strict JSON
+    assert json.loads(text) == {"auc": None, "n": 3, "ci": [0.25, None]}
 
 
 def test_source_image_size_is_the_most_common_header_size(tmp_path: Path):
@@ -126,6 +144,22 @@ def test_provenance_caption(tmp_path: Path):
     )
     caption = provenance(tmp_path)
     assert caption.startswith("HAM10000 full-size · weights: imagenet · B2 96 px · 3 epochs")
+
+
+def test_run_name_of_prefers_meta_json(tmp_path: Path):
+    run_dir = tmp_path / "20250101T120000Z__folder-name"
+    run_dir.mkdir()
+    assert run_name_of(run_dir) == "20250101T120000Z__folder-name"  # no meta.json yet
+    _write_meta(run_dir)
+    assert run_name_of(run_dir) == "b0-cpu"
+    _write_meta(run_dir, run_name="")
+    assert run_name_of(run_dir) == "20250101T120000Z__folder-name"  # empty name: the folder
+
+
+def test_run_caption_is_producer_then_provenance(tmp_path: Path):
+    _write_meta(tmp_path)
+    caption = run_caption(tmp_path, "skin_tf.evaluate.evaluate_run, test split")
+    assert caption == f"skin_tf.evaluate.evaluate_run, test split · {provenance(tmp_path)}"
 
 
 def test_completed_epochs_reads_every_phase_backup(tmp_path: Path):

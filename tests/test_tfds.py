@@ -15,8 +15,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from skin_tf import tfds_ham10000 as ham_tfds
-from skin_tf.data import DataError, lesion_subset, read_metadata, split_by_lesion
+from skin_tf.data import DataError, read_metadata
 from skin_tf.pipeline import make_dataset
+from skin_tf.splits import lesion_subset, split_by_lesion
 from tests.fakes import make_fake_ham10000
 
 TEXT_FIELDS = ("image_id", "lesion_id", "dx_type", "sex", "localization")

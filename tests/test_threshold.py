@@ -230,7 +230,7 @@ def test_real_run_threshold_chosen_on_val_differs_from_test(real_frame, tmp_path
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from skin_tf.data import lesion_subset, split_by_lesion
+    from skin_tf.splits import lesion_subset, split_by_lesion
 
     frame = split_by_lesion(lesion_subset(real_frame, per_class=90, seed=0), (0.5, 0.25, 0.25))
     features = colour_features(frame["path"].tolist())
