@@ -179,25 +179,22 @@ def run_or_train(config: TrainConfig, nb: Setup, run_name: str | None = None) ->
     from skin_tf.config import config_from_dict
     from skin_tf.train import default_run_name, train
 
-    name = run_name or default_run_name(config)
-    wanted = config.to_dict()
+    def start(name: str) -> Path:
+        print(
+            f"training {name} (profile {config.profile}: {config.model}, {config.image_size} px, "
+            f"weights {config.weights}, {config.epochs} epochs)"
+        )
+        return train(config, data_root=nb.data_root, runs_dir=nb.runs_dir, run_name=name)
 
-    def complete(stored: dict[str, Any]) -> dict[str, Any]:
-        return config_from_dict(stored).to_dict()
-
-    found = find_run(nb.runs_dir, name, wanted, complete=complete)
-    if found is not None:
-        print(f"reusing {found.name}: {provenance(found)}")
-        return found
-    unfinished = find_run(nb.runs_dir, name, wanted, finished=False, complete=complete)
-    if unfinished is not None and (unfinished / "splits.csv").is_file():
-        print(f"resuming the unfinished run {unfinished.name}")
-        return train(resume=unfinished, data_root=nb.data_root)
-    print(
-        f"training {name} (profile {config.profile}: {config.model}, {config.image_size} px, "
-        f"weights {config.weights}, {config.epochs} epochs)"
+    return _reuse_resume_or_start(
+        nb,
+        run_name or default_run_name(config),
+        config.to_dict(),
+        complete=lambda stored: config_from_dict(stored).to_dict(),
+        done_file="metrics.json",
+        resume=lambda run_dir: train(resume=run_dir, data_root=nb.data_root),
+        start=start,
     )
-    return train(config, data_root=nb.data_root, runs_dir=nb.runs_dir, run_name=name)
 
 
 def vae_run_or_train(config: VaeConfig, nb: Setup) -> Path:
@@ -205,27 +202,45 @@ def vae_run_or_train(config: VaeConfig, nb: Setup) -> Path:
     from skin_tf.cvae import WEIGHTS_FILE, train_vae
     from skin_tf.cvae_config import vae_config_from_dict
 
-    name = config.name if config.profile == "full" else f"{config.name}-{config.profile}"
-    wanted = config.to_dict()
+    def start(name: str) -> Path:
+        print(
+            f"training the cVAE {name} (profile {config.profile}: {config.image_size} px, latent "
+            f"{config.latent_dim}, {config.epochs} epochs)"
+        )
+        return train_vae(config, data_root=nb.data_root, runs_dir=nb.runs_dir, run_name=name)
 
-    def complete(stored: dict[str, Any]) -> dict[str, Any]:
-        return vae_config_from_dict(stored).to_dict()
+    return _reuse_resume_or_start(
+        nb,
+        config.name if config.profile == "full" else f"{config.name}-{config.profile}",
+        config.to_dict(),
+        complete=lambda stored: vae_config_from_dict(stored).to_dict(),
+        done_file=WEIGHTS_FILE,
+        resume=lambda run_dir: train_vae(resume=run_dir, data_root=nb.data_root),
+        start=start,
+    )
 
-    found = find_run(nb.runs_dir, name, wanted, done_file=WEIGHTS_FILE, complete=complete)
+
+def _reuse_resume_or_start(
+    nb: Setup,
+    name: str,
+    wanted: Mapping[str, Any],
+    *,
+    complete: Callable[[dict[str, Any]], Mapping[str, Any]],
+    done_file: str,
+    resume: Callable[[Path], Path],
+    start: Callable[[str], Path],
+) -> Path:
+    found = find_run(nb.runs_dir, name, wanted, done_file=done_file, complete=complete)
     if found is not None:
         print(f"reusing {found.name}: {provenance(found)}")
         return found
     unfinished = find_run(
-        nb.runs_dir, name, wanted, done_file=WEIGHTS_FILE, finished=False, complete=complete
+        nb.runs_dir, name, wanted, done_file=done_file, finished=False, complete=complete
     )
     if unfinished is not None and (unfinished / "splits.csv").is_file():
-        print(f"resuming the unfinished cVAE run {unfinished.name}")
-        return train_vae(resume=unfinished, data_root=nb.data_root)
-    print(
-        f"training the cVAE {name} (profile {config.profile}: {config.image_size} px, latent "
-        f"{config.latent_dim}, {config.epochs} epochs)"
-    )
-    return train_vae(config, data_root=nb.data_root, runs_dir=nb.runs_dir, run_name=name)
+        print(f"resuming the unfinished run {unfinished.name}")
+        return resume(unfinished)
+    return start(name)
 
 
 @dataclass(frozen=True)
