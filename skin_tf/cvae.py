@@ -44,7 +44,7 @@ from skin_tf.cvae_config import (  # noqa: F401  (re-exported: skin_tf.cvae is t
     vae_config_names,
 )
 from skin_tf.data import CLASSES
-from skin_tf.splits import SPLITS
+from skin_tf.splits import split_frames
 
 WEIGHTS_FILE = "vae.weights.h5"  # written when training completes: its presence marks a done run
 BACKUP_DIR = "backup"  # BackupAndRestore state; removed when the run completes
@@ -332,24 +332,6 @@ def _prepare_resume(
     return run_dir, stored, data_root
 
 
-def run_frames(run_dir: str | os.PathLike, data_root: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """Index frames (path, label, …) of a run's train/val/test split, in splits.csv order."""
-    from skin_tf.data import read_metadata
-    from skin_tf.splits import read_splits
-
-    splits = read_splits(Path(run_dir) / "splits.csv")
-    index = read_metadata(data_root).set_index("image_id")
-    missing = ~splits["image_id"].isin(index.index)
-    if missing.any():
-        raise ValueError(
-            f"{missing.sum()} images of {run_dir}/splits.csv are not in {data_root} (e.g. "
-            f"{splits.loc[missing, 'image_id'].head(3).tolist()}): pass the data the run used"
-        )
-    joined = index.loc[splits["image_id"]].reset_index()
-    joined["split"] = splits["split"].to_numpy()
-    return {s: joined[joined["split"] == s].reset_index(drop=True) for s in SPLITS}
-
-
 def vae_datasets(
     config: VaeConfig, frames: dict[str, pd.DataFrame]
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
@@ -374,7 +356,7 @@ def vae_datasets(
 
 
 def _fit(run_dir: Path, config: VaeConfig, data_root: Path) -> None:
-    frames = run_frames(run_dir, data_root)
+    frames = split_frames(Path(run_dir) / "splits.csv", data_root)
     train, val = vae_datasets(config, frames)
     vae = build_vae(config, kl_warmup_steps=config.kl_warmup_epochs * len(train))
     history_path = run_dir / "history.csv"

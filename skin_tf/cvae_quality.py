@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skin_tf.cvae import data_root_of, load_vae, run_frames
+from skin_tf.cvae import data_root_of, load_vae
 from skin_tf.data import CLASSES
+from skin_tf.splits import split_frames
 
 REPORT_NAME = "summary_cvae.md"
 COMPARE_METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "mel_sensitivity",
@@ -59,7 +60,7 @@ def reconstruction_error(
     from skin_tf.pipeline import make_dataset
 
     vae, config = load_vae(run_dir)
-    val = run_frames(run_dir, data_root or data_root_of(run_dir))["val"]
+    val = split_frames(Path(run_dir) / "splits.csv", data_root or data_root_of(run_dir))["val"]
     dataset = make_dataset(val, config.image_size, training=False, batch_size=batch_size,
                            cache=False)  # fmt: skip
     errors, flat = [], []

@@ -238,3 +238,30 @@ def read_splits(path: str | os.PathLike) -> pd.DataFrame:
             "split_by_lesion() + write_splits() (or `skin-tf split`)."
         )
     return splits.reset_index(drop=True)
+
+
+def split_frames(
+    splits_csv: str | os.PathLike, data_root: str | os.PathLike
+) -> dict[str, pd.DataFrame]:
+    """The index frames (path, label, …) of each split recorded in `splits_csv`, in its order.
+
+    How a run (classifier or cVAE) gets its images back from its own splits.csv: the split is
+    the run's, the file paths are `data_root`'s, so the same run works on a moved data folder.
+
+    >>> frames = split_frames("runs/<run>/splits.csv", "data/ham10000")  # doctest: +SKIP
+    >>> frames["val"][["image_id", "path", "label"]].head()  # doctest: +SKIP
+    """
+    from skin_tf.data import read_metadata
+
+    splits = read_splits(splits_csv)
+    index = read_metadata(data_root).set_index("image_id")
+    missing = ~splits["image_id"].isin(index.index)
+    if missing.any():
+        raise DataError(
+            f"{missing.sum()} images of {splits_csv} are not in {data_root} "
+            f"(e.g. {splits.loc[missing, 'image_id'].head(3).tolist()}): pass --data pointing "
+            "at the data the run was made with"
+        )
+    joined = index.loc[splits["image_id"]].reset_index()
+    joined["split"] = splits["split"].to_numpy()
+    return {s: joined[joined["split"] == s].reset_index(drop=True) for s in SPLITS}

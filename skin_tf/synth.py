@@ -23,8 +23,9 @@ from keras import ops
 from matplotlib.figure import Figure
 from PIL import Image
 
-from skin_tf.cvae import LOSS_FIGURE, ConditionalVAE, data_root_of, load_vae, run_frames
+from skin_tf.cvae import LOSS_FIGURE, ConditionalVAE, data_root_of, load_vae
 from skin_tf.data import CLASSES
+from skin_tf.splits import split_frames
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("file", "dx", "seed", "vae_run")
@@ -242,7 +243,7 @@ def reconstruction_figure(
     from skin_tf.runs import run_caption
 
     vae, config = load_vae(run_dir)
-    val = run_frames(run_dir, data_root or data_root_of(run_dir))["val"]
+    val = split_frames(Path(run_dir) / "splits.csv", data_root or data_root_of(run_dir))["val"]
     rows, labels = [], []
     for dx in CLASSES:
         picked = val[val["dx"] == dx].head(per_class)

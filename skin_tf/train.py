@@ -334,25 +334,6 @@ def _check_resume_replicas(run_dir: Path, dist: Distribution) -> None:
 # ------------------------------------------------------------------ training
 
 
-def _frames(run_dir: Path, data_root: Path) -> dict[str, pd.DataFrame]:
-    """Train/val/test index frames of the run, in splits.csv order, joined to image paths."""
-    from skin_tf.data import read_metadata
-    from skin_tf.splits import read_splits
-
-    splits = read_splits(run_dir / "splits.csv")
-    index = read_metadata(data_root).set_index("image_id")
-    missing = ~splits["image_id"].isin(index.index)
-    if missing.any():
-        raise ValueError(
-            f"{missing.sum()} images of {run_dir / 'splits.csv'} are not in {data_root} "
-            f"(e.g. {splits.loc[missing, 'image_id'].head(3).tolist()}): pass --data pointing "
-            "at the data the run was made with"
-        )
-    joined = index.loc[splits["image_id"]].reset_index()
-    joined["split"] = splits["split"].to_numpy()
-    return {s: joined[joined["split"] == s].reset_index(drop=True) for s in SPLITS}
-
-
 def class_weight_for(config: TrainConfig, train_frame: pd.DataFrame) -> dict[int, float] | None:
     """`model.fit` class weights from the TRAIN split: inverse frequency (mean 1) if
     config.class_weights, times mel_multiplier on melanoma; None when both are off.
@@ -424,11 +405,12 @@ def _fit(
     from skin_tf.losses import build_loss, build_optimizer
     from skin_tf.models import set_backbone_trainable
     from skin_tf.runs import best_so_far, completed_epochs, trim_history
+    from skin_tf.splits import split_frames
 
     epochs_done = completed_epochs(run_dir / BACKUP_DIR)
     history = run_dir / "history.csv"
     trim_history(history, epochs_done)
-    frames = _frames(run_dir, root)
+    frames = split_frames(run_dir / "splits.csv", root)
     global_batch = dist.global_batch_size(config.batch_size)
     datasets = _datasets(
         config, frames, ("train", "val"), epochs_done=epochs_done, batch_size=global_batch
@@ -522,12 +504,13 @@ def _evaluate(run_dir: Path, config: TrainConfig, root: Path) -> None:
         frame_arrays,
         read_predictions,
     )
+    from skin_tf.splits import split_frames
 
     best = run_dir / "best.keras"
     if not best.is_file():
         raise RuntimeError(f"{best} is missing: no epoch was checkpointed; check history.csv")
     model = keras.saving.load_model(best, compile=False)
-    frames = _frames(run_dir, root)
+    frames = split_frames(run_dir / "splits.csv", root)
     datasets = _datasets(config, frames, ("val", "test"))
     report: dict[str, Any] = selection_summary(run_dir / "history.csv", config)
     for split in ("val", "test"):

@@ -17,6 +17,7 @@ from skin_tf.splits import (
     lesion_subset,
     read_splits,
     split_by_lesion,
+    split_frames,
     split_table,
     write_splits,
 )
@@ -165,6 +166,21 @@ def test_write_and_read_splits_round_trip(medium_frame, tmp_path):
         write_splits(split, path)
     write_splits(split.iloc[:10], path, overwrite=True)
     assert len(read_splits(path)) == 10
+
+
+def test_split_frames_rejoins_a_saved_split_to_the_data(tmp_path):
+    root = make_fake_ham10000(tmp_path / "ham", per_class=12, size=TINY)
+    split = split_by_lesion(read_metadata(root), seed=0)
+    path = write_splits(split, tmp_path / "run" / "splits.csv")
+    frames = split_frames(path, root)
+    for name, frame in frames.items():
+        expected = split[split["split"] == name]
+        assert frame["image_id"].tolist() == expected["image_id"].tolist()
+        assert frame["path"].tolist() == expected["path"].tolist()
+        assert (frame["label"].to_numpy() == expected["label"].to_numpy()).all()
+    other = make_fake_ham10000(tmp_path / "other", per_class=2, size=TINY)
+    with pytest.raises(DataError, match=r"images of .*splits.csv are not in .*pass --data"):
+        split_frames(path, other)
 
 
 def test_write_splits_needs_a_split_column(medium_frame, tmp_path):
