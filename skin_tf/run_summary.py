@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from skin_tf.data import CLASS_NAMES, CLASSES
-from skin_tf.runs import provenance, read_json, run_name_of
+from skin_tf.runs import data_label, epochs_trained, provenance, read_json, run_name_of
 
 DISCLAIMER = (
     "Research and teaching only: not a medical device. These numbers come from one retrospective "
@@ -40,7 +40,6 @@ HEADLINE = (
     ("mel_roc_auc", "melanoma ROC AUC"),
     ("mel_average_precision", "melanoma average precision"),
 )
-_FULL_SIZE = "600x450"
 
 
 # ---------------------------------------------------------------- formatting
@@ -82,7 +81,7 @@ def run_facts(run_dir: str | os.PathLike) -> dict[str, Any]:
     data = meta.get("data", {})
     size = data.get("source_size")
     planned = meta.get("epochs", config.get("epochs"))
-    trained = _history_rows(run_dir)
+    trained = epochs_trained(run_dir)
     epochs = str(planned) if trained in (None, planned) else f"{trained} of {planned}"
     return {
         "run_name": run_name_of(run_dir),
@@ -96,7 +95,7 @@ def run_facts(run_dir: str | os.PathLike) -> dict[str, Any]:
         "select_metric": config.get("select_metric"),
         "kept_epoch": kept_epoch(run_dir),
         "tta_in_training": bool(config.get("tta", False)),
-        "data": "HAM10000 full-size" if size == _FULL_SIZE else f"HAM10000 {size or '?'} copy",
+        "data": data_label(size),
         "n_images": data.get("n_images"),
         "hardware": meta.get("hardware"),
         "git_sha": meta.get("git_sha"),
@@ -104,16 +103,6 @@ def run_facts(run_dir: str | os.PathLike) -> dict[str, Any]:
         "command": meta.get("command"),
         "provenance": provenance(run_dir),
     }
-
-
-def _history_rows(run_dir: Path) -> int | None:
-    path = run_dir / "history.csv"
-    if not path.is_file():
-        return None
-    try:
-        return len(pd.read_csv(path))
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return None
 
 
 def kept_epoch(run_dir: str | os.PathLike) -> int | None:

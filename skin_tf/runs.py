@@ -224,10 +224,10 @@ def provenance(run_dir: str | os.PathLike) -> str:
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "meta.json")
     size = meta.get("data", {}).get("source_size")
-    data = "HAM10000 full-size" if size == _FULL_SIZE else f"HAM10000 {size or '?'} copy"
+    data = data_label(size)
     model = str(meta.get("model", "?"))
     short_model = model.replace("efficientnet_", "").upper() if model.startswith("eff") else model
-    epochs = _epochs_trained(run_dir)
+    epochs = epochs_trained(run_dir)
     if epochs is None:
         epochs_text = f"{meta.get('epochs')} epochs"
     elif epochs == meta.get("epochs"):
@@ -269,8 +269,20 @@ def run_caption(run_dir: str | os.PathLike, produced_by: str) -> str:
     return f"{produced_by} · {provenance(run_dir)}"
 
 
-def _epochs_trained(run_dir: Path) -> int | None:
-    history = run_dir / "history.csv"
+def data_label(source_size: str | None) -> str:
+    """Which copy of HAM10000 a run used, from meta.json's data.source_size.
+
+    >>> data_label("600x450"), data_label("200x150")
+    ('HAM10000 full-size', 'HAM10000 200x150 copy')
+    """
+    return (
+        "HAM10000 full-size" if source_size == _FULL_SIZE else f"HAM10000 {source_size or '?'} copy"
+    )
+
+
+def epochs_trained(run_dir: str | os.PathLike) -> int | None:
+    """Rows of the run's history.csv (epochs finished), or None when it is absent or unreadable."""
+    history = Path(run_dir) / "history.csv"
     if not history.is_file():
         return None
     try:
