@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from skin_tf.data import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.gradcam import heatmap_to_input, normalize_heatmaps
-from skin_tf.runs import json_ready
+from skin_tf.runs import json_ready, read_json
 
 METADATA_FILE = "metadata.json"
 FORMAT = "skin_tf.export/1"
@@ -263,7 +263,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bo
     model_path = run_dir / "best.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: train the run first (skin-tf train)")
-    config = _read_json(run_dir / "config.json")
+    config = read_json(run_dir / "config.json")
     temperature = read_temperature(run_dir)
     metadata = {
         "run": _run_name(run_dir),
@@ -301,7 +301,7 @@ def mel_threshold(run_dir: Path, temperature: float | None) -> dict[str, Any]:
             "note": "no operating_point.json in the run: run `skin-tf threshold` to choose one "
             "on validation; until then no melanoma flag is given",
         }
-    point = _read_json(path)
+    point = read_json(path)
     chosen_with = point.get("temperature")
     if point.get("calibrated") != (temperature is not None) or (
         temperature is not None and not np.isclose(chosen_with or 0.0, temperature)
@@ -329,7 +329,7 @@ def _test_metrics(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "metrics.json"
     if not path.is_file():
         return None
-    metrics = _read_json(path)
+    metrics = read_json(path)
     return metrics.get("test", metrics) if isinstance(metrics, dict) else metrics
 
 
@@ -339,22 +339,13 @@ def _provenance(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{meta_path} not found: every run directory needs its meta.json")
     from skin_tf.runs import provenance
 
-    return {"caption": provenance(run_dir), "meta": _read_json(meta_path)}
+    return {"caption": provenance(run_dir), "meta": read_json(meta_path)}
 
 
 def _run_name(run_dir: Path) -> str:
     from skin_tf.runs import run_name_of
 
     return run_name_of(run_dir)
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {path.parent} a complete run directory?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}): rewrite or delete it") from err
 
 
 # ---------------------------------------------------------------- loading for clients
@@ -432,7 +423,7 @@ def load_served(path: str | os.PathLike) -> ServedModel:
             f"{path} is not an exported model (no saved_model.pb): create one with "
             "`skin-tf export RUN_DIR --out {path}`"
         )
-    metadata = _read_json(path / METADATA_FILE)
+    metadata = read_json(path / METADATA_FILE)
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path / METADATA_FILE} is not a {FORMAT} metadata file: re-export")
     return ServedModel(path, _load_quietly(path), metadata)
@@ -456,4 +447,4 @@ def _load_quietly(path: Path) -> Any:
 
 def load_served_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """metadata.json of an exported model, without loading the graph."""
-    return _read_json(Path(path) / METADATA_FILE)
+    return read_json(Path(path) / METADATA_FILE)

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from skin_tf.data import CLASSES
+from skin_tf.runs import read_json
 
 METHODS = ("gradcam", "gradcam++", "scorecam")
 METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
@@ -301,7 +302,7 @@ def gradcam_run(
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
-    config = _read_json(run_dir / "config.json")
+    config = read_json(run_dir / "config.json")
     image_size = int(config["image_size"])
     resize = resize_rule(str(config.get("resize", "squash")))
     model_path = run_dir / "best.keras"
@@ -383,7 +384,7 @@ def pick_test_examples(
     probs = frame[list(PROB_COLUMNS)].to_numpy(float)
     frame["pred"] = [CLASSES[i] for i in probs.argmax(axis=1)]
     frame["p_pred"] = probs.max(axis=1)
-    root = data_root or _read_json(run_dir / "meta.json").get("data", {}).get("root")
+    root = data_root or read_json(run_dir / "meta.json").get("data", {}).get("root")
     if root is None or not Path(root).is_dir():
         raise FileNotFoundError(
             f"the run's data folder {root} is not on this machine: pass data_root (--data) "
@@ -476,14 +477,6 @@ def update_readme(
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + section + "\n"
     readme.write_text(text if text.endswith("\n") else text + "\n")
     return readme
-
-
-def _read_json(path: Path) -> Any:
-    import json
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {path.parent} a complete run directory?")
-    return json.loads(path.read_text())
 
 
 def _safe(text: str) -> str:

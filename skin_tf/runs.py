@@ -105,7 +105,9 @@ def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file, with an error naming the file when it is missing or broken."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is this a complete run directory?")
+        raise FileNotFoundError(
+            f"{path} not found: is {path.parent} a complete run directory (or exported model)?"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
