@@ -27,7 +27,9 @@ def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> 
 
     Stateless: the same `seed` (int shape [2]) and images give the same output.
 
-    >>> out = augment_batch(uint8_batch, AugmentConfig(), seed=tf.constant([1, 2]))
+    >>> batch = tf.zeros((2, 8, 8, 3), tf.uint8)
+    >>> augment_batch(batch, AugmentConfig(), seed=tf.constant([1, 2])).shape
+    TensorShape([2, 8, 8, 3])
     """
     geometry_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     images = _augment_geometry(images, config, geometry_seed)

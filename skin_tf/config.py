@@ -254,10 +254,23 @@ def load_config(
 
 
 def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """Turn ["a=1", "augment.hflip=false"] into {"a": 1, "augment": {"hflip": False}}.
+    """Turn ["a=1", "augment.hflip=false"] into {"a": 1, "augment": {"hflip": False}}, checking
+    the keys are TrainConfig's.
 
     >>> parse_overrides(["weights=null", "model=efficientnet_b2"])
     {'weights': None, 'model': 'efficientnet_b2'}
+    """
+    result = parse_set_values(overrides)
+    _check_keys(result, "--set")
+    return result
+
+
+def parse_set_values(overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """`--set key=value` items as a (nested, for dotted keys) dict; values are JSON, else text.
+    Keys are not checked: each config's own from_dict does that.
+
+    >>> parse_set_values(["epochs=3", "augment.hue=0.05", "description=two words"])
+    {'epochs': 3, 'augment': {'hue': 0.05}, 'description': 'two words'}
     """
     result: dict[str, Any] = {}
     for item in overrides:
@@ -276,7 +289,6 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} was already set to a plain value")
         target[leaf] = value
-    _check_keys(result, "--set")
     return result
 
 

@@ -324,7 +324,7 @@ def mean_sd(values: Iterable[float | None]) -> dict[str, Any]:
     """Mean and sample standard deviation (ddof 1) of the non-missing values.
 
     >>> mean_sd([0.5, 0.7, None])
-    {'mean': 0.6, 'sd': 0.1414213562373095, 'n': 2}
+    {'mean': 0.6, 'sd': 0.14142135623730948, 'n': 2}
     """
     present = np.array([v for v in values if v is not None], dtype=np.float64)
     if present.size == 0:

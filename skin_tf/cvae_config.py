@@ -26,6 +26,7 @@ from skin_tf.config import (
     coerce_value,
     did_you_mean,
     merge_settings,
+    parse_set_values,
     read_config_json,
     shipped_config_names,
     shipped_names_for,
@@ -98,9 +99,7 @@ def load_vae_config(
             f"unknown cVAE profile {profile!r}{did_you_mean(profile, VAE_PROFILES)}; "
             f"choose one of {', '.join(VAE_PROFILES)}"
         )
-    merged = merge_settings(
-        merge_settings(raw, VAE_PROFILES[profile]), parse_vae_overrides(overrides)
-    )
+    merged = merge_settings(merge_settings(raw, VAE_PROFILES[profile]), parse_set_values(overrides))
     merged.setdefault("name", Path(str(source)).stem)
     merged["profile"] = profile
     return vae_config_from_dict(merged, source=str(source))
@@ -115,27 +114,10 @@ def vae_config_names() -> list[str]:
     return shipped_names_for(VaeConfig)
 
 
-def parse_vae_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """["epochs=3", "subset_per_class=null"] → {"epochs": 3, "subset_per_class": None}.
-
-    Values are JSON, else plain strings. (VaeConfig is flat, so no dotted keys.)
-    """
-    result: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set epochs=3")
-        try:
-            result[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            result[key.strip()] = text
-    return result
-
-
 def vae_config_from_dict(data: dict[str, Any], source: str = "config") -> VaeConfig:
     """Validate a (possibly partial) dict into a VaeConfig; each error names the key.
 
-    >>> vae_config_from_dict({"epochs": 2}).epochs
+    >>> vae_config_from_dict({"epochs": 2, "kl_warmup_epochs": 1}).epochs
     2
     """
     if not isinstance(data, dict):

@@ -82,6 +82,7 @@ def build_loss(
     are not part of the loss: pass `class_weight=pipeline.class_weights(...)` to `model.fit`.
 
     Example:
+        >>> import numpy as np
         >>> loss = build_loss("focal", label_smoothing=0.1, focal_gamma=2.0)
         >>> float(loss(np.array([0]), np.array([[0.9, 0.1]]))) > 0
         True

@@ -1,9 +1,18 @@
-"""The public API: every exported name resolves, and importing the package stays light."""
+"""The public API: every exported name resolves, importing the package stays light, and the
+examples in docstrings are true."""
 
+import doctest
+import importlib
+import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import skin_tf
+
+# app.py is a Streamlit script (importing it draws the page), not a library module.
+MODULES = sorted(m.name for m in pkgutil.iter_modules(skin_tf.__path__) if m.name != "app")
 
 
 def test_every_public_name_resolves():
@@ -15,3 +24,10 @@ def test_import_does_not_load_tensorflow():
     code = "import sys, skin_tf, skin_tf.cli; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_hold(name):
+    module = importlib.import_module(f"skin_tf.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} docstring example(s) of skin_tf.{name} fail"
