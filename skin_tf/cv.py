@@ -91,7 +91,8 @@ def assign_folds(
         )
     fold = np.full(len(split), TEST_FOLD)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # rare classes: reported by _check_split when a fold trains
+    # Rare classes are reported by run_setup.check_split when a fold trains.
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The least populated class", UserWarning)
         for i, (_, held) in enumerate(splitter.split(dx, dx, groups=lesions)):
             fold[rest[held]] = i
@@ -143,7 +144,7 @@ def prepare_cv(
     if missing; if it already holds a cv, its config, folds and fold plan must match (so several
     machines can each train their folds into it).
     """
-    from skin_tf.train import default_run_name
+    from skin_tf.run_setup import default_run_name
 
     if cv_dir is None:
         cv_dir = create_run_dir(runs_dir, f"cv-{default_run_name(config)}")

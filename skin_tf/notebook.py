@@ -173,11 +173,12 @@ def _stored_config(
 def run_or_train(config: TrainConfig, nb: Setup, run_name: str | None = None) -> Path:
     """A finished classifier run of `config` in nb.runs_dir: reused, resumed, or trained now.
 
-    run_name defaults to skin_tf.train.default_run_name ("baseline-smoke", …), so later notebooks
-    find the runs of earlier ones.
+    run_name defaults to skin_tf.run_setup.default_run_name ("baseline-smoke", …), so later
+    notebooks find the runs of earlier ones.
     """
     from skin_tf.config import config_from_dict
-    from skin_tf.train import default_run_name, train
+    from skin_tf.run_setup import default_run_name
+    from skin_tf.train import train
 
     def start(name: str) -> Path:
         print(

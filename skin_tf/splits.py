@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
 # _first is data.py's short "a, b, … (n more)" list used in every DataError message; sharing it
 # keeps the reader's and the splitter's messages alike.
@@ -88,6 +87,8 @@ def _carve(dx: np.ndarray, lesions: np.ndarray, fraction: float, seed: int) -> n
         )
     _, class_sizes = np.unique(dx, return_counts=True)
     if n_lesions >= n and class_sizes.max() >= n:
+        from sklearn.model_selection import StratifiedGroupKFold  # lazy: SPLITS is imported widely
+
         folds = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             # Rare classes are checked on the result, per split, and reported there.
@@ -100,6 +101,8 @@ def _carve(dx: np.ndarray, lesions: np.ndarray, fraction: float, seed: int) -> n
         "only %d rows / %d lesions: too few to stratify into %d folds; splitting by lesion "
         "without stratification", len(dx), n_lesions, n,
     )  # fmt: skip
+    from sklearn.model_selection import GroupShuffleSplit
+
     shuffle = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     return np.sort(next(shuffle.split(dx, dx, groups=lesions))[1])
 

@@ -8,6 +8,9 @@
 Shell: `skin-tf train --config baseline --profile cpu` (the last line printed is the run dir);
 `skin-tf train --resume runs/<run>` continues an interrupted run from its last finished epoch.
 
+Before the first epoch skin_tf.run_setup checks the inputs, splits the data, builds the model and
+writes config.json, splits.csv and meta.json (or checks a run to resume).
+
 The config's `strategy` picks a tf.distribute engine (skin_tf.distribute): the model, optimizer
 and metrics are made in its scope, the global batch is batch_size × replicas, the rate follows
 `lr_scaling`, and with several workers only the chief writes the run directory (the others work
@@ -26,7 +29,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +36,21 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from skin_tf.config import ConfigError, TrainConfig, config_from_dict
+from skin_tf.config import TrainConfig
 from skin_tf.data import CLASSES, MEL_INDEX
-from skin_tf.runs import collect_meta, create_run_dir, read_json, write_json
+from skin_tf.run_setup import (
+    build_model,
+    check_inputs,
+    check_resume_replicas,
+    create_run,
+    prepare_data,
+    prepare_resume,
+    worker_copy,
+    worker_folder,
+)
+from skin_tf.runs import write_json
 from skin_tf.selection import predict_probs, selection_summary, validation_callback
+from skin_tf.splits import SPLITS
 
 if TYPE_CHECKING:  # TensorFlow loads only when training starts, so config errors come instantly
     import keras
@@ -55,7 +68,6 @@ RUN_FILES = (
     "predictions_test.csv",
     "metrics.json",
 )
-SPLITS = ("train", "val", "test")
 BACKUP_DIR = "backup"  # BackupAndRestore state; removed when the run completes
 RESUME_SEED_STRIDE = 7919  # training-stream seed offset per finished epoch on resume (a prime)
 
@@ -119,23 +131,25 @@ def train(
     )
 
     if resume is not None:
-        run_dir, config, root = _prepare_resume(Path(resume), config, data_root)
+        run_dir, config, root = prepare_resume(Path(resume), config, data_root)
         dist = make_distribution(config.strategy)
-        _check_resume_replicas(run_dir, dist)
+        check_resume_replicas(run_dir, dist)
         chief_run = str(run_dir)
         if not dist.is_chief:
-            run_dir = _worker_copy(run_dir)
-        model, _ = _build_model(config, dist)
+            run_dir = worker_copy(run_dir)
+        model, _ = build_model(config, dist)
     else:
         if config is None:
             raise ValueError("train() needs a config (load_config(...)) or resume=RUN_DIR")
-        _check_inputs(config)
+        check_inputs(config)
         dist = make_distribution(config.strategy)  # before any TensorFlow op (collectives)
-        frame, root = _prepare_data(config, data_root, splits)
+        frame, root = prepare_data(config, data_root, splits)
         # Built before the run directory exists: missing weights leave no half-made run behind.
-        model, policy = _build_model(config, dist)
-        runs_parent = Path(runs_dir) if dist.is_chief else _worker_folder()
-        run_dir = _create_run(config, frame, root, runs_parent, run_name, policy, dist)
+        model, policy = build_model(config, dist)
+        runs_parent = Path(runs_dir) if dist.is_chief else worker_folder()
+        run_dir = create_run(
+            config, frame, root, runs_parent, run_name, policy, dist, plan_phases(config)
+        )
         chief_run = str(run_dir) if dist.is_chief else "<the chief's run directory>"
     try:
         _fit(run_dir, config, root, model, callbacks, dist)
@@ -156,179 +170,6 @@ def train(
         return None
     shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)  # the run is complete
     return run_dir
-
-
-# ------------------------------------------------------------------ preparing the run directory
-
-
-def default_run_name(config: TrainConfig) -> str:
-    """ "baseline" for the full profile, "baseline-cpu" / "baseline-smoke" otherwise."""
-    return config.name if config.profile == "full" else f"{config.name}-{config.profile}"
-
-
-def _check_inputs(config: TrainConfig) -> None:
-    """Errors that can be found before reading any image."""
-    if config.synthetic_dir is not None and not Path(config.synthetic_dir).expanduser().is_dir():
-        raise ConfigError(
-            f"synthetic_dir={config.synthetic_dir!r} is not a folder: generate synthetic images "
-            "first (see the cVAE notebook / `skin-tf synth`), or set synthetic_dir=null"
-        )
-    if config.weights not in (None, "imagenet") and not Path(config.weights).is_file():
-        raise ConfigError(f"weights={config.weights!r}: no such file")
-
-
-def _prepare_data(
-    config: TrainConfig, data_root: str | os.PathLike | None, splits: pd.DataFrame | None = None
-) -> tuple[pd.DataFrame, Path]:
-    """The run's index with its `split` column (subset first for smoke runs), and the data root.
-
-    With `splits` (image_id, split), those images and splits are used as given.
-    """
-    from skin_tf.data import read_metadata, resolve_data_root
-    from skin_tf.splits import lesion_subset, split_by_lesion
-
-    _check_inputs(config)
-    root = resolve_data_root(data_root)
-    frame = read_metadata(root)
-    if splits is not None:
-        frame = _apply_splits(frame, splits)
-    else:
-        if config.subset_per_class is not None:
-            frame = lesion_subset(frame, config.subset_per_class, seed=config.seed)
-        frame = split_by_lesion(frame, fractions=config.fractions, seed=config.seed)
-    _check_split(frame, config)
-    return frame, root
-
-
-def _apply_splits(frame: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
-    """Rows of `frame` named in `splits`, in frame order, with splits' `split` column."""
-    missing_columns = {"image_id", "split"} - set(splits.columns)
-    if missing_columns:
-        raise ValueError(f"splits lacks column(s) {sorted(missing_columns)}: needs image_id, split")
-    unknown = sorted(set(splits["split"]) - set(SPLITS))
-    if unknown:
-        raise ValueError(f"splits has split values {unknown}: use only {', '.join(SPLITS)}")
-    if splits["image_id"].duplicated().any():
-        raise ValueError("splits lists an image_id twice: give each image one split")
-    absent = ~splits["image_id"].isin(frame["image_id"])
-    if absent.any():
-        raise ValueError(
-            f"{absent.sum()} image_ids of the given splits are not in the data "
-            f"(e.g. {splits.loc[absent, 'image_id'].head(3).tolist()}): check the data root"
-        )
-    split_of = splits.set_index("image_id")["split"]
-    out = frame[frame["image_id"].isin(split_of.index)].reset_index(drop=True)
-    out["split"] = out["image_id"].map(split_of).to_numpy()
-    return out
-
-
-def _worker_folder() -> Path:
-    """A private folder for a non-chief worker's copy of the run (deleted when it finishes)."""
-    return Path(tempfile.mkdtemp(prefix="skin_tf_worker_"))
-
-
-def _worker_copy(run_dir: Path) -> Path:
-    """A non-chief worker's private copy of the chief's run (config, splits, history, backup)."""
-    copy = _worker_folder() / run_dir.name
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("best.keras", "predictions_*"))
-    return copy
-
-
-def _create_run(
-    config: TrainConfig,
-    frame: pd.DataFrame,
-    root: Path,
-    runs_dir: Path,
-    run_name: str | None,
-    precision_policy: str,
-    dist: Distribution,
-) -> Path:
-    """A new run directory holding config.json, splits.csv and meta.json."""
-    from skin_tf.distribute import learning_rate_record, scale_phases
-    from skin_tf.splits import write_splits
-
-    run_dir = create_run_dir(runs_dir, run_name or default_run_name(config))
-    write_json(run_dir / "config.json", config.to_dict())
-    write_splits(frame, run_dir / "splits.csv")
-    meta = collect_meta(config, root, frame, run_name=_name_of(run_dir))
-    meta["precision"] = precision_policy
-    phases = scale_phases(plan_phases(config), dist.replicas, config.lr_scaling)
-    meta["distribution"] = {
-        **dist.describe(),
-        "per_replica_batch_size": config.batch_size,
-        "global_batch_size": dist.global_batch_size(config.batch_size),
-        "dataset_sharding": "data",  # images listed in splits.csv, not file shards
-        "learning_rate": learning_rate_record(
-            config.learning_rate, phases, dist.replicas, config.lr_scaling
-        ),
-    }
-    write_json(run_dir / "meta.json", meta)
-    return run_dir
-
-
-def _build_model(config: TrainConfig, dist: Distribution) -> tuple[keras.Model, str]:
-    """Seed everything, set the precision policy, build the classifier in the strategy's scope;
-    returns (model, policy)."""
-    import keras
-
-    from skin_tf.losses import configure_precision
-    from skin_tf.models import build_classifier
-
-    keras.utils.set_random_seed(config.seed)
-    policy = configure_precision(config.precision)
-    with dist.strategy.scope():
-        model = build_classifier(config.model, config.image_size, config.weights, config.dropout)
-    return model, policy
-
-
-def _name_of(run_dir: Path) -> str:
-    return run_dir.name.split("__", 1)[-1]
-
-
-def _check_split(frame: pd.DataFrame, config: TrainConfig) -> None:
-    for split in ("train", "val", "test"):
-        if not (frame["split"] == split).any():
-            raise ValueError(f"the {split} split is empty: use more data or other fractions")
-    val = frame[frame["split"] == "val"]
-    if config.select_metric == "val_mel_recall" and not (val["label"] == MEL_INDEX).any():
-        raise ConfigError(
-            "select_metric='val_mel_recall' but the val split holds no melanoma: choose "
-            "another select_metric or a larger subset"
-        )
-
-
-def _prepare_resume(
-    run_dir: Path, config: TrainConfig | None, data_root: str | os.PathLike | None
-) -> tuple[Path, TrainConfig, Path]:
-    from skin_tf.data import resolve_data_root
-
-    for name in ("config.json", "meta.json", "splits.csv"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"cannot resume {run_dir}: it has no {name}")
-    if (run_dir / "metrics.json").is_file():
-        raise FileExistsError(f"{run_dir} is already complete (it has metrics.json)")
-    stored = config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir))
-    if config is not None and config != stored:
-        raise ConfigError(
-            f"--resume continues {run_dir} with its own config.json: drop --config/--set, or "
-            "start a new run"
-        )
-    _check_inputs(stored)
-    if data_root is None:
-        data_root = read_json(run_dir / "meta.json")["data"]["root"]
-    return run_dir, stored, resolve_data_root(data_root)
-
-
-def _check_resume_replicas(run_dir: Path, dist: Distribution) -> None:
-    """A resumed run keeps its global batch and learning rate, so its number of replicas."""
-    stored = read_json(run_dir / "meta.json").get("distribution", {}).get("replicas", 1)
-    if stored != dist.replicas:
-        raise ConfigError(
-            f"{run_dir} was trained on {stored} replica(s) but this resume has {dist.replicas}: "
-            "the global batch and learning rate would change mid-run. Resume with the same "
-            "devices/workers (SKIN_TF_CPU_DEVICES, CUDA_VISIBLE_DEVICES, TF_CONFIG), or start a "
-            "new run"
-        )
 
 
 # ------------------------------------------------------------------ training

@@ -89,11 +89,11 @@ def test_fold_splits_rotate_the_val_fold(cv_root: Path):
 
 
 def test_train_uses_given_splits_and_checks_them(cv_root: Path):
-    from skin_tf.train import _apply_splits
+    from skin_tf.run_setup import apply_splits
 
     frame = read_metadata(cv_root)
     splits = fold_splits(assign_folds(frame, 3, seed=0), 1).iloc[::-1]  # order must not matter
-    applied = _apply_splits(frame, splits.iloc[:-5])
+    applied = apply_splits(frame, splits.iloc[:-5])
     assert applied["image_id"].tolist() == [i for i in frame["image_id"] if i in set(
         splits["image_id"].iloc[:-5]
     )]  # fmt: skip
@@ -108,7 +108,7 @@ def test_train_uses_given_splits_and_checks_them(cv_root: Path):
     ]
     for given, message in bad:
         with pytest.raises(ValueError, match=message):
-            _apply_splits(frame, given)
+            apply_splits(frame, given)
 
 
 # ------------------------------------------------------------------ the cv folder

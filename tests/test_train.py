@@ -16,11 +16,11 @@ import pytest
 from skin_tf.cli import _add_train
 from skin_tf.config import MODELS, ConfigError, TrainConfig, load_config
 from skin_tf.data import CLASSES, MEL_INDEX
+from skin_tf.run_setup import default_run_name
 from skin_tf.train import (
     BACKUP_DIR,
     RUN_FILES,
     class_weight_for,
-    default_run_name,
     plan_phases,
     train,
 )
