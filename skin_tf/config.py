@@ -4,6 +4,9 @@ A config is data. `skin_tf/configs/<name>.json` holds every hyper-parameter of o
 experiment; a *profile* adapts any of them to the machine at hand; `--set key=value` changes single
 fields. Everything is validated before any work starts, and each error names the key.
 `TrainConfig.augment` is an `AugmentConfig` (what skin_tf.augment applies), or None for none.
+This module holds what is the classifier's own (the dataclasses, profiles, key and value checks);
+reading the JSON, merging, `--set` parsing, type checks and `ConfigError` are shared with the cVAE's
+configs and live in skin_tf.config_files.
 
     >>> cfg = load_config("baseline", profile="smoke", overrides=["epochs=2"])
     >>> cfg.image_size, cfg.epochs, cfg.weights
@@ -29,16 +32,23 @@ Profiles
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
-import types
 import typing
 from dataclasses import dataclass
-from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
+
+from skin_tf.config_files import (
+    ConfigError,
+    coerce_value,
+    did_you_mean,
+    merge_settings,
+    parse_set_values,
+    read_config_json,
+    shipped_config_names,
+    shipped_names_for,
+)
 
 MODELS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3")
 SELECT_METRICS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_mel_recall")
@@ -58,10 +68,6 @@ CPU_PROFILE_MEASUREMENT = (
 )
 # With 20 (143 images) every class reaches every split of the seed-42 80/10/10 split; 10 is too few.
 SMOKE_IMAGES_PER_CLASS = 20
-
-
-class ConfigError(ValueError):
-    """A config that cannot be trained: unknown key, wrong type or impossible value (named)."""
 
 
 # AugmentConfig lives here, not in skin_tf.augment (which applies it), because that module
@@ -265,33 +271,6 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
     return result
 
 
-def parse_set_values(overrides: typing.Iterable[str]) -> dict[str, Any]:
-    """`--set key=value` items as a (nested, for dotted keys) dict; values are JSON, else text.
-    Keys are not checked: each config's own from_dict does that.
-
-    >>> parse_set_values(["epochs=3", "augment.hue=0.05", "description=two words"])
-    {'epochs': 3, 'augment': {'hue': 0.05}, 'description': 'two words'}
-    """
-    result: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set epochs=3")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        target = result
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} was already set to a plain value")
-        target[leaf] = value
-    return result
-
-
 def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
     """Validate a (possibly partial) dict and build a TrainConfig; missing keys take defaults.
 
@@ -394,142 +373,3 @@ def _check_values(c: TrainConfig, source: str) -> None:
         fail("bootstrap", "must be >= 0 (0 = no intervals)")
     if c.synthetic_dir is not None and not c.synthetic_dir.strip():
         fail("synthetic_dir", "must be null or a folder path")
-
-
-# ------------------------------------------------------------------ shared with cvae_config
-# Finding, reading, merging and type-checking config JSON is the same for the classifier's and the
-# cVAE's configs, so these are public and skin_tf.cvae_config imports them: one set of rules and
-# one style of error message for both. They stay in this module, not a helper module of their
-# own, because they raise ConfigError, which every caller already imports from here.
-
-
-def configs_folder() -> Traversable:
-    """skin_tf/configs/, where the shipped JSON configs live (inside the installed package)."""
-    return resources.files("skin_tf") / "configs"
-
-
-def shipped_config_names() -> list[str]:
-    """Stems of every JSON file in skin_tf/configs/ (classifier and cVAE configs)."""
-    return sorted(p.name[:-5] for p in configs_folder().iterdir() if p.name.endswith(".json"))
-
-
-def shipped_names_for(config_class: type) -> list[str]:
-    """Shipped config names, sorted, whose JSON keys are all fields of the `config_class`
-    dataclass: how the classifier's and the cVAE's configs in one folder tell themselves apart."""
-    known = {f.name for f in dataclasses.fields(config_class)}
-    names = []
-    for name in shipped_config_names():
-        raw = json.loads((configs_folder() / f"{name}.json").read_text("utf-8"))
-        if isinstance(raw, dict) and set(raw) <= known:
-            names.append(name)
-    return names
-
-
-def read_config_json(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
-    """(JSON object, source) of a shipped config name or a .json path; source is the name or
-    the path, for error messages. Raises ConfigError for a missing file, an unknown name
-    (with a suggestion) or JSON that is not an object."""
-    text = str(name_or_path)
-    looks_like_path = text.endswith(".json") or "/" in text or "\\" in text
-    if looks_like_path:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist: check the path")
-        source = str(path)
-        content = path.read_text(encoding="utf-8")
-    else:
-        names = shipped_config_names()
-        if text not in names:
-            raise ConfigError(
-                f"unknown config {text!r}{did_you_mean(text, names)}; shipped configs: "
-                f"{', '.join(names)} (or give a path to a .json file)"
-            )
-        source = text
-        content = (configs_folder() / f"{text}.json").read_text("utf-8")
-    try:
-        raw = json.loads(content)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"config {source} is not valid JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {source} must be a JSON object of key: value pairs")
-    return raw, source
-
-
-def merge_settings(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """`base` updated by `update`, nested objects merged key by key (a profile or `--set`
-    that changes augment.hue keeps the other augment keys).
-
-    >>> merge_settings({"a": 1, "b": {"x": 1, "y": 2}}, {"b": {"y": 3}})
-    {'a': 1, 'b': {'x': 1, 'y': 3}}
-    """
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_settings(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    """The " (did you mean 'x'?)" hint naming the closest of `choices`; "" when none is close.
-
-    >>> did_you_mean("epoch", ["epochs", "seed"])
-    " (did you mean 'epochs'?)"
-    """
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(hint))
-    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
-
-
-def coerce_value(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against a type hint; JSON lists become tuples, ints are accepted as floats."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    wrong = ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
-    if origin in (typing.Union, types.UnionType):
-        for arm in args:
-            try:
-                return coerce_value(value, arm, where)
-            except ConfigError:
-                continue
-        raise wrong
-    if origin is Literal:
-        if value in args and type(value) is type(args[0]):
-            return value
-        raise ConfigError(
-            f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
-            f"{did_you_mean(str(value), map(str, args))}"
-        )
-    if origin is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(coerce_value(v, a, where) for v, a in zip(value, args, strict=True))
-    if hint is type(None):
-        if value is None:
-            return None
-        raise wrong
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise wrong
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise wrong
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
-            return float(value)
-        raise wrong
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise wrong
-    raise TypeError(f"config field {where} has an unsupported type hint {hint!r}")

@@ -1,8 +1,8 @@
 """cVAE experiment configs: a typed dataclass, shipped JSON (`vae`, `vae_quick`), profiles, `--set`.
 
-Same shape as the classifier's `skin_tf.config` (and it reuses that module's JSON reading,
-merging and type checks): a config is data, a profile adapts it, `--set key=value` changes one
-field, and every error names the key.
+Same shape as the classifier's `skin_tf.config` (and the same JSON reading, merging and type
+checks, from skin_tf.config_files): a config is data, a profile adapts it, `--set key=value`
+changes one field, and every error names the key.
 
     >>> load_vae_config("vae_quick", profile="smoke", overrides=["latent_dim=32"]).latent_dim
     32
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from skin_tf.config import (
+from skin_tf.config_files import (
     ConfigError,
     coerce_value,
     did_you_mean,
