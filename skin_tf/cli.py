@@ -286,7 +286,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _train(args: argparse.Namespace) -> int:
     """`skin-tf train`: load and validate the config (before any work), train, print the run dir."""
-    from skin_tf.config import ConfigError, load_config
+    from skin_tf.config import load_config
+    from skin_tf.config_files import ConfigError
     from skin_tf.train import train
 
     if args.resume is None and args.config is None:
@@ -379,7 +380,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _gradcam(args: argparse.Namespace) -> int:
     from skin_tf.data import CLASSES
-    from skin_tf.gradcam import gradcam_run
+    from skin_tf.gradcam_gallery import gradcam_run
 
     result = gradcam_run(
         args.run_dir, image_paths=args.images, out_dir=args.out, method=args.method,

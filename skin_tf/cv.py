@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skin_tf.config import ConfigError, TrainConfig, config_from_dict
+from skin_tf.config import TrainConfig, config_from_dict
+from skin_tf.config_files import ConfigError
 from skin_tf.data import CLASSES, DataError
 from skin_tf.runs import create_run_dir, provenance, read_json, write_json
 

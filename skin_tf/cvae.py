@@ -34,7 +34,7 @@ import pandas as pd
 import tensorflow as tf
 from keras import layers, ops
 
-from skin_tf.config import ConfigError
+from skin_tf.config_files import ConfigError
 from skin_tf.cvae_config import (  # noqa: F401  (re-exported: skin_tf.cvae is the entry point)
     IMAGE_SIZES,
     VAE_PROFILES,

@@ -72,7 +72,8 @@ class _Stages:
 
 def find_data(path: Path | None) -> Path:
     """The HAM10000 folder: `path`, $SKIN_TF_DATA or data/ham10000; downloaded there if absent."""
-    from skin_tf.download import DownloadError, download_ham10000
+    from skin_tf.dataverse import DownloadError
+    from skin_tf.download import download_ham10000
 
     try:
         return resolve_data_root(path)

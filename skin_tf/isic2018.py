@@ -32,7 +32,7 @@ def _find_ground_truth(root: Path) -> Path:
             return candidate
     raise DataError(
         f"no {ISIC2018_TEST_GROUND_TRUTH} in {root}: run `skin-tf download --isic2018-test "
-        f"--out {root}` or see skin_tf.download.manual_instructions"
+        f"--out {root}` or see skin_tf.dataverse.manual_instructions"
     )
 
 

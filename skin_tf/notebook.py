@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from skin_tf.config import PROFILES, ConfigError
+from skin_tf.config import PROFILES
+from skin_tf.config_files import ConfigError
 from skin_tf.data import CLASSES, DATA_ROOT_ENV, DEFAULT_DATA_ROOT, resolve_data_root
 from skin_tf.report import record_path
 from skin_tf.run_summary import HEADLINE, fmt_ci, headline, run_facts

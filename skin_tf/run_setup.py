@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from skin_tf.config import ConfigError, TrainConfig, config_from_dict
+from skin_tf.config import TrainConfig, config_from_dict
+from skin_tf.config_files import ConfigError
 from skin_tf.data import MEL_INDEX
 from skin_tf.runs import collect_meta, create_run_dir, read_json, write_json
 from skin_tf.splits import SPLITS

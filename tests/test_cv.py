@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin_tf.config import ConfigError, load_config
+from skin_tf.config import load_config
+from skin_tf.config_files import ConfigError
 from skin_tf.cv import (
     CV_FILE,
     FOLDS_FILE,

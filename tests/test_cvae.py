@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from skin_tf.config import ConfigError
+from skin_tf.config_files import ConfigError
 from skin_tf.cvae import (
     WEIGHTS_FILE,
     ConditionalVAE,

@@ -42,10 +42,10 @@ def test_explicit_data_path_without_metadata_is_an_error_not_a_download(tmp_path
 
 def test_offline_download_says_where_to_put_the_files(tmp_path, monkeypatch):
     """No data anywhere and no network: a clear message naming data/ham10000 and SKIN_TF_DATA."""
-    from skin_tf import download
+    from skin_tf import dataverse, download
 
     def offline(dest, **_):
-        raise download.DownloadError("offline: cannot reach dataverse.harvard.edu")
+        raise dataverse.DownloadError("offline: cannot reach dataverse.harvard.edu")
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SKIN_TF_DATA", raising=False)

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin_tf.config import ConfigError, TrainConfig, load_config
+from skin_tf.config import TrainConfig, load_config
+from skin_tf.config_files import ConfigError
 from skin_tf.distribute import (
     CPU_DEVICES_ENV,
     DistributeError,

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from skin_tf import notebook
-from skin_tf.config import ConfigError, load_config
+from skin_tf.config import load_config
+from skin_tf.config_files import ConfigError
 from skin_tf.data import CLASSES, DataError, read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,10 +263,10 @@ def test_find_run_matches_name_config_and_state(tmp_path):
 
 
 def test_run_or_train_reuses_resumes_or_trains(tmp_path, fake_root, monkeypatch):
-    import skin_tf.train
-
+    # The module, not `skin_tf.train`: the package exports the function under that name.
+    train_module = importlib.import_module("skin_tf.train")
     calls = []
-    monkeypatch.setattr(skin_tf.train, "train", lambda *a, **k: calls.append(k) or Path("new"))
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: calls.append(k) or Path("new"))
     nb = notebook.Setup("smoke", fake_root, tmp_path / "results", tmp_path / "runs", tmp_path)
     config = load_config("baseline", profile="smoke")
 
@@ -399,29 +400,3 @@ def test_find_run_completes_configs_written_before_a_field_existed(tmp_path):
     assert notebook.find_run(tmp_path, "baseline-smoke", wanted, complete=complete) == run
     changed = {**wanted, "epochs": wanted["epochs"] + 1}
     assert notebook.find_run(tmp_path, "baseline-smoke", changed, complete=complete) is None
-
-
-def test_run_or_train_reuses_then_resumes_then_trains(tmp_path, fake_root, monkeypatch):
-    import skin_tf.train
-    from skin_tf.config import load_config
-
-    calls = []
-    monkeypatch.setattr(skin_tf.train, "train", lambda *a, **k: calls.append(k) or tmp_path)
-    nb = notebook.setup(fake_root, "smoke", tmp_path / "results", tmp_path / "runs", tmp_path)
-    config = load_config("baseline", profile="smoke")
-    runs = tmp_path / "runs"
-
-    assert notebook.run_or_train(config, nb) == tmp_path  # nothing there: trains
-    assert calls.pop() == {
-        "data_root": nb.data_root,
-        "runs_dir": runs,
-        "run_name": "baseline-smoke",
-    }
-
-    unfinished = make_run(runs, "20250101T000000Z__baseline-smoke", config.to_dict(), False)
-    notebook.run_or_train(config, nb)
-    assert calls.pop() == {"resume": unfinished, "data_root": nb.data_root}
-
-    done = make_run(runs, "20250102T000000Z__baseline-smoke", config.to_dict())
-    assert notebook.run_or_train(config, nb) == done
-    assert calls == []

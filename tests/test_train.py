@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from skin_tf.cli import _add_train
-from skin_tf.config import MODELS, ConfigError, TrainConfig, load_config
+from skin_tf.config import MODELS, TrainConfig, load_config
+from skin_tf.config_files import ConfigError
 from skin_tf.data import CLASSES, MEL_INDEX
 from skin_tf.run_setup import default_run_name
 from skin_tf.train import (
