@@ -368,11 +368,13 @@ def per_class_recall(recalls: Mapping[str, pd.DataFrame], *, title: str, caption
             capsize=3,
             linewidth=1,
         )
-    supports = ["/".join(str(int(recalls[s].loc[c, "support"])) for s in splits) for c in classes]
+    counts = [[int(recalls[s].loc[c, "support"]) for s in splits] for c in classes]
+    same = all(len(set(row)) == 1 for row in counts)  # runs on one split: say each count once
+    supports = [str(row[0]) if same else "/".join(map(str, row)) for row in counts]
     ax.set_xticks(
         range(len(classes)), [f"{c}\n({n})" for c, n in zip(classes, supports, strict=True)]
     )
-    ax.set_xlabel(f"class (images: {' / '.join(splits)})")
+    ax.set_xlabel("class (images)" if same else f"class (images: {' / '.join(splits)})")
     ax.set_ylabel("recall (sensitivity) at the argmax")
     ax.set_ylim(0, 1.05)
     ax.grid(axis="y", alpha=0.3)
