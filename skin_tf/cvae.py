@@ -34,7 +34,6 @@ import pandas as pd
 import tensorflow as tf
 from keras import layers, ops
 
-from skin_tf.config_files import ConfigError
 from skin_tf.cvae_config import (  # noqa: F401  (re-exported: skin_tf.cvae is the entry point)
     IMAGE_SIZES,
     VAE_PROFILES,
@@ -316,20 +315,9 @@ def _prepare_new_run(
 def _prepare_resume(
     run_dir: Path, config: VaeConfig | None, data_root: str | os.PathLike | None
 ) -> tuple[Path, VaeConfig, str | os.PathLike | None]:
-    from skin_tf.runs import read_json
+    from skin_tf.runs import resumable_config
 
-    for name in ("config.json", "meta.json", "splits.csv"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"cannot resume {run_dir}: it has no {name}")
-    if (run_dir / WEIGHTS_FILE).is_file():
-        raise FileExistsError(f"{run_dir} is already complete (it has {WEIGHTS_FILE})")
-    stored = vae_config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir))
-    if config is not None and config != stored:
-        raise ConfigError(
-            f"--resume continues {run_dir} with its own config.json: drop --config/--set, or "
-            "start a new run"
-        )
-    return run_dir, stored, data_root
+    return run_dir, resumable_config(run_dir, WEIGHTS_FILE, vae_config_from_dict, config), data_root
 
 
 def vae_datasets(

@@ -26,7 +26,7 @@ import pandas as pd
 from skin_tf.config import TrainConfig, config_from_dict
 from skin_tf.config_files import ConfigError
 from skin_tf.data import MEL_INDEX
-from skin_tf.runs import collect_meta, create_run_dir, read_json, write_json
+from skin_tf.runs import collect_meta, create_run_dir, read_json, resumable_config, write_json
 from skin_tf.splits import SPLITS
 
 if TYPE_CHECKING:
@@ -178,17 +178,7 @@ def prepare_resume(
     resumable: its files are there, it is unfinished, and `config` (if given) is its own."""
     from skin_tf.data import resolve_data_root
 
-    for name in ("config.json", "meta.json", "splits.csv"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"cannot resume {run_dir}: it has no {name}")
-    if (run_dir / "metrics.json").is_file():
-        raise FileExistsError(f"{run_dir} is already complete (it has metrics.json)")
-    stored = config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir))
-    if config is not None and config != stored:
-        raise ConfigError(
-            f"--resume continues {run_dir} with its own config.json: drop --config/--set, or "
-            "start a new run"
-        )
+    stored = resumable_config(run_dir, "metrics.json", config_from_dict, config)
     check_inputs(stored)
     if data_root is None:
         data_root = read_json(run_dir / "meta.json")["data"]["root"]

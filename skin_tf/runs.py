@@ -22,10 +22,10 @@ import platform
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,8 @@ from PIL import Image
 
 if TYPE_CHECKING:
     from skin_tf.config import TrainConfig
+
+C = TypeVar("C")  # a config dataclass (TrainConfig, VaeConfig)
 
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TIME_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -294,6 +296,34 @@ def epochs_trained(run_dir: str | os.PathLike) -> int | None:
 
 
 # ------------------------------------------------------------------ resuming: history and backups
+
+
+def resumable_config(
+    run_dir: Path,
+    done_file: str,
+    config_from_dict: Callable[..., C],
+    config: C | None = None,
+) -> C:
+    """The config a resume continues with — the run's own config.json — after checking that the
+    run can be resumed: config.json, meta.json and splits.csv are there, `done_file` (written
+    when a run completes) is not, and `config`, when given, is the stored one.
+
+    >>> resumable_config(Path("runs/<run>"), "metrics.json", config_from_dict)  # doctest: +SKIP
+    """
+    from skin_tf.config_files import ConfigError
+
+    for name in ("config.json", "meta.json", "splits.csv"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"cannot resume {run_dir}: it has no {name}")
+    if (run_dir / done_file).is_file():
+        raise FileExistsError(f"{run_dir} is already complete (it has {done_file})")
+    stored = config_from_dict(read_json(run_dir / "config.json"), source=str(run_dir))
+    if config is not None and config != stored:
+        raise ConfigError(
+            f"--resume continues {run_dir} with its own config.json: drop --config/--set, or "
+            "start a new run"
+        )
+    return stored
 
 
 def completed_epochs(backup_dir: str | os.PathLike) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fake_dataverse import FakeDataverse, Sample, make_sample, serving
 from tests.fakes import make_fake_ham10000
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,3 +38,16 @@ def real_frame(real_data_root: Path):
 def fake_root(tmp_path: Path) -> Path:
     """A tiny synthetic HAM10000 copy (single images/ folder, 4 images per class, 2 per lesion)."""
     return make_fake_ham10000(tmp_path / "ham", per_class=4)
+
+
+@pytest.fixture(scope="module")
+def sample(real_data_root: Path) -> Sample:
+    """Dataverse-style archives of a few real images (tests.fake_dataverse), one per module."""
+    return make_sample(real_data_root)
+
+
+@pytest.fixture()
+def fake(sample: Sample) -> Iterator[FakeDataverse]:
+    """A fake Dataverse server on 127.0.0.1 serving `sample`, for one test."""
+    with serving(sample) as fake:
+        yield fake

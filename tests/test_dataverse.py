@@ -6,8 +6,6 @@ internet).
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,24 +14,9 @@ from skin_tf.dataverse import DownloadError
 from skin_tf.download import download_ham10000
 from tests.fake_dataverse import (
     KAGGLE,
-    FakeDataverse,
-    Sample,
     download_from,
-    make_sample,
     served_file,
-    serving,
 )
-
-
-@pytest.fixture(scope="module")
-def sample(real_data_root: Path) -> Sample:
-    return make_sample(real_data_root)
-
-
-@pytest.fixture()
-def fake(sample: Sample) -> Iterator[FakeDataverse]:
-    with serving(sample) as fake:
-        yield fake
 
 
 def test_md5_mismatch_raises_naming_the_file_and_removes_the_part(fake, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,25 +16,10 @@ from skin_tf.download import MANIFEST_NAME, download_command, safe_extract
 from skin_tf.isic2018 import read_isic2018_test
 from tests.fake_dataverse import (
     KAGGLE,
-    FakeDataverse,
-    Sample,
     download_from,
-    make_sample,
     make_zip,
     served_file,
-    serving,
 )
-
-
-@pytest.fixture(scope="module")
-def sample(real_data_root: Path) -> Sample:
-    return make_sample(real_data_root)
-
-
-@pytest.fixture()
-def fake(sample: Sample) -> Iterator[FakeDataverse]:
-    with serving(sample) as fake:
-        yield fake
 
 
 def test_full_download_gives_the_layout_read_metadata_reads(fake, sample, tmp_path):
