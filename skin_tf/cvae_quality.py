@@ -194,11 +194,17 @@ def compare_runs(
 
     >>> compare_runs(baseline_cpu, with_synth_cpu)["diff"]["balanced_accuracy"]  # doctest: +SKIP
     """
+    from skin_tf.config import config_from_dict
     from skin_tf.metrics import PROB_COLUMNS, SPLIT_STATS, bootstrap_ci, read_predictions
     from skin_tf.runs import read_json
 
     runs = {"baseline": Path(baseline_run), "with_synth": Path(synth_run)}
-    configs = {k: read_json(p / "config.json") for k, p in runs.items()}
+    # Completed with today's defaults: a run made before a config field existed trained with
+    # that field's default, so the field's absence is not a difference.
+    configs = {
+        k: config_from_dict(read_json(p / "config.json"), source=str(p)).to_dict()
+        for k, p in runs.items()
+    }
     if configs["baseline"].get("synthetic_dir"):
         raise ValueError(f"{baseline_run} trained with synthetic images: pass a run without them")
     if not configs["with_synth"].get("synthetic_dir"):

@@ -362,8 +362,16 @@ def test_compare_runs_and_report(tiny_run, tmp_path):
     assert verdict({"diff": {"balanced_accuracy": (-0.05, -0.08, -0.01)}}).startswith(
         "Synthetic images made test balanced accuracy worse"
     )
+    assert result["config_differences"] == []
     with pytest.raises(ValueError, match="synthetic_dir=null"):
         compare_runs(base, base)
+    stored = json.loads((with_synth / "config.json").read_text())
+    stored["strategy"] = "auto"  # written out by a newer version: the default, no difference
+    (with_synth / "config.json").write_text(json.dumps(stored))
+    assert compare_runs(base, with_synth, n_boot=20)["config_differences"] == []
+    stored["epochs"] = 4
+    (with_synth / "config.json").write_text(json.dumps(stored))
+    assert compare_runs(base, with_synth, n_boot=20)["config_differences"] == ["epochs"]
 
     path = cvae_report(tiny_run, tmp_path / "results", baseline_run=base, synth_run=with_synth,
                        n_boot=50, figures=False)  # fmt: skip
