@@ -183,6 +183,7 @@ def image_frames(
 ) -> dict[str, pd.DataFrame]:
     """Each split's predicted images (row order of `bases`) with their file paths and labels."""
     from skin_tf.data import read_metadata, resolve_data_root
+    from skin_tf.splits import index_rows
 
     if data_root is None:
         data_root = read_json(run_dir / "meta.json").get("data", {}).get("root")
@@ -190,15 +191,8 @@ def image_frames(
     index = read_metadata(root).set_index("image_id")
     frames = {}
     for split, base in bases.items():
-        missing = ~base["image_id"].isin(index.index)
-        if missing.any():
-            raise ValueError(
-                f"{missing.sum()} {split} images of {run_dir.name} are not in {root} (e.g. "
-                f"{base.loc[missing, 'image_id'].head(3).tolist()}): pass --data pointing at the "
-                "data the run was trained on"
-            )
-        frame = index.loc[base["image_id"], ["path"]].reset_index()
-        frames[split] = frame.assign(label=base["label"].to_numpy())
+        frame = index_rows(index, base["image_id"], f"{split} images of {run_dir.name}", root)
+        frames[split] = frame[["image_id", "path"]].assign(label=base["label"].to_numpy())
     return frames
 
 

@@ -258,13 +258,22 @@ def split_frames(
 
     splits = read_splits(splits_csv)
     index = read_metadata(data_root).set_index("image_id")
-    missing = ~splits["image_id"].isin(index.index)
-    if missing.any():
-        raise DataError(
-            f"{missing.sum()} images of {splits_csv} are not in {data_root} "
-            f"(e.g. {splits.loc[missing, 'image_id'].head(3).tolist()}): pass --data pointing "
-            "at the data the run was made with"
-        )
-    joined = index.loc[splits["image_id"]].reset_index()
+    joined = index_rows(index, splits["image_id"], f"images of {splits_csv}", data_root)
     joined["split"] = splits["split"].to_numpy()
     return {s: joined[joined["split"] == s].reset_index(drop=True) for s in SPLITS}
+
+
+def index_rows(
+    index: pd.DataFrame, image_ids: pd.Series, what: str, data_root: str | os.PathLike
+) -> pd.DataFrame:
+    """Rows of `index` (read_metadata, indexed by image_id) for `image_ids`, in their order, with
+    image_id as a column; a DataError naming `what` when some are not in the data.
+    """
+    missing = ~image_ids.isin(index.index)
+    if missing.any():
+        raise DataError(
+            f"{missing.sum()} {what} are not in {data_root} "
+            f"(e.g. {image_ids[missing].head(3).tolist()}): pass --data pointing "
+            "at the data the run was made with"
+        )
+    return index.loc[image_ids].reset_index()
