@@ -24,7 +24,8 @@ Profiles
 - full: the config as written (ImageNet weights).
 - cpu: from scratch (`weights: null`, no frozen phase) at `CPU_PROFILE_IMAGE_SIZE` px, the size at
   which a baseline-length run (10 epochs over the ~8,000 training images) finishes in about an hour
-  on this 2-core machine. CPU_PROFILE_MEASUREMENT gives the measured throughput behind it.
+  on this 2-core machine. CPU_PROFILE_MEASUREMENT gives the measured throughput behind it. Longer
+  configs are cut to CPU_PROFILE_MAX_EPOCHS epochs (`--set epochs=N` still sets any length).
 - smoke: from scratch at 64 px on a subset of whole lesions with at least SMOKE_IMAGES_PER_CLASS
   images of each class, 1 epoch, few bootstrap resamples: train → predict → evaluate in a minute.
 """
@@ -66,6 +67,11 @@ CPU_PROFILE_MEASUREMENT = (
     "images, validation of 1,001 images every epoch): epoch 1 315 s (decode + cache + tracing), "
     "epoch 2 223 s (36 img/s), so 10 epochs take about 315 + 9 x 223 s + evaluation = 40 min."
 )
+# A 30-epoch EfficientNet-B2 run takes about 75 min here (144-156 s per epoch at 112 px), so
+# notebook 05's two 30-epoch configs alone would take 2.5 h; 20 epochs (the longest cpu run
+# already committed, effnetb2_mel_select) keeps each run under an hour. Constant-lr configs only
+# get shorter; cosine ones decay over the shorter run.
+CPU_PROFILE_MAX_EPOCHS = 20
 # With 20 (143 images) every class reaches every split of the seed-42 80/10/10 split; 10 is too few.
 SMOKE_IMAGES_PER_CLASS = 20
 
@@ -253,6 +259,8 @@ def load_config(
         )
     _check_keys(raw, source)
     merged = merge_settings(raw, PROFILES[profile])
+    if profile == "cpu":
+        merged["epochs"] = min(merged.get("epochs", TrainConfig.epochs), CPU_PROFILE_MAX_EPOCHS)
     merged = merge_settings(merged, parse_overrides(overrides))
     merged.setdefault("name", Path(source).stem)
     merged["profile"] = profile

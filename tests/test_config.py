@@ -11,6 +11,7 @@ from skin_tf import config as config_module
 from skin_tf import config_files
 from skin_tf.config import (
     CPU_PROFILE_IMAGE_SIZE,
+    CPU_PROFILE_MAX_EPOCHS,
     PROFILES,
     REFERENCE_AUGMENT,
     SMOKE_IMAGES_PER_CLASS,
@@ -130,8 +131,15 @@ def test_cpu_profile_trains_from_scratch_at_the_measured_size():
     config = load_config("effnetb2_260_acc_select", profile="cpu")
     assert config.weights is None
     assert config.image_size == CPU_PROFILE_IMAGE_SIZE
-    assert config.epochs == 30  # the schedule stays as written
     assert config.freeze_epochs == 0
+
+
+def test_cpu_profile_caps_long_configs_and_set_still_wins():
+    assert load_config("effnetb2_260_acc_select").epochs == 30
+    assert load_config("effnetb2_260_acc_select", profile="cpu").epochs == CPU_PROFILE_MAX_EPOCHS
+    assert load_config("baseline", profile="cpu").epochs == 10  # shorter configs as written
+    capped = load_config("effnetb2_260_acc_select", profile="cpu", overrides=["epochs=30"])
+    assert capped.epochs == 30
 
 
 def test_smoke_profile_is_tiny():
