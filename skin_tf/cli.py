@@ -1,5 +1,8 @@
 """The `skin-tf` command line. Each subcommand is a thin wrapper over one library call.
 
+This module holds the data, training and evaluation commands and registers the rest: those that
+use a trained run or an exported model (skin_tf.cli_models) and the cVAE's (skin_tf.cli_cvae).
+
 Heavy imports (TensorFlow) happen inside the commands so `skin-tf --help` stays instant.
 """
 
@@ -11,9 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from skin_tf import cli_cvae, cli_models
 from skin_tf.data import DataError
-
-Command = Callable[[argparse.Namespace], int]
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -69,57 +71,6 @@ def _add_download(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_download)
 
 
-def _calibrate(args: argparse.Namespace) -> int:
-    from skin_tf.calibration import calibrate_run
-
-    result = calibrate_run(args.run_dir, results_dir=args.results)
-    print(
-        f"temperature {result['temperature']:.3f} (fitted on val); test NLL "
-        f"{result['test']['nll_before']:.4f} -> {result['test']['nll_after']:.4f}, ECE "
-        f"{result['test']['ece_before']:.4f} -> {result['test']['ece_after']:.4f}"
-    )
-    return 0
-
-
-def _add_calibrate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "calibrate", help="fit temperature scaling on a run's validation predictions"
-    )
-    p.add_argument("run_dir", type=Path, help="a run directory made by `skin-tf train`")
-    p.add_argument("--results", type=Path, default=Path("results"), help="where figures go")
-    p.set_defaults(func=_calibrate)
-
-
-def _threshold(args: argparse.Namespace) -> int:
-    from skin_tf.threshold import threshold_run
-
-    result = threshold_run(
-        args.run_dir,
-        min_sensitivity=args.min_sensitivity,
-        results_dir=args.results,
-        n_boot=args.n_boot,
-        seed=args.seed,
-    )
-    val, test = result["val"], result["test"]
-    print(f"melanoma threshold {result['threshold']:.4f} chosen on val ({result['note']})")
-    print(f"  val : sensitivity {val['sensitivity']:.3f}  specificity {val['specificity']:.3f}")
-    print(f"  test: sensitivity {test['sensitivity']:.3f}  specificity {test['specificity']:.3f}")
-    print(f"report: {result['report']}")
-    return 0
-
-
-def _add_threshold(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "threshold", help="choose the melanoma operating point on val, report it on test"
-    )
-    p.add_argument("run_dir", type=Path, help="a run directory made by `skin-tf train`")
-    p.add_argument("--min-sensitivity", type=float, default=0.85, help="target val sensitivity")
-    p.add_argument("--results", type=Path, default=Path("results"), help="where reports go")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (over lesions)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_threshold)
-
-
 def _tfds_prepare(args: argparse.Namespace) -> int:
     from skin_tf.data import resolve_data_root
     from skin_tf.tfds_ham10000 import prepare_ham10000
@@ -147,98 +98,6 @@ def _add_tfds_prepare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_tfds_prepare)
 
 
-def _app(args: argparse.Namespace) -> int:
-    from skin_tf.app_launch import app_command
-
-    return app_command(args.model, args.models_dir, args.port, args.address)
-
-
-def _add_app(sub: argparse._SubParsersAction) -> None:
-    from skin_tf.app_launch import add_app_arguments
-
-    p = sub.add_parser(
-        "app", help="Streamlit page: upload images, see top-k, Grad-CAM and the melanoma flag"
-    )
-    add_app_arguments(p)
-    p.set_defaults(func=_app)
-
-
-def _train_vae(args: argparse.Namespace) -> int:
-    from skin_tf.cvae import load_vae_config, train_vae
-
-    config = None if args.resume else load_vae_config(args.config, args.profile, args.set)
-    run_dir = train_vae(
-        config, data_root=args.data, runs_dir=args.runs_dir, run_name=args.run_name,
-        resume=args.resume,
-    )  # fmt: skip
-    print(run_dir)
-    return 0
-
-
-def _add_train_vae(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-vae", help="train the conditional VAE on the training split")
-    p.add_argument("--config", default="vae_quick", help="shipped VAE config name or a JSON path")
-    p.add_argument("--profile", choices=("full", "smoke"), default="full")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
-    p.add_argument(
-        "--data", type=Path, help="HAM10000 folder (default: $SKIN_TF_DATA or data/ham10000)"
-    )
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--run-name", help="run name (default: the config name)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
-    p.set_defaults(func=_train_vae)
-
-
-def _synth(args: argparse.Namespace) -> int:
-    from skin_tf.data import CLASSES
-    from skin_tf.synth import synth_to_folder
-
-    classes = args.classes or list(CLASSES)
-    manifest = synth_to_folder(
-        args.run_dir, args.per_class, args.out, classes=classes, seed=args.seed,
-        overwrite=args.overwrite,
-    )  # fmt: skip
-    print(f"wrote {len(manifest)} images to {args.out} (+ manifest.csv)")
-    return 0
-
-
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from skin_tf.data import CLASSES
-
-    p = sub.add_parser("synth", help="sample synthetic images per class from a trained cVAE run")
-    p.add_argument("run_dir", type=Path, help="a run directory made by `skin-tf train-vae`")
-    p.add_argument("--per-class", type=int, required=True, help="images per class")
-    p.add_argument("--out", type=Path, default=Path("artifacts/synth"))
-    p.add_argument("--classes", nargs="+", choices=CLASSES, help="default: all seven")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier synth set in --out")
-    p.set_defaults(func=_synth)
-
-
-def _cvae_report(args: argparse.Namespace) -> int:
-    from skin_tf.cvae_quality import cvae_report
-
-    path = cvae_report(
-        args.vae_run, results_dir=args.results, classifier=args.classifier,
-        synth_dir=args.synth_dir, baseline_run=args.baseline, synth_run=args.with_synth,
-        data_root=args.data,
-    )  # fmt: skip
-    print(path)
-    return 0
-
-
-def _add_cvae_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cvae-report", help="write results/summary_cvae.md (does synthetic help?)")
-    p.add_argument("vae_run", type=Path, help="a run directory made by `skin-tf train-vae`")
-    p.add_argument("--classifier", type=Path, help="classifier run dir for recognisability")
-    p.add_argument("--synth-dir", type=Path, help="folder written by `skin-tf synth`")
-    p.add_argument("--baseline", type=Path, help="baseline classifier run dir")
-    p.add_argument("--with-synth", type=Path, help="baseline_with_synth classifier run dir")
-    p.add_argument("--results", type=Path, default=Path("results"))
-    p.add_argument("--data", type=Path, help="HAM10000 folder")
-    p.set_defaults(func=_cvae_report)
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from skin_tf.config import PROFILES
 
@@ -252,7 +111,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--profile", choices=list(PROFILES), default="full",
         help="full: as written (ImageNet weights); cpu: from scratch at a size 2 CPU cores finish "
-        "in about an hour; smoke: tiny subset, 1 epoch, 64 px (default: full)",
+        "in about an hour, at most 20 epochs; smoke: tiny subset, 1 epoch, 64 px (default: full)",
     )  # fmt: skip
     p.add_argument(
         "--data", type=Path, help="HAM10000 folder (default: $SKIN_TF_DATA or data/ham10000)"
@@ -378,73 +237,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
-def _gradcam(args: argparse.Namespace) -> int:
-    from skin_tf.data import CLASSES
-    from skin_tf.gradcam_gallery import gradcam_run
-
-    result = gradcam_run(
-        args.run_dir, image_paths=args.images, out_dir=args.out, method=args.method,
-        per_class=args.per_class,
-        class_index=None if args.class_name is None else CLASSES.index(args.class_name),
-        data_root=args.data,
-    )  # fmt: skip
-    print(f"wrote {result['gallery']}, {len(result['overlays'])} overlays, {result['readme']}")
-    return 0
-
-
-def _add_gradcam(sub: argparse._SubParsersAction) -> None:
-    from skin_tf.data import CLASSES
-
-    p = sub.add_parser("gradcam", help="Grad-CAM overlays and a per-class gallery for a run")
-    p.add_argument("run_dir", type=Path, help="run directory with best.keras")
-    p.add_argument("--images", nargs="+", type=Path, help="explain these files instead")
-    p.add_argument("--out", type=Path, default=Path("results/gradcam"), help="output folder")
-    p.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam"), default="gradcam")
-    p.add_argument("--per-class", type=int, default=2, help="correct and wrong per class")
-    p.add_argument("--class", dest="class_name", choices=CLASSES, help="explain this class")
-    p.add_argument("--data", type=Path, help="HAM10000 folder if not the run's own")
-    p.set_defaults(func=_gradcam)
-
-
-def _export(args: argparse.Namespace) -> int:
-    from skin_tf.export import export_run, load_served_metadata
-
-    out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
-    threshold = load_served_metadata(out).get("mel_threshold", {}).get("value")
-    print(f"exported {args.run_dir} -> {out} (melanoma threshold: {threshold})")
-    return 0
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="SavedModel (serve + explain endpoints) with metadata.json")
-    p.add_argument("run_dir", type=Path, help="run directory with best.keras")
-    p.add_argument("--out", type=Path, required=True, help="folder for the SavedModel")
-    p.add_argument("--overwrite", action="store_true", help="replace an exported model")
-    p.set_defaults(func=_export)
-
-
-def _predict(args: argparse.Namespace) -> int:
-    """Exit code 1 when any file failed (the others are still predicted), else 0."""
-    from skin_tf.export import load_served
-    from skin_tf.predict import format_predictions, predict_files
-
-    served = load_served(args.model)
-    results = predict_files(served, args.images, top_k=args.top_k)
-    print(format_predictions(results, json=args.json, threshold=served.threshold))
-    if not args.json:
-        print(f"({served.disclaimer})", file=sys.stderr)
-    return 1 if any(r["error"] is not None for r in results) else 0
-
-
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="top-k classes and the melanoma flag for image files")
-    p.add_argument("model", type=Path, help="exported SavedModel folder (skin-tf export)")
-    p.add_argument("images", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--top-k", type=int, default=3, help="classes to list per image")
-    p.set_defaults(func=_predict)
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from skin_tf.evaluate import evaluate_run
 
@@ -507,15 +299,15 @@ REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_cv,
     _add_evaluate,
     _add_report,
-    _add_calibrate,
-    _add_threshold,
-    _add_train_vae,
-    _add_synth,
-    _add_cvae_report,
-    _add_gradcam,
-    _add_export,
-    _add_predict,
-    _add_app,
+    cli_models.add_calibrate,
+    cli_models.add_threshold,
+    cli_cvae.add_train_vae,
+    cli_cvae.add_synth,
+    cli_cvae.add_cvae_report,
+    cli_models.add_gradcam,
+    cli_models.add_export,
+    cli_models.add_predict,
+    cli_models.add_app,
     _add_demo,
 ]
 

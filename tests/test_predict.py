@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from skin_tf import predict
-from skin_tf.cli import _predict as predict_command
+from skin_tf.cli_models import _predict as predict_command
 from skin_tf.data import CLASSES, MEL_INDEX
 from skin_tf.pipeline import load_image
 from skin_tf.predict import (
