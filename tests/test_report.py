@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,20 @@ def test_empty_and_broken_results_folders(tmp_path):
 def test_report_command_parses_and_writes(two_runs, capsys):
     assert main(["report", "--results", str(two_runs["results"])]) == 0
     assert "(2 runs)" in capsys.readouterr().out
+
+
+def test_committed_results_index_is_what_the_committed_records_build(tmp_path):
+    """results/README.md says it is generated from results/runs/*.json: on a clean clone,
+    `skin-tf report` must rebuild it byte for byte (the records are committed with it)."""
+    committed = Path(__file__).resolve().parents[1] / "results"
+    copy = tmp_path / "results"
+    shutil.copytree(committed, copy)
+    (copy / "README.md").unlink()
+    records = read_run_records(copy)
+    assert records, "no committed records in results/runs/"
+    for record in records:  # every row's summary and figures are committed too
+        assert (copy / record["summary"]).is_file(), record["summary"]
+        for figure in record.get("figures", {}).values():
+            assert (copy / figure).is_file(), figure
+    built = build_results_index(copy).read_text(encoding="utf-8")
+    assert built == (committed / "README.md").read_text(encoding="utf-8")
