@@ -29,12 +29,13 @@ browser:
 
 install: $(VENV)/.installed
 
+# Notebooks are linted but not reformatted: their cells keep a compact, readable layout.
 lint: install
-	$(BIN)/ruff check skin_tf tests benchmarks
+	$(BIN)/ruff check skin_tf tests benchmarks notebooks
 	$(BIN)/ruff format --check skin_tf tests benchmarks
 
 format: install
-	$(BIN)/ruff check --fix skin_tf tests benchmarks
+	$(BIN)/ruff check --fix skin_tf tests benchmarks notebooks
 	$(BIN)/ruff format skin_tf tests benchmarks
 
 # Full suite: fast unit tests plus the real-data tier (SKIN_TF_TEST_DATA, default ../shared/data/ham10000).
