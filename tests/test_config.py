@@ -138,8 +138,8 @@ def test_cpu_profile_caps_long_configs_and_set_still_wins():
     assert load_config("effnetb2_260_acc_select").epochs == 30
     assert load_config("effnetb2_260_acc_select", profile="cpu").epochs == CPU_PROFILE_MAX_EPOCHS
     assert load_config("baseline", profile="cpu").epochs == 10  # shorter configs as written
-    capped = load_config("effnetb2_260_acc_select", profile="cpu", overrides=["epochs=30"])
-    assert capped.epochs == 30
+    as_set = load_config("effnetb2_260_acc_select", profile="cpu", overrides=["epochs=30"])
+    assert as_set.epochs == 30
 
 
 def test_smoke_profile_is_tiny():
