@@ -30,9 +30,11 @@ browser:
 install: $(VENV)/.installed
 
 # Notebooks are linted but not reformatted: their cells keep a compact, readable layout.
+# lint-imports checks the layer contracts in pyproject.toml (docs/ARCHITECTURE.md).
 lint: install
 	$(BIN)/ruff check skin_tf tests benchmarks notebooks
 	$(BIN)/ruff format --check skin_tf tests benchmarks
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix skin_tf tests benchmarks notebooks

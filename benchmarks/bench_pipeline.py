@@ -28,10 +28,9 @@ import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
-from skin_tf.augment import augment_batch
-from skin_tf.config import AugmentConfig
-from skin_tf.data import read_metadata
-from skin_tf.pipeline import AUTOTUNE, decode_resize, make_dataset
+from skin_tf.data.augment import AugmentConfig, augment_batch
+from skin_tf.data.ham10000 import read_metadata
+from skin_tf.data.pipeline import AUTOTUNE, decode_resize, make_dataset
 
 REFERENCE = {"200x150": 405.0, "600x450": 271.0}  # PyTorch DataLoader, 2 workers, at 224
 

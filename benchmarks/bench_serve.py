@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_serve.py            # B0 at 224 px, 100 calls each
     .venv/bin/python benchmarks/bench_serve.py --size 112 --calls 50
 
-Builds EfficientNet-B0 (no pretrained weights: latency does not depend on weight values),
-exports it with `skin_tf.export.export_model`, reloads it with `load_served`, and times one image
-per call (after warm-up calls) for:
+Builds EfficientNet-B0 (no pretrained weights: latency does not depend on weight values), exports it
+with `skin_tf.serving.export.export_model`, reloads it with `load_served`, and times one image per
+call (after warm-up calls) for:
 - serve / explain on a uint8 image at the model size, and serve on a 600x450 image (a full-size
   HAM10000 original, resized inside the graph);
 - `model.predict(x)` and `model(x, training=False)` on the same Keras model, same process.
@@ -33,7 +33,7 @@ start = time.perf_counter()
 import numpy as np
 import tensorflow as tf
 imported = time.perf_counter()
-from skin_tf.export import load_served
+from skin_tf.serving.export import load_served
 served = load_served(sys.argv[1])
 loaded = time.perf_counter()
 image = np.zeros((int(sys.argv[2]), int(sys.argv[2]), 3), np.uint8)
@@ -85,8 +85,8 @@ def run(size: int, calls: int) -> dict[str, object]:
     import keras
     import tensorflow as tf
 
-    from skin_tf.export import export_model, load_served
-    from skin_tf.models import build_classifier
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.serving.export import export_model, load_served
 
     load_before = os.getloadavg()
     keras.utils.set_random_seed(0)

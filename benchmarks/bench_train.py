@@ -55,12 +55,12 @@ def measure(
     import numpy as np
     import tensorflow as tf
 
-    from skin_tf.config import load_config
-    from skin_tf.data import read_metadata
-    from skin_tf.losses import build_loss, build_optimizer
-    from skin_tf.models import build_classifier
-    from skin_tf.pipeline import class_weights, make_dataset
-    from skin_tf.splits import split_by_lesion
+    from skin_tf.data.ham10000 import read_metadata
+    from skin_tf.data.pipeline import class_weights, make_dataset
+    from skin_tf.data.splits import split_by_lesion
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.models.losses import build_loss, build_optimizer
+    from skin_tf.training.config import load_config
 
     config = load_config("baseline", profile="cpu")
     keras.utils.set_random_seed(seed)
@@ -253,7 +253,7 @@ def tables(results: list[dict]) -> str:
 
 
 def main() -> None:
-    from skin_tf.config import CPU_PROFILE_IMAGE_SIZE
+    from skin_tf.training.config import CPU_PROFILE_IMAGE_SIZE
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=Path("data/ham10000"))

@@ -1,7 +1,9 @@
 """skin_tf: HAM10000 skin-lesion classification in Keras 3, with melanoma sensitivity and
 explainability in mind. Research and teaching only: **not a medical device**.
 
-The public API is this short list; everything else is reachable as `skin_tf.<module>`.
+The public API is this short list. Each name lives in the subpackage of its concern, where its
+neighbours are (`skin_tf.data`, `skin_tf.models`, `skin_tf.training`, `skin_tf.evaluation`,
+`skin_tf.explain`, `skin_tf.serving`, `skin_tf.cvae`); docs/ARCHITECTURE.md draws the layers.
 
 Example (a notebook, top to bottom)::
 
@@ -17,42 +19,27 @@ Example (a notebook, top to bottom)::
 Names are imported lazily, so `import skin_tf` (and the `skin-tf` command) starts fast.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+import lazy_loader
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "CLASSES": "data",
-    "CLASS_NAMES": "data",
-    "read_metadata": "data",
-    "split_by_lesion": "splits",
-    "make_dataset": "pipeline",
-    "load_image": "pipeline",
-    "build_classifier": "models",
-    "load_config": "config",
-    "train": "train",
-    "evaluate_run": "evaluate",
-    "calibrate_run": "calibration",
-    "threshold_run": "threshold",
-    "gradcam_heatmaps": "gradcam",
-    "export_run": "export",
-    "load_served": "export",
-    "train_vae": "cvae",
-    "synth_to_folder": "synth",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'skin_tf' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"skin_tf.{_EXPORTS[name]}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=["data", "models", "training", "evaluation", "explain", "serving", "cvae"],
+    submod_attrs={
+        "data": [
+            "CLASSES",
+            "CLASS_NAMES",
+            "read_metadata",
+            "split_by_lesion",
+            "make_dataset",
+            "load_image",
+        ],
+        "models": ["build_classifier"],
+        "training": ["load_config", "train"],
+        "evaluation": ["evaluate_run", "calibrate_run", "threshold_run"],
+        "explain": ["gradcam_heatmaps"],
+        "serving": ["export_run", "load_served"],
+        "cvae": ["train_vae", "synth_to_folder"],
+    },
+)

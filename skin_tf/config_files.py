@@ -1,12 +1,12 @@
 """Config-file machinery shared by every config class: find, read, merge, `--set`, type-check.
 
-The classifier's configs (`skin_tf.config.TrainConfig`) and the cVAE's (`skin_tf.cvae_config.
-VaeConfig`) are both frozen dataclasses filled from JSON files shipped in skin_tf/configs/, adapted
-by a profile and by `--set key=value` items. How such files are found and read, how settings are
-merged, how `--set` text is parsed and how a JSON value is checked against a field's type hint do
-not depend on the config class, so they live here: one set of rules, and one style of error
-message (`ConfigError`, naming the key, with a did-you-mean hint) for both. Free of TensorFlow,
-like the config modules that use it.
+The classifier's configs (`skin_tf.training.config.TrainConfig`) and the cVAE's
+(`skin_tf.cvae.config. VaeConfig`) are both frozen dataclasses filled from JSON files shipped in
+skin_tf/configs/, adapted by a profile and by `--set key=value` items. How such files are found and
+read, how settings are merged, how `--set` text is parsed and how a JSON value is checked against a
+field's type hint do not depend on the config class, so they live here: one set of rules, and one
+style of error message (`ConfigError`, naming the key, with a did-you-mean hint) for both. Free of
+TensorFlow, like the config modules that use it.
 
     >>> raw, source = read_config_json("baseline")
     >>> source, raw["epochs"]
@@ -66,7 +66,7 @@ def shipped_names_for(config_class: type) -> list[str]:
     """Shipped config names, sorted, whose JSON keys are all fields of the `config_class`
     dataclass: how the classifier's and the cVAE's configs in one folder tell themselves apart.
 
-    >>> from skin_tf.cvae_config import VaeConfig
+    >>> from skin_tf.cvae.config import VaeConfig
     >>> shipped_names_for(VaeConfig)
     ['vae', 'vae_quick']
     """

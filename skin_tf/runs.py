@@ -25,16 +25,28 @@ import sys
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-if TYPE_CHECKING:
-    from skin_tf.config import TrainConfig
-
 C = TypeVar("C")  # a config dataclass (TrainConfig, VaeConfig)
+
+
+class RunConfig(Protocol):
+    """What `collect_meta` reads of a config; TrainConfig and VaeConfig both have it (this module
+    sits below both, so it names the fields instead of importing either)."""
+
+    name: str
+    profile: str
+    seed: int
+    precision: str
+    model: str
+    weights: str | None
+    image_size: int
+    epochs: int
+
 
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TIME_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -177,7 +189,7 @@ def source_image_size(paths: list[str], sample: int = SOURCE_SIZE_SAMPLE) -> str
 
 
 def collect_meta(
-    config: TrainConfig,
+    config: RunConfig,
     data_root: str | os.PathLike,
     frame: pd.DataFrame,
     run_name: str | None = None,
@@ -267,8 +279,8 @@ def run_name_of(run_dir: str | os.PathLike) -> str:
 def run_caption(run_dir: str | os.PathLike, produced_by: str) -> str:
     """One-line figure/table footer: what produced it, then the run's `provenance`.
 
-    >>> run_caption(run_dir, "skin_tf.evaluate.evaluate_run, test split")  # doctest: +SKIP
-    'skin_tf.evaluate.evaluate_run, test split · HAM10000 200x150 copy · weights: none · …'
+    >>> run_caption(run_dir, "evaluate_run, test split")  # doctest: +SKIP
+    'evaluate_run, test split · HAM10000 200x150 copy · weights: none · …'
     """
     return f"{produced_by} · {provenance(run_dir)}"
 

@@ -29,7 +29,7 @@ def real_data_root() -> Path:
 @pytest.fixture(scope="session")
 def real_frame(real_data_root: Path):
     """read_metadata() of the real data, read once per session."""
-    from skin_tf.data import read_metadata
+    from skin_tf.data.ham10000 import read_metadata
 
     return read_metadata(real_data_root)
 

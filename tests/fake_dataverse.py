@@ -1,4 +1,5 @@
-"""A local fake of the Harvard Dataverse API for tests/test_dataverse.py and tests/test_download.py.
+"""A local fake of the Harvard Dataverse API for tests/data/test_dataverse.py and
+tests/data/test_download.py.
 
 It listens on 127.0.0.1 only (never the internet), serves real zip files built from a few shared
 HAM10000 images, answers Range requests (or ignores them), can cut a transfer after N bytes once,
@@ -22,8 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pandas as pd
 
-from skin_tf.dataverse import DOI
-from skin_tf.download import download_ham10000
+from skin_tf.data.dataverse import DOI
+from skin_tf.data.download import download_ham10000
 
 KAGGLE = "kaggle datasets download kmader/skin-cancer-mnist-ham10000"
 

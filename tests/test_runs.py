@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skin_tf.config import load_config
 from skin_tf.runs import (
     best_so_far,
     collect_meta,
@@ -28,6 +27,7 @@ from skin_tf.runs import (
     trim_history,
     write_json,
 )
+from skin_tf.training.config import load_config
 
 RUN_DIR_NAME = re.compile(r"^\d{8}T\d{6}Z__(?P<name>.+)$")
 
@@ -89,7 +89,7 @@ def test_source_image_size_is_the_most_common_header_size(tmp_path: Path):
 
 
 def test_collect_meta_fields(fake_root: Path):
-    from skin_tf.data import read_metadata
+    from skin_tf.data.ham10000 import read_metadata
 
     frame = read_metadata(fake_root)
     config = load_config("baseline", profile="cpu")
@@ -158,8 +158,10 @@ def test_run_name_of_prefers_meta_json(tmp_path: Path):
 
 def test_run_caption_is_producer_then_provenance(tmp_path: Path):
     _write_meta(tmp_path)
-    caption = run_caption(tmp_path, "skin_tf.evaluate.evaluate_run, test split")
-    assert caption == f"skin_tf.evaluate.evaluate_run, test split · {provenance(tmp_path)}"
+    caption = run_caption(tmp_path, "skin_tf.evaluation.evaluate.evaluate_run, test split")
+    assert (
+        caption == f"skin_tf.evaluation.evaluate.evaluate_run, test split · {provenance(tmp_path)}"
+    )
 
 
 def test_completed_epochs_reads_every_phase_backup(tmp_path: Path):

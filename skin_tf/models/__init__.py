@@ -1,0 +1,23 @@
+"""Classifiers built by name (a flat EfficientNet backbone with a small softmax head), their
+ImageNet weights, and the losses, optimiser and precision policy they train with.
+
+    >>> from skin_tf.models import available_models
+    >>> available_models()[0]
+    'efficientnet_b0'
+"""
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "classifier": [
+            "WeightsUnavailableError",
+            "available_models",
+            "build_classifier",
+            "last_conv_layer_name",
+            "set_backbone_trainable",
+        ],
+        "losses": ["build_loss", "build_optimizer", "configure_precision"],
+    },
+)

@@ -1,0 +1,146 @@
+"""Streamlit page: classify dermatoscopic images with an exported skin_tf model and explain them.
+
+    skin-tf app [--model saved_models/NAME] [--models-dir saved_models] [--port 8501]
+
+(or `streamlit run skin_tf/serving/app.py -- --model saved_models/NAME`; the environment variables
+SKIN_TF_MODEL and SKIN_TF_MODELS_DIR work too). The page loads the SavedModel written by
+`skin-tf export` once per process and never the Keras training model. Research and teaching
+use only: not a medical device and not medical advice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from skin_tf.data.images import MAX_PIXELS, MIN_SIDE
+from skin_tf.serving import page as support
+from skin_tf.serving.launch import page_settings
+
+st.set_page_config(page_title="skin_tf · HAM10000 lesion classifier", layout="wide")
+
+
+@st.cache_resource(show_spinner="Loading the exported model…", max_entries=4)
+def load_model(path: str, version: float | None):
+    """The ServedModel of an export folder, loaded once per process, folder and `version` (the
+    mtime of its metadata.json, so a model exported again into the same folder is reloaded)."""
+    from skin_tf.serving.export import load_served
+
+    return load_served(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def analyse(model_path: str, version: float | None, name: str, data: bytes) -> support.UploadResult:
+    """Prediction and Grad-CAM of one upload, kept so moving a slider does not recompute it."""
+    return support.analyse_upload(load_model(model_path, version), name, data)
+
+
+st.title("Skin lesion classifier · HAM10000, 7 classes")
+st.warning(
+    "**Not medical advice.** A research and teaching tool trained on one public dataset, "
+    "not a medical device and not validated for clinical use. It cannot tell you whether a "
+    "lesion is dangerous: see a doctor about any skin change that worries you."
+)
+
+settings = page_settings()
+options, first, skipped = support.model_choices(settings)
+if not options:
+    st.error(support.no_model_instructions(settings))
+    st.stop()
+
+with st.sidebar:
+    st.header("Model")
+    chosen = st.selectbox(
+        "Exported model",
+        options,
+        index=first,
+        format_func=support.model_label,
+        help=f"Every exported model in `{settings.models_dir}`",
+    )
+    if skipped:
+        st.caption("Not exported models, skipped: " + ", ".join(p.name for p in skipped))
+
+version = support.model_version(chosen)
+try:
+    served = load_model(str(chosen), version)
+except Exception as err:  # any broken folder: say so on the page instead of a traceback
+    st.error(
+        f"Could not load the model in `{chosen}`: {err}\n\nPick another model in the sidebar, "
+        f"or export the run again: `skin-tf export RUN_DIR --out {chosen} --overwrite`."
+    )
+    st.stop()
+
+with st.sidebar:
+    top_k = st.slider("Classes to show (top-k)", 1, len(served.classes), 3)
+    alpha = st.slider("Grad-CAM overlay opacity (alpha)", 0.0, 1.0, 0.4, 0.05)
+    st.header("Provenance")
+    st.markdown(support.provenance_markdown(served.metadata))
+    with st.expander("metadata.json"):
+        st.json(served.metadata, expanded=False)
+    st.warning(served.disclaimer)
+
+uploads = st.file_uploader(
+    "Dermatoscopic images (JPG or PNG; several at once are fine)",
+    type=support.UPLOAD_TYPES,
+    accept_multiple_files=True,
+    help=f"At least {MIN_SIDE}×{MIN_SIDE} px and at most {MAX_PIXELS / 1e6:.0f} megapixels.",
+)
+if not uploads:
+    st.info("Upload one or more images to see the predicted classes and a Grad-CAM map.")
+    st.stop()
+
+from skin_tf.explain.gradcam import overlay  # noqa: E402  (imports TensorFlow: after the cheap paths)
+
+results: list[support.UploadResult] = []
+for upload in uploads:
+    st.divider()
+    st.subheader(upload.name)
+    try:
+        result = analyse(str(chosen), version, upload.name, upload.getvalue())
+    except Exception as err:  # one failing file must not take the page or the others down
+        result = support.UploadResult(upload.name, error=f"unexpected error: {err}")
+    results.append(result)
+    if result.error is not None:
+        st.error(
+            f"**{upload.name}** cannot be analysed: {result.error}. Upload a JPG or PNG photo "
+            f"of the lesion, at least {MIN_SIDE}×{MIN_SIDE} px and at most "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels."
+        )
+        continue
+    for note in result.notes:
+        st.info(f"Note: {note}")
+    width, height = result.size
+    image_col, cam_col, chart_col = st.columns([1, 1, 1.2])
+    image_col.image(result.display, caption=f"Original, {width}×{height} px", width="stretch")
+    cam_col.image(
+        overlay(result.display, result.heatmap, alpha=alpha, resize=served.resize),
+        caption=f"Grad-CAM for the top class ({result.top_class}): where the model looked, not why",
+        width="stretch",
+    )
+    top = support.top_k_frame(result.probs, top_k)
+    with chart_col:
+        st.altair_chart(
+            support.top_k_chart(top), width="stretch", height=support.chart_height(top_k)
+        )
+        st.markdown(
+            "\n".join(
+                f"{rank}. **{row['class']}** {row['name']}: {row['probability']:.3f}"
+                for rank, row in enumerate(top.to_dict("records"), start=1)
+            )
+        )
+        text = support.mel_flag_text(result.probs, served.metadata)
+        flagged = support.mel_flag(result.probs, served.threshold)
+        (st.warning if flagged else st.info)(text)
+
+st.divider()
+table = support.predictions_frame(results, served.threshold, Path(str(chosen)).name)
+st.subheader("All predictions")
+st.dataframe(table, hide_index=True)
+st.download_button(
+    "Download predictions (CSV)",
+    table.to_csv(index=False).encode(),
+    file_name="skin_tf_predictions.csv",
+    mime="text/csv",
+)
+st.caption(served.disclaimer)

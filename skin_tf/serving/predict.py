@@ -1,0 +1,151 @@
+"""Command-line inference with an exported SavedModel: read images, predict, print or emit JSON.
+
+Only the SavedModel and its metadata.json are used (`skin_tf.serving.export.load_served`),
+never the Keras training model, so what is printed here is what the Streamlit page and any other
+client get.
+
+    skin-tf predict saved_models/b0 lesion.jpg more_images/ --top-k 3 skin-tf predict
+    saved_models/b0 lesion.jpg --json
+
+Each file goes through `skin_tf.data.images.prepare_image` (the Streamlit page uses it too):
+checked, then decoded and resized exactly as in evaluation. A file that fails is reported on its
+own line with the reason; the others still run.
+
+Example:
+    >>> served = load_served("saved_models/b0")  # doctest: +SKIP
+    >>> print(format_predictions(predict_files(served, ["lesion.jpg"])))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
+from skin_tf.data.images import IMAGE_SUFFIXES, ImageError, prepare_image
+
+if TYPE_CHECKING:
+    from skin_tf.serving.export import ServedModel
+
+
+def expand_image_paths(arguments: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, and folders expanded to the image files directly inside them (sorted).
+
+    Files are kept whatever their suffix (a wrong file is then reported, not skipped); a
+    missing path is kept too, so it gets its own "file not found" line.
+    """
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            inside = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not inside:
+                raise ValueError(
+                    f"folder {path} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
+            paths.extend(inside)
+        else:
+            paths.append(path)
+    return paths
+
+
+def predict_files(
+    served: ServedModel, paths: Iterable[str | os.PathLike], top_k: int = 3
+) -> list[dict[str, Any]]:
+    """Predict every image file (folders expand to their images); one dict per file, in order.
+
+    Each dict has: image, probs {class: p}, top [(class, p), … top_k], top_class, mel_flag
+    (P(mel) ≥ the model's operating threshold; None when the model has no threshold, with `note`
+    saying so) and error (None, or why the file could not be read; then probs etc. are None).
+
+    Example:
+        >>> [r["top_class"] for r in predict_files(served, ["a.jpg", "b.jpg"])]  # doctest: +SKIP
+        ['nv', 'mel']
+    """
+    if not 1 <= top_k <= len(CLASSES):
+        raise ValueError(f"top_k must be between 1 and {len(CLASSES)}, got {top_k}")
+    size, resize = served.image_size[0], served.resize
+    results: list[dict[str, Any]] = []
+    for path in expand_image_paths(paths):
+        try:
+            if not path.is_file():
+                raise ImageError("file not found" if not path.exists() else "not a file")
+            prepared = prepare_image(path, size, resize)
+        except ImageError as err:
+            results.append(_error_result(path, str(err)))
+            continue
+        except OSError as err:  # unreadable file (permissions, …)
+            results.append(_error_result(path, f"cannot read file ({err.strerror or err})"))
+            continue
+        # One image per call: images differ in size until resized.
+        probs = served.predict(prepared.model_input)[0]
+        results.append(_result(path, probs, served.threshold, top_k))
+    return results
+
+
+def _result(path: Path, probs: np.ndarray, threshold: float | None, top_k: int) -> dict[str, Any]:
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    p_mel = float(probs[MEL_INDEX])
+    return {
+        "image": str(path),
+        "probs": {c: float(p) for c, p in zip(CLASSES, probs, strict=True)},
+        "top": [(CLASSES[i], float(probs[i])) for i in order],
+        "top_class": CLASSES[int(order[0])],
+        "mel_flag": None if threshold is None else bool(p_mel >= threshold),
+        "note": None if threshold is not None else "model has no melanoma operating threshold",
+        "error": None,
+    }
+
+
+def _error_result(path: Path, message: str) -> dict[str, Any]:
+    return {
+        "image": str(path),
+        "probs": None,
+        "top": None,
+        "top_class": None,
+        "mel_flag": None,
+        "note": None,
+        "error": message,
+    }
+
+
+def format_predictions(
+    results: Sequence[dict[str, Any]], json: bool = False, threshold: float | None = None
+) -> str:
+    """Human-readable lines per image, or (json=True) one JSON object per line.
+
+    Example of the text form (one line per image):
+        ISIC_0024306.jpg: nv 0.912 | mel 0.051 | bkl 0.020 | melanoma flag: no
+        (P(mel) 0.051 < 0.312)
+    """
+    if json:
+        return "\n".join(_json_line(r) for r in results)
+    lines = []
+    for r in results:
+        if r["error"] is not None:
+            lines.append(f"{r['image']}: ERROR {r['error']}")
+            continue
+        top = " | ".join(f"{c} {p:.3f}" for c, p in r["top"])
+        p_mel = r["probs"]["mel"]
+        if r["mel_flag"] is None:
+            flag = "melanoma flag: n/a (model has no operating threshold)"
+        else:
+            relation = ">=" if r["mel_flag"] else "<"
+            at = "" if threshold is None else f" {relation} {threshold:.3f}"
+            flag = f"melanoma flag: {'YES' if r['mel_flag'] else 'no'} (P(mel) {p_mel:.3f}{at})"
+        lines.append(f"{r['image']}: {top} | {flag}")
+    return "\n".join(lines)
+
+
+def _json_line(result: dict[str, Any]) -> str:
+    record = dict(result)
+    if record["top"] is not None:
+        record["top"] = [{"class": c, "p": p} for c, p in record["top"]]
+    return json.dumps(record)

@@ -1,0 +1,333 @@
+"""Training configs: typed dataclasses, shipped JSON experiments, profiles and `--set` overrides.
+
+A config is data. `skin_tf/configs/<name>.json` holds every hyper-parameter of one reference
+experiment; a *profile* adapts any of them to the machine at hand; `--set key=value` changes single
+fields. Everything is validated before any work starts, and each error names the key.
+`TrainConfig.augment` is an `AugmentConfig` (what skin_tf.data.augment applies), or None for none.
+This module holds what is the classifier's own (the dataclasses, profiles, key and value checks);
+reading the JSON, merging, `--set` parsing, type checks and `ConfigError` are shared with the cVAE's
+configs and live in skin_tf.config_files.
+
+    >>> cfg = load_config("baseline", profile="smoke", overrides=["epochs=2"])
+    >>> cfg.image_size, cfg.epochs, cfg.weights
+    (64, 2, None)
+
+Run an experiment from the shell (the last line printed is the run directory):
+
+    skin-tf train --config baseline                     # ImageNet weights, 224 px, as written
+    skin-tf train --config baseline --profile cpu       # from scratch at 112 px, ~1 h on 2 cores
+    skin-tf train --config baseline --profile smoke     # 64 px, tiny subset, 1 epoch (tests, CI)
+    skin-tf train --config effnetb2_mel_select --set epochs=5 --set augment.crop_scale=[0.7,1.0]
+    skin-tf train --config baseline --strategy mirrored   # every local GPU (docs/scaling.md)
+
+Profiles
+- full: the config as written (ImageNet weights).
+- cpu: from scratch (`weights: null`, no frozen phase) at `CPU_PROFILE_IMAGE_SIZE` px, the size at
+  which a baseline-length run (10 epochs over the ~8,000 training images) finishes in about an hour
+  on this 2-core machine. CPU_PROFILE_MEASUREMENT gives the measured throughput behind it. Longer
+  configs are cut to CPU_PROFILE_MAX_EPOCHS epochs (`--set epochs=N` still sets any length).
+- smoke: from scratch at 64 px on a subset of whole lesions with at least SMOKE_IMAGES_PER_CLASS
+  images of each class, 1 epoch, few bootstrap resamples: train → predict → evaluate in a minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from skin_tf.config_files import (
+    ConfigError,
+    coerce_value,
+    did_you_mean,
+    merge_settings,
+    parse_set_values,
+    read_config_json,
+    shipped_config_names,
+    shipped_names_for,
+)
+from skin_tf.data.augment import REFERENCE_AUGMENT, AugmentConfig
+
+MODELS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3")
+SELECT_METRICS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_mel_recall")
+STRATEGIES = (
+    "auto",
+    "mirrored",
+    "multi_worker",
+    "tpu",
+)  # skin_tf.training.distribute, docs/scaling.md
+LR_SCALING_RULES = ("linear", "sqrt", "none")
+
+# The cpu profile's image size, chosen by measurement on this project's 2-core CPU (TF 2.21,
+# EfficientNet-B0 from scratch, batch 32, float32, no XLA, the real pipeline on the 200x150 copy,
+# cached after epoch 1; other jobs were running, load average 5-9, so a quiet machine is faster):
+CPU_PROFILE_IMAGE_SIZE = 112
+CPU_PROFILE_MEASUREMENT = (
+    "B0 train step alone (in-memory batches): 77 img/s at 96 px, 58 img/s at 112 px. "
+    "Real pipeline, 1,600-image subset, cached epochs: 54.8 img/s at 96 px, 31-48 img/s at "
+    "112 px. `skin-tf train --config baseline --profile cpu --set epochs=2` (8,012 training "
+    "images, validation of 1,001 images every epoch): epoch 1 315 s (decode + cache + tracing), "
+    "epoch 2 223 s (36 img/s), so 10 epochs take about 315 + 9 x 223 s + evaluation = 40 min."
+)
+# A 30-epoch EfficientNet-B2 run takes about 75 min here (144-156 s per epoch at 112 px), so
+# notebook 05's two 30-epoch configs alone would take 2.5 h; 20 epochs (the longest cpu run
+# already committed, effnetb2_mel_select) keeps each run under an hour. Constant-lr configs only
+# get shorter; cosine ones decay over the shorter run.
+CPU_PROFILE_MAX_EPOCHS = 20
+# With 20 (143 images) every class reaches every split of the seed-42 80/10/10 split; 10 is too few.
+SMOKE_IMAGES_PER_CLASS = 20
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyper-parameter of one training run; the defaults are the `baseline` experiment."""
+
+    name: str = "baseline"  # experiment name (the JSON file's stem)
+    description: str = (
+        "Reference baseline: EfficientNet-B0 at 224 px, ImageNet weights, class-weighted "
+        "cross-entropy, 10 epochs, batch 32, AdamW lr 3e-4, weight decay 1e-4, dropout 0.2; "
+        "checkpoint by val loss."
+    )
+    profile: Literal["full", "cpu", "smoke"] = "full"  # set by load_config
+    # Model
+    model: str = "efficientnet_b0"  # one of MODELS
+    image_size: int = 224  # square input side in pixels
+    weights: str | None = "imagenet"  # "imagenet", None (from scratch) or a .weights.h5 path
+    dropout: float = 0.2  # before the classification layer
+    # Optimisation
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = 0  # linear warm-up from 0 to learning_rate
+    freeze_epochs: int = 0  # phase 1: train only the head on a frozen backbone for this many epochs
+    fine_tune_lr_factor: float = 0.1  # phase 2 (whole model) runs at learning_rate * this
+    # Loss and class balance
+    loss: Literal["ce", "focal"] = "ce"
+    focal_gamma: float = 2.0  # used when loss == "focal"
+    label_smoothing: float = 0.0
+    class_weights: bool = True  # inverse-frequency weights from the TRAIN split
+    mel_multiplier: float = 1.0  # extra weight on melanoma (on top of class_weights, if any)
+    balance: Literal["none", "sampler"] = "none"  # "sampler": class-balanced sampling
+    sampler_power: float = 0.0  # sampler: class prob ∝ count**power (0 balanced, 1 natural)
+    # Input pipeline
+    augment: AugmentConfig | None = REFERENCE_AUGMENT  # None: off (frozen, so safe to share)
+    resize: Literal["squash", "crop"] = "squash"  # stretch to a square, or centre-crop one
+    cache: bool | str = True  # True: decoded uint8 images in memory; a folder: files there
+    synthetic_dir: str | None = None  # folder of synthetic training images (cVAE), or None
+    # Runtime
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16", "auto"] = "float32"
+    jit_compile: bool = False  # XLA made EfficientNet training ~3x slower on the 2-core CPU
+    # tf.distribute engine (skin_tf.training.distribute): batch_size stays per replica; the rate
+    # scales
+    strategy: Literal["auto", "mirrored", "multi_worker", "tpu"] = "auto"
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"  # rate × replicas, × √replicas, × 1
+    seed: int = 42
+    # Data split and evaluation
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test, split by lesion
+    subset_per_class: int | None = None  # keep whole lesions, >= this many images per class
+    select_metric: Literal[
+        "val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_mel_recall"
+    ] = "val_loss"  # which epoch's checkpoint becomes best.keras
+    tta: bool = False  # test-time augmentation: average over the 8 flips/90° rotations
+    bootstrap: int = 1000  # bootstrap resamples for the 95% intervals in metrics.json
+
+    @property
+    def select_mode(self) -> Literal["min", "max"]:
+        """ "min" for val_loss, "max" for every other selection metric."""
+        return "min" if self.select_metric == "val_loss" else "max"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists) that `config_from_dict` reads back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# Profiles are data: the fields each one changes, applied after the JSON and before `--set`.
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "cpu": {
+        "weights": None,
+        "image_size": CPU_PROFILE_IMAGE_SIZE,
+        "freeze_epochs": 0,  # freezing a randomly initialised backbone would train a random net
+        "precision": "float32",
+    },
+    "smoke": {
+        "weights": None,
+        "image_size": 64,
+        "epochs": 1,
+        "batch_size": 16,
+        "freeze_epochs": 0,
+        "warmup_epochs": 0,
+        "subset_per_class": SMOKE_IMAGES_PER_CLASS,
+        "precision": "float32",
+        "bootstrap": 50,
+    },
+}
+
+
+def config_names() -> list[str]:
+    """Names of the classifier configs shipped in skin_tf/configs/, sorted.
+
+    Other JSON files there (the cVAE's configs) are left out: a classifier config is one whose
+    keys are all TrainConfig fields.
+
+    >>> "baseline" in config_names()
+    True
+    """
+    return shipped_names_for(TrainConfig)
+
+
+def load_config(
+    name_or_path: str | Path,
+    profile: str = "full",
+    overrides: typing.Iterable[str] = (),
+) -> TrainConfig:
+    """Read a shipped config by name (or a JSON file by path), apply a profile, then overrides.
+
+    overrides are "key=value" strings; values are parsed as JSON, else taken as a string
+    (`weights=null`, `epochs=3`, `augment.crop_scale=[0.6,1.0]`, `model=efficientnet_b2`).
+    Raises ConfigError naming the key for unknown keys, wrong types and impossible values.
+
+    >>> load_config("baseline", overrides=["epochs=3"]).epochs
+    3
+    """
+    raw, source = read_config_json(name_or_path)
+    if source in shipped_config_names() and source not in config_names():
+        raise ConfigError(
+            f"{source!r} is not a classifier config (it is shipped for another command, e.g. "
+            f"`skin-tf train-vae`); classifier configs: {', '.join(config_names())}"
+        )
+    if profile not in PROFILES:
+        raise ConfigError(
+            f"unknown profile {profile!r}{did_you_mean(profile, PROFILES)}; "
+            f"choose one of {', '.join(PROFILES)}"
+        )
+    _check_keys(raw, source)
+    merged = merge_settings(raw, PROFILES[profile])
+    if profile == "cpu":
+        merged["epochs"] = min(merged.get("epochs", TrainConfig.epochs), CPU_PROFILE_MAX_EPOCHS)
+    merged = merge_settings(merged, parse_overrides(overrides))
+    merged.setdefault("name", Path(source).stem)
+    merged["profile"] = profile
+    return config_from_dict(merged, source=str(source))
+
+
+def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """Turn ["a=1", "augment.hflip=false"] into {"a": 1, "augment": {"hflip": False}}, checking
+    the keys are TrainConfig's.
+
+    >>> parse_overrides(["weights=null", "model=efficientnet_b2"])
+    {'weights': None, 'model': 'efficientnet_b2'}
+    """
+    result = parse_set_values(overrides)
+    _check_keys(result, "--set")
+    return result
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a (possibly partial) dict and build a TrainConfig; missing keys take defaults.
+
+    >>> config_from_dict({"epochs": 2}).epochs
+    2
+    """
+    _check_keys(data, source)
+    values: dict[str, Any] = {}
+    hints = typing.get_type_hints(TrainConfig)
+    for name, value in data.items():
+        if name == "augment":
+            values[name] = _augment_from(value, source)
+        else:
+            values[name] = coerce_value(value, hints[name], f"{source}: {name}")
+    config = TrainConfig(**values)
+    _check_values(config, source)
+    return config
+
+
+def _check_keys(data: dict[str, Any], source: str) -> None:
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(key, known)}")
+        if key == "augment" and isinstance(value, dict):
+            augment_known = [f.name for f in dataclasses.fields(AugmentConfig)]
+            for sub in value:
+                if sub not in augment_known:
+                    raise ConfigError(
+                        f"{source}: unknown key 'augment.{sub}'{did_you_mean(sub, augment_known)}"
+                    )
+
+
+def _augment_from(value: Any, source: str) -> AugmentConfig | None:
+    """An AugmentConfig from a (possibly partial) JSON object; missing keys keep
+    REFERENCE_AUGMENT's values, so a config that names no crop_scale gets no crop."""
+    if value is None or isinstance(value, AugmentConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f'{source}: augment must be null (off) or an object like {{"hflip": true}}, '
+            f"got {value!r}"
+        )
+    hints = typing.get_type_hints(AugmentConfig)
+    values = {k: coerce_value(v, hints[k], f"{source}: augment.{k}") for k, v in value.items()}
+    try:
+        return dataclasses.replace(REFERENCE_AUGMENT, **values)
+    except ConfigError as err:  # AugmentConfig names the field; add where the value came from
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _check_values(c: TrainConfig, source: str) -> None:
+    """Reject impossible values and contradictory combinations, naming the key."""
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{source}: {key}={getattr(c, key, None)!r} {why}")
+
+    if c.model not in MODELS:
+        raise ConfigError(
+            f"{source}: unknown model {c.model!r}{did_you_mean(c.model, MODELS)}; "
+            f"choose one of {', '.join(MODELS)}"
+        )
+    if c.weights not in (None, "imagenet") and not c.weights.endswith(".h5"):
+        fail("weights", 'must be "imagenet", null (from scratch) or a path to a .weights.h5 file')
+    if not 32 <= c.image_size <= 1024:
+        fail("image_size", "must be between 32 and 1024 pixels")
+    if not 0.0 <= c.dropout < 1.0:
+        fail("dropout", "must be in [0, 1)")
+    if c.epochs < 1:
+        fail("epochs", "must be at least 1")
+    if c.batch_size < 1:
+        fail("batch_size", "must be at least 1")
+    if c.learning_rate <= 0:
+        fail("learning_rate", "must be > 0")
+    if c.weight_decay < 0:
+        fail("weight_decay", "must be >= 0")
+    if not 0 <= c.warmup_epochs < c.epochs:
+        fail("warmup_epochs", f"must be in [0, epochs={c.epochs})")
+    if not 0 <= c.freeze_epochs < c.epochs:
+        fail("freeze_epochs", f"must be in [0, epochs={c.epochs}) so the fine-tuning phase runs")
+    if c.freeze_epochs > 0 and c.warmup_epochs >= c.freeze_epochs:
+        fail("warmup_epochs", f"must be < freeze_epochs={c.freeze_epochs} (it warms up phase 1)")
+    if c.freeze_epochs > 0 and c.weights is None:
+        fail("freeze_epochs", "freezes a randomly initialised backbone: set weights or use 0")
+    if not 0 < c.fine_tune_lr_factor <= 1:
+        fail("fine_tune_lr_factor", "must be in (0, 1]")
+    if c.focal_gamma < 0:
+        fail("focal_gamma", "must be >= 0")
+    if not 0 <= c.label_smoothing < 1:
+        fail("label_smoothing", "must be in [0, 1)")
+    if c.mel_multiplier <= 0:
+        fail("mel_multiplier", "must be > 0 (1 = no extra melanoma weight)")
+    if not 0 <= c.sampler_power <= 1:
+        fail("sampler_power", "must be in [0, 1]")
+    if any(f <= 0 for f in c.fractions) or not math.isclose(sum(c.fractions), 1.0, abs_tol=1e-6):
+        fail("fractions", "must be three positive numbers (train, val, test) summing to 1")
+    if c.subset_per_class is not None and c.subset_per_class < 3:
+        fail("subset_per_class", "must be null or at least 3 images (one per split)")
+    if c.bootstrap < 0:
+        fail("bootstrap", "must be >= 0 (0 = no intervals)")
+    if c.synthetic_dir is not None and not c.synthetic_dir.strip():
+        fail("synthetic_dir", "must be null or a folder path")

@@ -1,0 +1,129 @@
+"""`make demo`: the orchestration helpers (fast) and the whole command from a clean checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skin_tf.cli.demo import DemoSettings, find_data, latest_run, run_demo
+from skin_tf.data.ham10000 import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_latest_run_picks_the_newest_run_of_that_name(tmp_path):
+    for name in ("20260101T000000Z__demo", "20260102T000000Z__demo", "20260103T000000Z__other"):
+        (tmp_path / name).mkdir()
+    assert latest_run(tmp_path, "demo").name == "20260102T000000Z__demo"
+    assert latest_run(tmp_path, "demo-smoke") is None
+    assert latest_run(tmp_path / "absent", "demo") is None
+
+
+def test_settings_name_the_run_by_profile():
+    assert DemoSettings().run_name == "demo"
+    assert DemoSettings(profile="smoke").run_name == "demo-smoke"
+
+
+def test_unknown_profile_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="demo profile 'huge'"):
+        run_demo(DemoSettings(profile="huge", data=tmp_path, app=False))
+
+
+def test_explicit_data_path_without_metadata_is_an_error_not_a_download(tmp_path):
+    with pytest.raises(DataError):
+        find_data(tmp_path)
+
+
+def test_offline_download_says_where_to_put_the_files(tmp_path, monkeypatch):
+    """No data anywhere and no network: a clear message naming data/ham10000 and SKIN_TF_DATA."""
+    from skin_tf.data import dataverse, download
+
+    def offline(dest, **_):
+        raise dataverse.DownloadError("offline: cannot reach dataverse.harvard.edu")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SKIN_TF_DATA", raising=False)
+    monkeypatch.setattr(download, "download_ham10000", offline)
+    with pytest.raises(DataError, match=r"data/ham10000 \(or set SKIN_TF_DATA\)"):
+        find_data(None)
+
+
+def _clean_checkout(dest: Path) -> Path:
+    """The tracked files of this working tree (what a fresh clone would hold, uncommitted edits
+    included), without runs/, results/ or saved_models/ from earlier work."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for name in filter(None, files):
+        source = REPO / name
+        if name.startswith(("results/", "runs/", "saved_models/")) or not source.is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / name)
+    return dest
+
+
+@pytest.mark.slow
+def test_make_demo_from_a_clean_checkout_makes_every_promised_artifact(real_data_root, tmp_path):
+    checkout = _clean_checkout(tmp_path / "checkout")
+    # Reuse this environment (installing TensorFlow again costs minutes) without letting make
+    # reinstall the package from the temporary checkout: mark it installed, pyproject older.
+    venv = Path(sys.prefix)
+    (venv / ".installed").touch()
+    os.utime(checkout / "pyproject.toml", (0, 0))
+    env = {
+        **os.environ,
+        "SKIN_TF_DATA": str(real_data_root),
+        "PYTHONPATH": str(checkout),  # import the checkout's package, not the editable install
+    }
+    done = subprocess.run(
+        ["make", "demo", "NO_APP=1", "DEMO_PROFILE=smoke", f"VENV={venv}"],
+        cwd=checkout, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage in (
+        "data",
+        "train",
+        "calibrate",
+        "threshold",
+        "evaluate",
+        "export",
+        "report",
+        "card",
+    ):
+        assert f"] {stage}" in done.stdout, stage
+
+    (run,) = (checkout / "runs").glob("*__demo-smoke")
+    for name in (
+        "config.json", "meta.json", "splits.csv", "history.csv", "best.keras",
+        "predictions_val.csv", "predictions_test.csv", "metrics.json", "temperature.json",
+        "operating_point.json",
+    ):  # fmt: skip
+        assert (run / name).is_file(), name
+    model = checkout / "saved_models" / "demo"
+    assert (model / "saved_model.pb").is_file()
+    metadata = json.loads((model / "metadata.json").read_text())
+    assert metadata["run_dir"] == str(run.resolve())
+    assert metadata["mel_threshold"]["value"] is not None
+    results = checkout / "results"
+    for name in (
+        "README.md", "MODEL_CARD.md", "summary_demo-smoke.md", "mel_threshold_demo-smoke.md",
+        "runs/demo-smoke.json", "figures/demo-smoke_confusion.png",
+        "figures/reliability_demo-smoke.png", "figures/mel_roc_pr_demo-smoke.png",
+    ):  # fmt: skip
+        assert (results / name).is_file(), name
+    assert "demo-smoke" in (results / "README.md").read_text()
+
+    again = subprocess.run(
+        ["make", "demo", "NO_APP=1", "DEMO_PROFILE=smoke", f"VENV={venv}"],
+        cwd=checkout, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already there, reused") == 5  # train … export are not redone

@@ -1,0 +1,163 @@
+"""results/ run records and the results/README.md index built from them.
+
+Per-run facts, number formatting and summaries: test_run_summary.py (and test_evaluate.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from skin_tf.cli.main import main
+from skin_tf.evaluation.evaluate import evaluate_run
+from skin_tf.evaluation.report import build_results_index, read_run_records, record_path
+from tests.evaluation.test_evaluate import write_fake_run
+
+
+def table_rows(readme: str) -> list[str]:
+    """Data rows of the first markdown table (the header and separator rows dropped)."""
+    table = readme.split("\n\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    return rows[1:]
+
+
+@pytest.fixture(scope="module")
+def evaluated_runs(tmp_path_factory):
+    """Two fake runs (the newer one evaluated first), evaluated once for the whole module."""
+    base = tmp_path_factory.mktemp("two_runs")
+    runs, results = base / "runs", base / "results"
+    newer, _ = write_fake_run(runs, "b0-newer", seed=3, created="2025-02-01T00:00:00Z")
+    older, _ = write_fake_run(runs, "a-older", seed=5, created="2025-01-01T00:00:00Z")
+    metrics = {
+        run.name.split("__")[1]: evaluate_run(run, results_dir=results, n_boot=30)["metrics"]
+        for run in (newer, older)
+    }
+    return base, metrics
+
+
+@pytest.fixture()
+def two_runs(evaluated_runs, tmp_path):
+    """A private copy of `evaluated_runs` (runs/ and results/) that a test may change."""
+    base, metrics = evaluated_runs
+    shutil.copytree(base, tmp_path, dirs_exist_ok=True)
+    runs = tmp_path / "runs"
+    return {
+        "newer": runs / "20250101T000000Z__b0-newer",
+        "older": runs / "20250101T000000Z__a-older",
+        "results": tmp_path / "results",
+        "metrics": metrics,
+    }
+
+
+def test_index_has_one_row_per_run_with_intervals_and_provenance(two_runs):
+    results = two_runs["results"]
+    readme = build_results_index(results).read_text()
+    assert readme.startswith("# Results")
+    assert "by lesion" in readme and "on **validation**" in readme and "lesions" in readme
+    assert "not a medical device" in readme
+    rows = table_rows(readme)
+    assert len(rows) == 2
+    assert rows[0].startswith("| [a-older](summary_a-older.md) |")  # oldest run first
+    assert rows[1].startswith("| [b0-newer](summary_b0-newer.md) |")
+    test = two_runs["metrics"]["b0-newer"]["test"]
+    for key in ("accuracy", "macro_f1", "balanced_accuracy", "mel_sensitivity"):
+        lo, hi = test["ci"][key]
+        assert f"| {test[key]:.3f} [{lo:.3f}, {hi:.3f}] |" in rows[1], key
+    for cell in ("baseline (cpu)", "HAM10000 200x150 copy", "| none |", "112 px", "CPU (2 cores)"):
+        assert cell in rows[1], cell
+    assert "| — | — | — |" in rows[1]  # no threshold, no temperature yet
+
+
+def test_index_is_rebuilt_from_the_records_alone(two_runs, tmp_path):
+    results = two_runs["results"]
+    first = build_results_index(results).read_text()
+    shutil.rmtree(tmp_path / "runs")
+    assert build_results_index(results).read_text() == first
+    assert (results / "runs" / "a-older.json").is_file()
+    record = json.loads((results / "runs" / "b0-newer.json").read_text())
+    assert record["run_id"] == "20250101T000000Z__b0-newer"
+    assert record["figures"]["confusion"] == "figures/b0-newer_confusion.png"
+    assert set(record["metrics"]["test"]["accuracy"]) == {"value", "ci"}
+
+
+def test_operating_point_and_temperature_columns_after_a_refresh(two_runs):
+    from skin_tf.evaluation.calibration import calibrate_run
+    from skin_tf.evaluation.threshold import threshold_run
+
+    results, run = two_runs["results"], two_runs["newer"]
+    calibration = calibrate_run(run, results_dir=results)
+    point = threshold_run(run, results_dir=results, n_boot=20)
+    stale = build_results_index(results).read_text()
+    assert f"{point['threshold']:.4f}" not in stale  # records are not re-read from runs/
+
+    readme = build_results_index(results, runs_dir=run.parent).read_text()
+    row = table_rows(readme)[1]
+    assert f"| {point['threshold']:.4f} (target 0.85) |" in row
+    test = point["test"]
+    assert f"| {test['sensitivity']:.3f} / {test['specificity']:.3f} |" in row
+    assert f"| {calibration['temperature']:.2f} |" in row
+    assert "| — | — | — |" in table_rows(readme)[0]  # the other run has none
+
+
+def test_tta_results_get_their_own_table(two_runs, tmp_path):
+    import pandas as pd
+
+    from skin_tf.evaluation.evaluate import tta_predictions_path
+
+    results, run = two_runs["results"], two_runs["older"]
+    for split in ("val", "test"):
+        pd.read_csv(run / f"predictions_{split}.csv").to_csv(
+            tta_predictions_path(run, split), index=False
+        )
+    evaluate_run(run, results_dir=results, n_boot=30)
+    readme = build_results_index(results).read_text()
+    assert "## With test-time augmentation" in readme
+    tta_rows = [r for r in readme.split("## With test-time")[1].splitlines() if r.startswith("| ")]
+    assert len(tta_rows) == 2 and tta_rows[1].startswith("| a-older |")  # header, one run
+
+
+def test_a_second_run_with_the_same_name_replaces_the_record_with_a_warning(two_runs, tmp_path):
+    results = two_runs["results"]
+    again, _ = write_fake_run(tmp_path / "other", "a-older", seed=9)
+    renamed = again.rename(again.with_name("20250301T000000Z__a-older"))  # a later run
+    with pytest.warns(UserWarning, match="same run name"):
+        evaluate_run(renamed, results_dir=results, n_boot=10)
+    assert json.loads(record_path(results, "a-older").read_text())["run_id"] == renamed.name
+    assert len(read_run_records(results)) == 2
+
+
+def test_empty_and_broken_results_folders(tmp_path):
+    readme = build_results_index(tmp_path / "results").read_text()
+    assert "No runs evaluated yet" in readme
+    broken = tmp_path / "results" / "runs" / "junk.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="junk.json is not a skin_tf run record"):
+        build_results_index(tmp_path / "results")
+    with pytest.raises(FileNotFoundError, match="runs folder"):
+        build_results_index(tmp_path / "fresh", runs_dir=tmp_path / "missing")
+
+
+def test_report_command_parses_and_writes(two_runs, capsys):
+    assert main(["report", "--results", str(two_runs["results"])]) == 0
+    assert "(2 runs)" in capsys.readouterr().out
+
+
+def test_committed_results_index_is_what_the_committed_records_build(tmp_path):
+    """results/README.md says it is generated from results/runs/*.json: on a clean clone,
+    `skin-tf report` must rebuild it byte for byte (the records are committed with it)."""
+    committed = Path(__file__).resolve().parents[2] / "results"
+    copy = tmp_path / "results"
+    shutil.copytree(committed, copy)
+    (copy / "README.md").unlink()
+    records = read_run_records(copy)
+    assert records, "no committed records in results/runs/"
+    for record in records:  # every row's summary and figures are committed too
+        assert (copy / record["summary"]).is_file(), record["summary"]
+        for figure in record.get("figures", {}).values():
+            assert (copy / figure).is_file(), figure
+    built = build_results_index(copy).read_text(encoding="utf-8")
+    assert built == (committed / "README.md").read_text(encoding="utf-8")

@@ -1,0 +1,176 @@
+"""End to end: `skin-tf app`'s server on 127.0.0.1, driven by headless Debian Chromium (Playwright).
+
+Needs Debian's `chromium` (/usr/bin/chromium, or $SKIN_TF_CHROMIUM) and the `playwright` Python
+package (its bundled browsers are not used); skips with the reason when either is missing.
+
+The committed screenshot is made with the same code:
+
+    python -m tests.serving.test_app_browser --model saved_models/NAME \\
+        --image ../shared/data/ham10000/images/ISIC_0024306.jpg --out results/streamlit_demo.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from skin_tf.serving.launch import streamlit_command
+
+CHROMIUM = Path(os.environ.get("SKIN_TF_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-proxy-server",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START_S = 90  # python + streamlit start-up on a loaded 2-core machine
+RESULT_S = 180  # first upload: TensorFlow import, SavedModel load, first Grad-CAM
+SAMPLE_IMAGE = "ISIC_0024306.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float) -> str:
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with no_proxy.open(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+@contextlib.contextmanager
+def running_page(
+    models_dir: Path, model: Path | None = None, log: Path | None = None
+) -> Iterator[str]:
+    """Start the page exactly as `skin-tf app` does; yield its URL; always stop the server."""
+    port = free_port()
+    command = streamlit_command(model, models_dir, port, "127.0.0.1")
+    log = log or Path(tempfile.mkstemp(prefix="streamlit-", suffix=".log")[1])
+    with log.open("w") as log_file:
+        server = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {server.returncode}: {log.read_text()}")
+            try:
+                if _get(f"{url}/_stcore/health", timeout=2).strip() == "ok":
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no health answer in {SERVER_START_S} s: {log.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)  # the server's own session: it and children
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=15)
+
+
+def screenshot_page(url: str, image: Path, out: Path) -> str:
+    """Upload `image` in Chromium, wait for the prediction, save a full-page PNG; return the
+    page's text (for assertions)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(RESULT_S * 1000)
+            page.goto(url, wait_until="domcontentloaded")
+            page.locator('input[type="file"]').set_input_files(str(image))
+            page.get_by_text(re.compile(r"melanoma flag", re.IGNORECASE)).first.wait_for()
+            page.locator('[data-testid="stVegaLiteChart"]').first.wait_for()
+            page.wait_for_function(
+                "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+            )
+            page.wait_for_function(  # the script has finished: no "Running…" indicator
+                "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+            )
+            # Streamlit scrolls inside its own container, so a "full page" screenshot would stop
+            # at the window: grow the window to the content instead.
+            height = page.evaluate(
+                "() => Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))"
+            )
+            page.set_viewport_size({"width": 1440, "height": min(int(height) + 40, 4000)})
+            page.wait_for_timeout(1000)  # re-layout and chart transitions
+            out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(out))
+            exceptions = page.locator('[data-testid="stException"]').count()
+            text = page.locator("body").inner_text()
+        finally:
+            browser.close()
+    if exceptions:
+        raise AssertionError(f"the page shows {exceptions} exception(s):\n{text}")
+    return text
+
+
+def _skip_without_browser() -> None:
+    if not CHROMIUM.is_file():
+        pytest.skip(
+            f"browser test: {CHROMIUM} not found; install Debian's chromium "
+            "(apt-get install chromium) or set SKIN_TF_CHROMIUM"
+        )
+    pytest.importorskip("playwright.sync_api", reason="browser test: pip install playwright")
+
+
+@pytest.mark.slow
+def test_page_in_chromium_predicts_an_uploaded_real_image(real_data_root, tmp_path):
+    _skip_without_browser()
+    from tests.serving.test_app import export_demo_model
+
+    model = export_demo_model(tmp_path)
+    shot = tmp_path / "page.png"
+    with running_page(model.parent, log=tmp_path / "streamlit.log") as url:
+        text = screenshot_page(url, real_data_root / "images" / SAMPLE_IMAGE, shot)
+    assert "Not medical advice" in text
+    assert SAMPLE_IMAGE in text
+    assert re.search(r"\b(akiec|bcc|bkl|df|mel|nv|vasc) [^\n]+: [01]\.\d{3}", text)  # top-k list
+    assert re.search(r"P\(mel\) = 0\.\d{3} [<≥] threshold 0\.150", text)
+    assert "Download predictions (CSV)" in text
+    assert shot.stat().st_size > 50_000  # a real rendered page, not a blank one
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Screenshot the page with a model and image")
+    parser.add_argument("--model", type=Path, required=True, help="exported model folder")
+    parser.add_argument("--image", type=Path, required=True, help="image to upload")
+    parser.add_argument("--out", type=Path, default=Path("results/streamlit_demo.png"))
+    args = parser.parse_args(argv)
+    with running_page(args.model.parent, model=args.model) as url:
+        screenshot_page(url, args.image, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""SavedModel export: reloaded `serve` equals the Keras model, `explain` equals tf-keras-vis."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from skin_tf.data.pipeline import decode_resize
+from skin_tf.evaluation.calibration import apply_temperature
+from skin_tf.explain.gradcam import gradcam_heatmaps
+from skin_tf.models.classifier import build_classifier
+from skin_tf.serving.export import (
+    DISCLAIMER,
+    METADATA_FILE,
+    build_endpoints,
+    export_model,
+    export_run,
+    load_served,
+    mel_threshold,
+)
+
+SIZE = 128  # a 4x4 top_conv grid: enough cells for the heatmap correlation to mean something
+
+
+@pytest.fixture(scope="module")
+def model() -> keras.Model:
+    keras.utils.set_random_seed(3)
+    model = build_classifier("efficientnet_b0", SIZE, weights=None)
+    widen_head(model)
+    return model
+
+
+def widen_head(model: keras.Model) -> None:
+    """Random-init features are tiny, so all probabilities are ~1/7: scale the head's weights
+    so the logits spread over a few units and the classes (and gradients) differ."""
+    head = model.get_layer("predictions")
+    features = keras.Model(model.inputs[0], head.input)(lesion_like(SIZE, SIZE)[None].astype("f4"))
+    rms = float(np.sqrt(np.mean(np.square(features)))) + 1e-12
+    kernel = np.random.default_rng(0).normal(0, 1, head.kernel.shape)
+    head.kernel.assign(kernel * 2.0 / (rms * np.sqrt(kernel.shape[0])))
+
+
+@pytest.fixture(scope="module")
+def served(model, tmp_path_factory):
+    out = export_model(model, tmp_path_factory.mktemp("export") / "b0", metadata={"run": "t"})
+    return load_served(out)
+
+
+def lesion_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth blob on a skin-coloured noisy background (uint8 RGB)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    blob = np.exp(
+        -(((yy - height * 0.4) / (height / 5)) ** 2 + ((xx - width * 0.6) / (width / 6)) ** 2)
+    )
+    base = np.array([200, 150, 130]) * (1 - 0.6 * blob[..., None])
+    noise = rng.normal(0, 12, (height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def pipeline_resized(image: np.ndarray, resize: str = "squash") -> np.ndarray:
+    """The training pipeline's view of an image (lossless PNG, so no JPEG effects)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return decode_resize(tf.constant(buffer.getvalue()), SIZE, resize).numpy()
+
+
+def keras_probs(model, images: np.ndarray) -> np.ndarray:
+    return model(np.asarray(images, np.float32), training=False).numpy()
+
+
+def test_reloaded_serve_matches_keras_for_uint8_and_float(model, served):
+    images = np.stack([lesion_like(SIZE, SIZE, seed) for seed in range(3)])
+    expected = keras_probs(model, images)
+    np.testing.assert_allclose(served.predict(images), expected, atol=1e-5)
+    np.testing.assert_allclose(served.predict(images.astype(np.float32)), expected, atol=1e-5)
+    assert expected.std() > 1e-3  # the outputs are not all 1/7: the comparison means something
+
+
+@pytest.mark.parametrize("shape", [(150, 200), (450, 600)])  # upscale; >2x downscale (antialias)
+def test_serve_resizes_other_sizes_like_the_pipeline(model, served, shape):
+    image = lesion_like(*shape)
+    expected = keras_probs(model, pipeline_resized(image)[None])
+    np.testing.assert_allclose(served.predict(image), expected, atol=1e-5)
+
+
+def test_crop_rule_matches_the_pipeline(model):
+    serve, _ = build_endpoints(model, resize="crop")
+    image = lesion_like(150, 200)
+    expected = keras_probs(model, pipeline_resized(image, "crop")[None])
+    np.testing.assert_allclose(serve(image[None]).numpy(), expected, atol=1e-5)
+
+
+def test_temperature_is_applied(model):
+    serve, _ = build_endpoints(model, temperature=2.5)
+    images = np.stack([lesion_like(SIZE, SIZE, seed) for seed in range(2)])
+    expected = apply_temperature(keras_probs(model, images), 2.5)
+    np.testing.assert_allclose(serve(images).numpy(), expected, atol=1e-5)
+    assert not np.allclose(expected, keras_probs(model, images), atol=1e-3)
+
+
+def test_explain_heatmap_correlates_with_tf_keras_vis(model, served):
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    image = lesion_like(SIZE, SIZE, seed=5)
+    probs, heatmap = served.explain(image)
+    top = int(probs[0].argmax())
+    assert top == int(keras_probs(model, image[None])[0].argmax())
+    reference = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)(
+        CategoricalScore([top]), image[None].astype(np.float32), penultimate_layer="top_conv",
+        expand_cam=False,
+    )  # fmt: skip
+    reference = np.asarray(reference)
+    assert reference.shape[1:] == (4, 4) and reference.std() > 0.05
+    # Same grid for both: tf-keras-vis' raw map resized like the endpoint resizes its own.
+    reference = tf.image.resize(reference[..., None], (SIZE, SIZE))[..., 0].numpy()
+    correlation = np.corrcoef(reference.ravel(), heatmap.ravel())[0, 1]
+    assert correlation >= 0.99
+    # skin_tf.explain.gradcam (tf-keras-vis underneath) draws the same map for the gallery.
+    ours = gradcam_heatmaps(model, image[None].astype(np.float32), class_index=top)
+    assert np.corrcoef(ours.ravel(), heatmap.ravel())[0, 1] >= 0.99
+    assert heatmap.shape == (1, SIZE, SIZE)
+    assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_explain_heatmap_covers_the_input_pixels(served):
+    image = lesion_like(150, 200, seed=2)
+    probs, heatmap = served.explain(image)
+    assert heatmap.shape == (1, 150, 200)
+    assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+    np.testing.assert_allclose(probs, served.predict(image), atol=1e-6)
+
+
+def test_export_refuses_to_overwrite(model, served, tmp_path):
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_model(model, served.path)
+    assert (served.path / "saved_model.pb").is_file()
+    not_a_model = tmp_path / "notes"
+    not_a_model.mkdir()
+    (not_a_model / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an exported model"):
+        export_model(model, not_a_model, overwrite=True)
+    assert (not_a_model / "keep.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match="is a file"):
+        export_model(model, not_a_model / "keep.txt")
+
+
+def test_rejects_a_head_without_softmax():
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="top_conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    linear = keras.Model(inputs, keras.layers.Dense(7)(x))
+    with pytest.raises(ValueError, match="Dense softmax"):
+        build_endpoints(linear)
+
+
+def write_run(run_dir: Path, model: keras.Model, *, temperature: float | None, op: dict | None):
+    """A run directory with what export_run reads (no predictions needed)."""
+    run_dir.mkdir(parents=True)
+    model.save(run_dir / "best.keras")
+    config = {"model": "efficientnet_b0", "image_size": SIZE, "resize": "squash", "tta": False}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    meta = {
+        "run_name": "tiny", "config_name": "baseline", "profile": "smoke",
+        "model": "efficientnet_b0", "weights": "none", "image_size": SIZE, "epochs": 1,
+        "hardware": "CPU (2 cores)",
+        "data": {"root": "/data", "source_size": "200x150", "n_images": 70},
+    }  # fmt: skip
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    (run_dir / "metrics.json").write_text(json.dumps({"test": {"balanced_accuracy": 0.41}}))
+    if temperature is not None:
+        (run_dir / "temperature.json").write_text(json.dumps({"temperature": temperature}))
+    if op is not None:
+        (run_dir / "operating_point.json").write_text(json.dumps(op))
+
+
+OPERATING_POINT = {
+    "threshold": 0.31, "target_sensitivity": 0.85, "calibrated": True, "temperature": 1.5,
+    "chosen_on": "val", "note": "", "val": {"sensitivity": 0.86, "specificity": 0.71},
+    "test": {"sensitivity": 0.8, "specificity": 0.69},
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_export_run_writes_metadata_and_calibrated_endpoints(model, tmp_path):
+    run_dir = tmp_path / "runs" / "tiny"
+    write_run(run_dir, model, temperature=1.5, op=OPERATING_POINT)
+    out = export_run(run_dir, tmp_path / "saved" / "tiny")
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["classes"] == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert meta["class_names"]["mel"] == "Melanoma"
+    assert meta["input_size"] == [SIZE, SIZE] and meta["resize"] == "squash"
+    assert meta["temperature"] == 1.5 and meta["calibrated"] is True
+    threshold = meta["mel_threshold"]
+    assert threshold["value"] == 0.31
+    assert (threshold["val_sensitivity"], threshold["val_specificity"]) == (0.86, 0.71)
+    assert meta["test_metrics"] == {"balanced_accuracy": 0.41}
+    assert "HAM10000 200x150 copy" in meta["provenance"]["caption"]
+    assert meta["provenance"]["meta"]["run_name"] == "tiny"
+    assert meta["disclaimer"] == DISCLAIMER and meta["run"] == "tiny"
+
+    served = load_served(out)
+    assert served.threshold == 0.31 and served.temperature == 1.5
+    image = lesion_like(SIZE, SIZE, seed=9)
+    expected = apply_temperature(keras_probs(model, image[None]), 1.5)
+    np.testing.assert_allclose(served.predict(image), expected, atol=1e-5)
+    np.testing.assert_allclose(served.explain(image)[0], expected, atol=1e-5)
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_run(run_dir, out)
+    (run_dir / "operating_point.json").unlink()
+    export_run(run_dir, out, overwrite=True)
+    replaced = json.loads((out / METADATA_FILE).read_text())["mel_threshold"]
+    assert replaced["value"] is None and "skin-tf threshold" in replaced["note"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_threshold_chosen_without_the_temperature_is_refused(tmp_path):
+    (tmp_path / "operating_point.json").write_text(
+        json.dumps({**OPERATING_POINT, "calibrated": False, "temperature": None})
+    )
+    with pytest.raises(ValueError, match="re-run `skin-tf threshold`"):
+        mel_threshold(tmp_path, temperature=1.5)
+    assert mel_threshold(tmp_path, temperature=None)["value"] == 0.31
+
+
+def test_load_served_names_a_wrong_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="skin-tf export"):
+        load_served(tmp_path)

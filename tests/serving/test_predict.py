@@ -1,0 +1,146 @@
+"""Command-line inference: per-file results and errors, text and JSON output (reading an image
+and its errors: tests/data/test_images.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skin_tf.cli.model_commands import _predict as predict_command
+from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
+from skin_tf.data.pipeline import load_image
+from skin_tf.serving.predict import format_predictions, predict_files
+from tests.data.test_images import encoded, rgb
+
+
+class FakeServed:
+    """Stands in for ServedModel: fixed probabilities, records what it was given."""
+
+    image_size = (64, 64)
+    resize = "squash"
+    disclaimer = "research use only"
+
+    def __init__(self, threshold: float | None = 0.3, p_mel: float = 0.4):
+        self.threshold = threshold
+        self.probs = np.full(len(CLASSES), (1 - p_mel - 0.35) / 5)
+        self.probs[[MEL_INDEX, CLASSES.index("nv")]] = p_mel, 0.35
+        self.inputs: list[np.ndarray] = []
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        self.inputs.append(image)
+        return self.probs[None]
+
+
+# ---------------------------------------------------------------- predict_files / formatting
+
+
+@pytest.fixture()
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("b.jpg", "a.png"):
+        (folder / name).write_bytes(encoded(rgb(), "JPEG" if name.endswith("jpg") else "PNG"))
+    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return folder
+
+
+def test_bad_files_are_reported_and_the_rest_still_run(image_folder, tmp_path):
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("plain text with a .jpg name")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(encoded(rgb(), "JPEG")[:300])
+    served = FakeServed()
+    paths = [image_folder, fake, tmp_path / "missing.jpg", cut, image_folder / "a.png"]
+    results = predict_files(served, paths, top_k=2)
+
+    assert [Path(r["image"]).name for r in results] == [
+        "a.png", "b.jpg", "fake.jpg", "missing.jpg", "cut.jpg", "a.png",
+    ]  # fmt: skip
+    errors = {Path(r["image"]).name: r["error"] for r in results if r["error"]}
+    assert errors["fake.jpg"].startswith("not an image")
+    assert errors["missing.jpg"] == "file not found"
+    assert errors["cut.jpg"].startswith("truncated/corrupt JPEG")
+    good = [r for r in results if r["error"] is None]
+    assert len(good) == 3 == len(served.inputs)
+    assert all(x.shape == (64, 64, 3) for x in served.inputs)  # decoded by the pipeline
+    first = good[0]
+    assert first["top"] == [("mel", pytest.approx(0.4)), ("nv", pytest.approx(0.35))]
+    assert first["top_class"] == "mel" and first["mel_flag"] is True
+    assert sum(first["probs"].values()) == pytest.approx(1.0)
+
+
+def test_mel_flag_follows_the_threshold_or_is_absent(image_folder):
+    below = predict_files(FakeServed(threshold=0.5), [image_folder])[0]
+    assert below["mel_flag"] is False
+    none = predict_files(FakeServed(threshold=None), [image_folder])[0]
+    assert none["mel_flag"] is None and "no melanoma operating threshold" in none["note"]
+
+
+def test_text_and_json_output(image_folder, tmp_path):
+    missing = tmp_path / "gone.png"
+    results = predict_files(FakeServed(), [image_folder / "a.png", missing], top_k=3)
+    text = format_predictions(results, threshold=0.3).splitlines()
+    assert text[0].endswith("a.png: mel 0.400 | nv 0.350 | akiec 0.050 | melanoma flag: YES "
+                            "(P(mel) 0.400 >= 0.300)")  # fmt: skip
+    assert text[1] == f"{missing}: ERROR file not found"
+    lines = [json.loads(line) for line in format_predictions(results, json=True).splitlines()]
+    assert set(lines[0]) >= {"image", "probs", "top", "top_class", "mel_flag", "error"}
+    assert list(lines[0]["probs"]) == list(CLASSES)
+    assert lines[0]["top"][0] == {"class": "mel", "p": pytest.approx(0.4)}
+    assert lines[1]["error"] == "file not found" and lines[1]["probs"] is None
+
+
+def test_top_k_and_empty_folders_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="top_k"):
+        predict_files(FakeServed(), [], top_k=9)
+    with pytest.raises(ValueError, match="has no image files"):
+        predict_files(FakeServed(), [tmp_path])
+
+
+def test_predict_command_exit_code_and_json(image_folder, tmp_path, monkeypatch, capsys):
+    import skin_tf.serving.export
+
+    monkeypatch.setattr(skin_tf.serving.export, "load_served", lambda path: FakeServed())
+    args = argparse.Namespace(
+        model=tmp_path, images=[str(image_folder)], json=True, top_k=3
+    )  # fmt: skip
+    assert predict_command(args) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    args.images.append(str(tmp_path / "nope.jpg"))
+    args.json = False
+    assert predict_command(args) == 1
+    assert "ERROR file not found" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- a real exported model
+
+
+@pytest.mark.slow
+def test_real_images_through_an_exported_model(real_frame, tmp_path):
+    import keras
+
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.serving.export import export_model, load_served
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier("efficientnet_b0", 64, weights=None)
+    served = load_served(export_model(model, tmp_path / "b0"))
+    paths = [Path(p) for p in real_frame["path"].iloc[:3]]
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(paths[0].read_bytes()[:2000])
+    junk = tmp_path / "junk.jpg"
+    junk.write_text("not a picture")
+    results = predict_files(served, [paths[0], junk, paths[1], cut, paths[2]])
+
+    assert [r["error"] is None for r in results] == [True, False, True, False, True]
+    assert results[1]["error"].startswith("not an image")
+    assert results[3]["error"].startswith("truncated/corrupt JPEG")
+    # The CLI scores a file exactly as evaluation did: pipeline decode + the Keras model.
+    expected = model.predict(load_image(paths[1], 64)[None].astype("float32"), verbose=0)[0]
+    np.testing.assert_allclose(list(results[2]["probs"].values()), expected, atol=1e-5)
+    objects = [json.loads(line) for line in format_predictions(results, json=True).splitlines()]
+    assert len(objects) == 5 and objects[0]["mel_flag"] is None  # no threshold: no flag

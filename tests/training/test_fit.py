@@ -1,0 +1,205 @@
+"""Training: phases, class weights, the CLI; slow: real smoke runs and resume.
+
+The per-epoch val metrics and checkpoint selection are tested in test_selection.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skin_tf.cli.main import _add_train
+from skin_tf.config_files import ConfigError
+from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
+from skin_tf.training.config import MODELS, TrainConfig, load_config
+from skin_tf.training.fit import (
+    BACKUP_DIR,
+    RUN_FILES,
+    class_weight_for,
+    plan_phases,
+    train,
+)
+from skin_tf.training.run_dir import default_run_name
+
+PROB_COLUMNS = [f"p_{c}" for c in CLASSES]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    _add_train(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["train", *argv])
+
+
+# ------------------------------------------------------------------ fast
+
+
+def test_plan_phases():
+    single = plan_phases(TrainConfig(epochs=5, warmup_epochs=1))
+    assert [(p.start, p.end, p.warmup_epochs) for p in single] == [(0, 5, 1)]
+    head, finetune = plan_phases(
+        TrainConfig(epochs=6, freeze_epochs=2, learning_rate=1e-3, fine_tune_lr_factor=0.1)
+    )
+    assert (head.start, head.end, head.backbone_trainable, head.learning_rate) == (
+        0,
+        2,
+        False,
+        1e-3,
+    )
+    assert (finetune.start, finetune.end, finetune.backbone_trainable) == (2, 6, True)
+    assert finetune.learning_rate == pytest.approx(1e-4)
+
+
+def test_default_run_name():
+    assert default_run_name(load_config("baseline")) == "baseline"
+    assert default_run_name(load_config("baseline", profile="cpu")) == "baseline-cpu"
+
+
+def test_config_mirrors_the_model_registry():
+    from skin_tf.models.classifier import available_models
+
+    assert set(MODELS) == set(available_models())
+
+
+def test_class_weights_come_from_the_given_train_frame_only():
+    train_frame = pd.DataFrame({"label": [0, 1, 2, 3, 4, 4, 5, 5, 5, 5, 6]})
+    plain = class_weight_for(TrainConfig(), train_frame)
+    boosted = class_weight_for(TrainConfig(mel_multiplier=3.0), train_frame)
+    assert plain[5] < plain[4] < plain[0]  # rarer classes weigh more
+    assert boosted[MEL_INDEX] == pytest.approx(3 * plain[MEL_INDEX])
+    only_mel = class_weight_for(TrainConfig(class_weights=False, mel_multiplier=2.0), train_frame)
+    assert only_mel == {**{c: 1.0 for c in range(7)}, MEL_INDEX: 2.0}
+    assert class_weight_for(TrainConfig(class_weights=False), train_frame) is None
+
+
+def test_bad_config_is_rejected_before_any_work(tmp_path: Path):
+    from skin_tf.cli.main import _train as train_command
+
+    args = _parse(["--config", "baseline", "--set", "epoch=2", "--runs-dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        train_command(args)
+    assert not any(tmp_path.iterdir())  # no run directory was made
+
+
+def test_missing_synthetic_dir_is_reported_before_reading_data(tmp_path: Path):
+    config = load_config("baseline_with_synth", profile="smoke")
+    with pytest.raises(ConfigError, match="synthetic_dir"):
+        train(config, data_root=tmp_path / "nowhere", runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_needs_a_run_directory(tmp_path: Path):
+    from skin_tf.cli.main import _train as train_command
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        train(resume=tmp_path)
+    with pytest.raises(ConfigError, match="--resume"):
+        train_command(_parse(["--resume", str(tmp_path), "--set", "epochs=3"]))
+
+
+# ------------------------------------------------------------------ slow: real smoke runs
+
+
+def _check_complete_run(run_dir: Path, config: TrainConfig, epochs: int) -> None:
+    """Every file of the run-directory contract, with consistent contents."""
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(RUN_FILES)
+    assert not (run_dir / BACKUP_DIR).exists()
+    assert json.loads((run_dir / "config.json").read_text()) == config.to_dict()
+
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["run_name"] == run_dir.name.split("__", 1)[1]
+    assert meta["profile"] == config.profile and meta["weights"] in ("none", config.weights)
+    assert meta["data"]["source_size"] == "200x150" and meta["image_size"] == config.image_size
+
+    splits = pd.read_csv(run_dir / "splits.csv")
+    assert list(splits.columns) == ["image_id", "lesion_id", "dx", "split"]
+    assert set(splits["split"]) == {"train", "val", "test"}
+    assert meta["data"]["n_images"] == len(splits)
+
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == list(range(epochs))
+    for column in ("loss", "acc", "val_loss", "val_acc", "val_macro_f1", "val_balanced_acc"):
+        assert history[column].notna().all(), column
+    assert "val_mel_recall" in history.columns
+
+    for split in ("val", "test"):
+        predictions = pd.read_csv(run_dir / f"predictions_{split}.csv")
+        assert list(predictions.columns) == ["image_id", "dx", *PROB_COLUMNS]
+        expected = splits[splits["split"] == split]
+        assert predictions["image_id"].tolist() == expected["image_id"].tolist()
+        assert predictions["dx"].tolist() == expected["dx"].tolist()
+        np.testing.assert_allclose(predictions[PROB_COLUMNS].sum(axis=1), 1.0, atol=1e-4)
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["select_metric"] == config.select_metric
+    assert metrics["epochs_trained"] == epochs and 1 <= metrics["best_epoch"] <= epochs
+    for split in ("val", "test"):
+        report = metrics[split]
+        assert report["n_images"] == int((splits["split"] == split).sum())
+        for key in ("accuracy", "macro_f1", "balanced_accuracy", "mel_sensitivity", "ci"):
+            assert key in report, (split, key)
+        assert set(report["ci"]) >= {"accuracy", "balanced_accuracy", "mel_sensitivity"}
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(real_data_root: Path, tmp_path: Path, capsys):
+    from skin_tf.cli.main import _train as train_command
+
+    args = _parse(
+        ["--config", "baseline", "--profile", "smoke", "--data", str(real_data_root),
+         "--runs-dir", str(tmp_path), "--set", "select_metric=val_balanced_acc"]
+    )  # fmt: skip
+    assert train_command(args) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    run_dir = Path(printed[-1])  # the last line printed is the run directory
+    assert run_dir.parent == tmp_path and run_dir.name.endswith("__baseline-smoke")
+    config = load_config("baseline", profile="smoke", overrides=["select_metric=val_balanced_acc"])
+    _check_complete_run(run_dir, config, epochs=1)
+
+    import keras
+
+    model = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    assert model.predict(np.zeros((1, 64, 64, 3), "float32"), verbose=0).shape == (1, 7)
+
+
+class _InterruptAfterEpoch:
+    """A Keras callback raising KeyboardInterrupt (like Ctrl-C) at the end of one epoch."""
+
+    def __new__(cls, epoch: int):
+        import keras
+
+        class Interrupt(keras.callbacks.Callback):
+            def on_epoch_end(self, current: int, logs=None) -> None:
+                if current == epoch:
+                    raise KeyboardInterrupt
+
+        return Interrupt()
+
+
+@pytest.mark.slow
+def test_interrupted_two_phase_run_resumes_to_the_same_files(real_data_root: Path, tmp_path: Path):
+    """Head phase (epoch 1), fine-tuning (epochs 2-3); Ctrl-C after epoch 2, then --resume."""
+    from skin_tf.models.classifier import build_classifier
+
+    weights = tmp_path / "pretrained.weights.h5"  # stands in for ImageNet weights (offline)
+    build_classifier("efficientnet_b0", 64, weights=None).save_weights(weights)
+    config = load_config(
+        "mel_sensitive",
+        profile="smoke",
+        overrides=[f"weights={weights}", "epochs=3", "freeze_epochs=1", "bootstrap=20"],
+    )
+    runs = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, real_data_root, runs, callbacks=[_InterruptAfterEpoch(1)])
+    (run_dir,) = runs.iterdir()
+    assert not (run_dir / "metrics.json").exists()
+    assert pd.read_csv(run_dir / "history.csv")["epoch"].tolist() == [0, 1]
+    assert (run_dir / BACKUP_DIR).is_dir()
+
+    assert train(resume=run_dir) == run_dir
+    _check_complete_run(run_dir, config, epochs=3)
+    assert list(runs.iterdir()) == [run_dir]  # resumed in place, no new run
