@@ -1,6 +1,7 @@
 """`make demo` / `skin-tf demo`: from a fresh clone to a trained, explained model in the browser.
 
-Stages, each printed with its elapsed time and skipped when its output already exists:
+Stages, each printed with its elapsed time and skipped when its output already exists and belongs to
+this run (a committed results/ record of an earlier run is rewritten, not reused):
 
     data      $SKIN_TF_DATA, else data/ham10000, else `skin-tf download` (no questions asked)
     train     the `demo` config (ImageNet weights when reachable, else from scratch + a warning)
@@ -122,6 +123,16 @@ def train_demo(settings: DemoSettings, data_root: Path) -> Path:
         return train(config, data_root, settings.runs_dir, settings.run_name)
 
 
+def evaluated(results_dir: Path, run: Path) -> bool:
+    """True when results/ already holds the evaluation of this very run (same run id); a record
+    left by another run of the same name (a committed one, say) does not count."""
+    from skin_tf.evaluation.report import record_path
+    from skin_tf.runs import read_json
+
+    record = record_path(results_dir, run.name.split("__", 1)[-1])
+    return record.is_file() and read_json(record).get("run_id") == run.name
+
+
 def _exported_from(model_dir: Path) -> str | None:
     path = model_dir / "metadata.json"
     return json.loads(path.read_text()).get("run_dir") if path.is_file() else None
@@ -132,7 +143,7 @@ def run_demo(settings: DemoSettings) -> Path:
     from skin_tf.evaluation.calibration import calibrate_run
     from skin_tf.evaluation.evaluate import evaluate_run
     from skin_tf.evaluation.model_card import write_model_card
-    from skin_tf.evaluation.report import build_results_index, record_path
+    from skin_tf.evaluation.report import build_results_index
     from skin_tf.evaluation.threshold import threshold_run
     from skin_tf.serving.export import export_run
 
@@ -158,7 +169,7 @@ def run_demo(settings: DemoSettings) -> Path:
         lambda: threshold_run(run, results_dir=results),
     )  # fmt: skip
     stages.run(
-        "evaluate", record_path(results, run.name.split("__", 1)[-1]).is_file(),
+        "evaluate", evaluated(results, run),
         "metrics with intervals, figures, summary",
         lambda: evaluate_run(run, results_dir=results),
     )  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from skin_tf.cli.demo import DemoSettings, find_data, latest_run, run_demo
+from skin_tf.cli.demo import DemoSettings, evaluated, find_data, latest_run, run_demo
 from skin_tf.data.ham10000 import DataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +35,18 @@ def test_unknown_profile_is_refused_before_any_work(tmp_path):
         run_demo(DemoSettings(profile="huge", data=tmp_path, app=False))
 
 
+def test_evaluation_is_reused_only_when_it_belongs_to_this_run(tmp_path):
+    """A committed results/runs/demo.json of an earlier run must not stand in for a new run."""
+    run = tmp_path / "runs" / "20261201T120000Z__demo"
+    record = tmp_path / "results" / "runs" / "demo.json"
+    assert not evaluated(tmp_path / "results", run)
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"run_name": "demo", "run_id": "20261127T114923Z__demo"}))
+    assert not evaluated(tmp_path / "results", run)
+    record.write_text(json.dumps({"run_name": "demo", "run_id": run.name}))
+    assert evaluated(tmp_path / "results", run)
+
+
 def test_explicit_data_path_without_metadata_is_an_error_not_a_download(tmp_path):
     with pytest.raises(DataError):
         find_data(tmp_path)
@@ -56,14 +68,14 @@ def test_offline_download_says_where_to_put_the_files(tmp_path, monkeypatch):
 
 def _clean_checkout(dest: Path) -> Path:
     """The tracked files of this working tree (what a fresh clone would hold, uncommitted edits
-    included), without runs/, results/ or saved_models/ from earlier work."""
+    included, committed results/ too), without runs/ or saved_models/ from earlier work."""
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         cwd=REPO, capture_output=True, check=True,
     ).stdout.decode().split("\0")  # fmt: skip
     for name in filter(None, files):
         source = REPO / name
-        if name.startswith(("results/", "runs/", "saved_models/")) or not source.is_file():
+        if name.startswith(("runs/", "saved_models/")) or not source.is_file():
             continue
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, dest / name)
@@ -73,6 +85,13 @@ def _clean_checkout(dest: Path) -> Path:
 @pytest.mark.slow
 def test_make_demo_from_a_clean_checkout_makes_every_promised_artifact(real_data_root, tmp_path):
     checkout = _clean_checkout(tmp_path / "checkout")
+    # A record and summary of an earlier run of the same name, as a clone holds for `demo`: the
+    # demo must evaluate its own new run, not report the old one.
+    stale = json.loads((checkout / "results" / "runs" / "demo.json").read_text())
+    stale.update(run_name="demo-smoke", run_id="20261127T114923Z__demo-smoke")
+    stale.update(summary="summary_demo-smoke.md")
+    (checkout / "results" / "runs" / "demo-smoke.json").write_text(json.dumps(stale))
+    (checkout / "results" / "summary_demo-smoke.md").write_text("stale summary of an old run\n")
     # Reuse this environment (installing TensorFlow again costs minutes) without letting make
     # reinstall the package from the temporary checkout: mark it installed, pyproject older.
     venv = Path(sys.prefix)
@@ -120,6 +139,9 @@ def test_make_demo_from_a_clean_checkout_makes_every_promised_artifact(real_data
     ):  # fmt: skip
         assert (results / name).is_file(), name
     assert "demo-smoke" in (results / "README.md").read_text()
+    assert json.loads((results / "runs/demo-smoke.json").read_text())["run_id"] == run.name
+    assert "stale" not in (results / "summary_demo-smoke.md").read_text()
+    assert "evaluate  metrics with intervals" in done.stdout  # evaluated, not "reused"
 
     again = subprocess.run(
         ["make", "demo", "NO_APP=1", "DEMO_PROFILE=smoke", f"VENV={venv}"],
