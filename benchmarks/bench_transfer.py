@@ -1,0 +1,148 @@
+"""Wall time to a useful model: training recipes side by side, on the real data, in one run.
+
+For each recipe (a base config plus `--set` overrides) this trains one run with `skin_tf.train`
+and records, after every epoch, the wall time since the run started (reading and splitting the
+index, building the model, decoding and caching the images all count) and the epoch's validation
+metrics. It prints, per recipe, the wall time at which validation balanced accuracy first reached
+each target (0.60 and 0.70 by default), the best validation balanced accuracy and melanoma ROC AUC
+of the kept checkpoint, and the test figures of that checkpoint.
+
+    .venv/bin/python benchmarks/bench_transfer.py --data-root ../shared/data/ham10000 \
+        [--out runs/bench_transfer] [--recipes scratch_b0_112 lite0_finetune_128] [--epochs 6]
+
+Every recipe runs in its own process, one after the other, so the machine's load hits each
+alike only if it stays the same: quote the figures with the load you saw. Each finished recipe
+writes `<out>/<recipe>.json`; a rerun skips the recipes already measured (delete a file to
+measure it again), so an interrupted benchmark resumes. `--smoke` runs every recipe on the
+smoke profile (64 px, a small subset, 1 epoch): a check that the recipes run, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGETS = (0.60, 0.70)
+HEADLINE = ("balanced_accuracy", "mel_roc_auc", "accuracy")
+# name: (config, overrides). The same config and training length for every recipe, so the
+# recipes differ only in what they name: the backbone, its weights, the image size, freezing.
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "scratch_b0_112": ("baseline", ["weights=null", "image_size=112"]),
+    "lite0_finetune_96": ("baseline", ["model=efficientnet_lite0", "image_size=96"]),
+    "lite0_finetune_128": ("baseline", ["model=efficientnet_lite0", "image_size=128"]),
+    "lite0_head_then_all_128": (
+        "baseline",
+        ["model=efficientnet_lite0", "image_size=128", "freeze_epochs=1"],
+    ),
+    "lite2_finetune_128": ("baseline", ["model=efficientnet_lite2", "image_size=128"]),
+}
+# What every recipe shares on top of its config: ImageNet weights (overridden by scratch
+# recipes), the learning rate a pretrained backbone tolerates, a cosine decay over the run.
+COMMON = ["weights=imagenet", "learning_rate=0.001", "lr_schedule=cosine", "bootstrap=200"]
+
+
+def run_recipe(name: str, args: argparse.Namespace) -> dict:
+    """Train one recipe in this process; per-epoch wall times and metrics."""
+    import keras
+
+    from skin_tf.runs import read_json
+    from skin_tf.training import load_config, train
+
+    config_name, overrides = RECIPES[name]
+    if args.smoke:  # the smoke profile's size and length, whatever the recipe says
+        sets = [*COMMON, *(s for s in overrides if not s.startswith(("image_size=", "freeze_")))]
+    else:
+        sets = [*COMMON, *overrides, f"epochs={args.epochs}"]
+    config = load_config(config_name, profile="smoke" if args.smoke else "full", overrides=sets)
+    epochs: list[dict] = []
+    start = time.monotonic()
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            epochs.append(
+                {
+                    "epoch": epoch + 1,
+                    "wall_s": round(time.monotonic() - start, 1),
+                    **{k: float(v) for k, v in logs.items() if k.startswith("val_")},
+                }
+            )
+
+    run_dir = train(
+        config, args.data_root, args.out / "runs", run_name=name, callbacks=[EpochClock()]
+    )
+    metrics = read_json(run_dir / "metrics.json")
+    return {
+        "recipe": name,
+        "config": config.to_dict(),
+        "run_dir": str(run_dir),
+        "total_wall_s": round(time.monotonic() - start, 1),
+        "epochs": epochs,
+        "kept_epoch": metrics["best_epoch"],
+        **{split: {k: metrics[split].get(k) for k in HEADLINE} for split in ("val", "test")},
+        "hardware": read_json(run_dir / "meta.json").get("hardware"),
+    }
+
+
+def time_to(epochs: list[dict], target: float) -> float | None:
+    """Wall seconds at the end of the first epoch whose val balanced accuracy reached target."""
+    hits = [e["wall_s"] for e in epochs if e.get("val_balanced_acc", 0.0) >= target]
+    return hits[0] if hits else None
+
+
+def table(results: list[dict], targets: tuple[float, ...]) -> str:
+    def value(v) -> str:
+        if isinstance(v, dict):  # a metric with an interval
+            v = v.get("value")
+        return "—" if v is None else f"{v:.3f}"
+
+    head = "| recipe | epochs | wall | " + " | ".join(f"to val bal acc {t:.2f}" for t in targets)
+    head += " | kept epoch | val bal acc | val mel AUC | test bal acc | test mel AUC |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        reach = [time_to(r["epochs"], t) for t in targets]
+        rows.append(
+            f"| {r['recipe']} | {len(r['epochs'])} | {r['total_wall_s'] / 60:.1f} min | "
+            + " | ".join("not reached" if s is None else f"{s / 60:.1f} min" for s in reach)
+            + f" | {r['kept_epoch']} | {value(r['val']['balanced_accuracy'])} | "
+            f"{value(r['val']['mel_roc_auc'])} | {value(r['test']['balanced_accuracy'])} | "
+            f"{value(r['test']['mel_roc_auc'])} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=Path("data/ham10000"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_transfer"))
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--smoke", action="store_true", help="tiny runs: a check, not a figure")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # one recipe, in a child process
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.job:
+        result = run_recipe(args.job, args)
+        (args.out / f"{args.job}.json").write_text(json.dumps(result, indent=1) + "\n")
+        return
+    for name in args.recipes:
+        if (args.out / f"{name}.json").is_file():
+            print(f"{name}: measured already ({args.out / name}.json), skipped", flush=True)
+            continue
+        print(f"{name}: training …", flush=True)
+        child = [sys.executable, __file__, "--job", name, *sys.argv[1:]]
+        subprocess.run(child, check=True)
+    results = [
+        json.loads((args.out / f"{name}.json").read_text())
+        for name in args.recipes
+        if (args.out / f"{name}.json").is_file()
+    ]
+    print(table(results, TARGETS))
+
+
+if __name__ == "__main__":
+    main()
