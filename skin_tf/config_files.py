@@ -1,7 +1,7 @@
 """Config-file machinery shared by every config class: find, read, merge, `--set`, type-check.
 
 The classifier's configs (`skin_tf.training.config.TrainConfig`) and the cVAE's
-(`skin_tf.cvae.config. VaeConfig`) are both frozen dataclasses filled from JSON files shipped in
+(`skin_tf.cvae.config.VaeConfig`) are both frozen dataclasses filled from JSON files shipped in
 skin_tf/configs/, adapted by a profile and by `--set key=value` items. How such files are found and
 read, how settings are merged, how `--set` text is parsed and how a JSON value is checked against a
 field's type hint do not depend on the config class, so they live here: one set of rules, and one

@@ -12,7 +12,7 @@ split of the same lesion split as the classifier (same `fractions` and `seed`), 
 
 Shell: `skin-tf train-vae --config vae_quick [--profile smoke] [--set epochs=3]`;
 `skin-tf train-vae --resume RUN_DIR` finishes an interrupted run from its last finished epoch.
-Configs live in `skin_tf.cvae.config` (re-exported here); sampling, the synthetic-image folder and
+Configs live in `skin_tf.cvae.config`; sampling, the synthetic-image folder and
 the figures in `skin_tf.cvae.synth`; reconstruction error, recognisability and the "does it help?"
 report in `skin_tf.cvae.quality`.
 
