@@ -39,6 +39,10 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     ),
     "lite0_finetune_96": ("baseline", ["model=efficientnet_lite0", "image_size=96"]),
     "lite0_finetune_128": ("baseline", ["model=efficientnet_lite0", "image_size=128"]),
+    "lite0_frozen_128": (  # recipe (a): the pretrained backbone frozen, the head trained
+        "baseline",
+        ["model=efficientnet_lite0", "image_size=128", "freeze_epochs={epochs}"],
+    ),
     "lite0_head_then_all_128": (
         "baseline",
         ["model=efficientnet_lite0", "image_size=128", "freeze_epochs=1"],
@@ -61,7 +65,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     if args.smoke:  # the smoke profile's size and length, whatever the recipe says
         sets = [*COMMON, *(s for s in overrides if not s.startswith(("image_size=", "freeze_")))]
     else:
-        sets = [*COMMON, *overrides, f"epochs={args.epochs}"]
+        sets = [*COMMON, *(s.format(epochs=args.epochs) for s in overrides), f"epochs={args.epochs}"]
     config = load_config(config_name, profile="smoke" if args.smoke else "full", overrides=sets)
     epochs: list[dict] = []
     start = time.monotonic()

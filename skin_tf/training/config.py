@@ -108,7 +108,9 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: int = 0  # linear warm-up from 0 to learning_rate
-    freeze_epochs: int = 0  # phase 1: train only the head on a frozen backbone for this many epochs
+    # Phase 1: train only the head on a frozen backbone for this many epochs, then fine-tune all;
+    # freeze_epochs == epochs trains the head alone (a frozen pretrained backbone).
+    freeze_epochs: int = 0
     fine_tune_lr_factor: float = 0.1  # phase 2 (whole model) runs at learning_rate * this
     # Loss and class balance
     loss: Literal["ce", "focal"] = "ce"
@@ -310,8 +312,11 @@ def _check_values(c: TrainConfig, source: str) -> None:
         fail("weight_decay", "must be >= 0")
     if not 0 <= c.warmup_epochs < c.epochs:
         fail("warmup_epochs", f"must be in [0, epochs={c.epochs})")
-    if not 0 <= c.freeze_epochs < c.epochs:
-        fail("freeze_epochs", f"must be in [0, epochs={c.epochs}) so the fine-tuning phase runs")
+    if not 0 <= c.freeze_epochs <= c.epochs:
+        fail(
+            "freeze_epochs",
+            f"must be in [0, epochs={c.epochs}] (epochs keeps the backbone frozen throughout)",
+        )
     if c.freeze_epochs > 0 and c.warmup_epochs >= c.freeze_epochs:
         fail("warmup_epochs", f"must be < freeze_epochs={c.freeze_epochs} (it warms up phase 1)")
     if c.freeze_epochs > 0 and c.weights is None:

@@ -234,7 +234,8 @@ class Phase:
 
 
 def plan_phases(config: TrainConfig) -> list[Phase]:
-    """The fit calls of a run: head-only then whole model when freeze_epochs > 0, else one.
+    """The fit calls of a run: head-only then whole model when freeze_epochs > 0, else one;
+    only the head phase when freeze_epochs == epochs (the backbone stays frozen throughout).
 
     >>> [(p.name, p.start, p.end) for p in plan_phases(TrainConfig(freeze_epochs=2))]
     [('head', 0, 2), ('finetune', 2, 10)]
@@ -242,6 +243,8 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
     if config.freeze_epochs == 0:
         return [Phase("all", 0, config.epochs, True, config.learning_rate, config.warmup_epochs)]
     head = Phase("head", 0, config.freeze_epochs, False, config.learning_rate, config.warmup_epochs)
+    if config.freeze_epochs == config.epochs:
+        return [head]
     finetune = Phase(
         "finetune",
         config.freeze_epochs,

@@ -254,7 +254,7 @@ def test_wrong_types_are_rejected_naming_the_key(override, key):
         ("mel_multiplier=0", "mel_multiplier"),
         ("sampler_power=2", "sampler_power"),
         ("image_size=16", "image_size"),
-        ("freeze_epochs=10", "freeze_epochs"),
+        ("freeze_epochs=11", "freeze_epochs"),
         ("warmup_epochs=10", "warmup_epochs"),
         ("fine_tune_lr_factor=0", "fine_tune_lr_factor"),
         ("augment.crop_scale=[0, 1]", "augment.crop_scale"),

@@ -39,6 +39,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_plan_phases():
+    (frozen,) = plan_phases(TrainConfig(epochs=4, freeze_epochs=4, weights="imagenet"))
+    assert (frozen.name, frozen.start, frozen.end, frozen.backbone_trainable) == (
+        "head",
+        0,
+        4,
+        False,
+    )
     single = plan_phases(TrainConfig(epochs=5, warmup_epochs=1))
     assert [(p.start, p.end, p.warmup_epochs) for p in single] == [(0, 5, 1)]
     head, finetune = plan_phases(
@@ -203,3 +210,31 @@ def test_interrupted_two_phase_run_resumes_to_the_same_files(real_data_root: Pat
     assert train(resume=run_dir) == run_dir
     _check_complete_run(run_dir, config, epochs=3)
     assert list(runs.iterdir()) == [run_dir]  # resumed in place, no new run
+
+
+@pytest.mark.slow
+def test_a_frozen_pretrained_backbone_trains_only_the_head(real_data_root: Path, tmp_path: Path):
+    """freeze_epochs == epochs: ImageNet Lite0 weights stay as loaded, only the head learns."""
+    import keras
+
+    from skin_tf.models.classifier import build_classifier
+
+    config = load_config(
+        "baseline",
+        profile="smoke",
+        overrides=["model=efficientnet_lite0", "weights=imagenet", "freeze_epochs=1"],
+    )
+    run_dir = train(config, real_data_root, tmp_path / "runs")
+    _check_complete_run(run_dir, config, epochs=1)
+    trained = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    keras.utils.set_random_seed(config.seed)  # as fit.build_model: the run's initial head
+    loaded = build_classifier("efficientnet_lite0", config.image_size, weights="imagenet")
+    for name in ("stem_conv", "stem_bn", "block6a_expand_conv", "top_conv", "top_bn"):
+        for after, before in zip(
+            trained.get_layer(name).get_weights(), loaded.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(after, before, err_msg=name)  # BN statistics too
+    head_after, head_before = (
+        m.get_layer("predictions").get_weights()[0] for m in (trained, loaded)
+    )
+    assert not np.allclose(head_after, head_before)
