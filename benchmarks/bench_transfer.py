@@ -65,7 +65,8 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     if args.smoke:  # the smoke profile's size and length, whatever the recipe says
         sets = [*COMMON, *(s for s in overrides if not s.startswith(("image_size=", "freeze_")))]
     else:
-        sets = [*COMMON, *(s.format(epochs=args.epochs) for s in overrides), f"epochs={args.epochs}"]
+        recipe = [s.format(epochs=args.epochs) for s in overrides]
+        sets = [*COMMON, *recipe, f"epochs={args.epochs}"]
     config = load_config(config_name, profile="smoke" if args.smoke else "full", overrides=sets)
     epochs: list[dict] = []
     start = time.monotonic()
