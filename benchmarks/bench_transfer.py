@@ -89,7 +89,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     return {
         "recipe": name,
         "config": config.to_dict(),
-        "run_dir": str(run_dir),
+        "run_dir": run_dir.name,  # under <out>/runs/
         "total_wall_s": round(time.monotonic() - start, 1),
         "epochs": epochs,
         "kept_epoch": metrics["best_epoch"],
