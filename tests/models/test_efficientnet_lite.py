@@ -31,7 +31,7 @@ BUILDERS = {0: lite.EfficientNetLite0, 1: lite.EfficientNetLite1, 2: lite.Effici
 # Keras count_params() with the 1000-class top (BN moving statistics included), and trainable
 # parameters only, which equals sum(p.numel() for p in reference.parameters()).
 PARAMS = {0: (4_694_024, 4_652_008), 1: (5_470_344, 5_416_680), 2: (6_150_168, 6_092_072)}
-LOGIT_TOLERANCE = 1e-3
+LOGIT_TOLERANCE = 1e-4  # tighter than the 1e-3 the issue asks for: the conversion is exact
 
 
 @pytest.fixture(scope="module")
