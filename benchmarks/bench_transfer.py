@@ -49,9 +49,33 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     ),
     "lite2_finetune_128": ("baseline", ["model=efficientnet_lite2", "image_size=128"]),
 }
+# Recipe (b): the frozen lower blocks run once, over `views` of the 8 flips/90° turns of every
+# training image (exact symmetries of a dermatoscopic image); their activations are kept in
+# memory (float16) and only the blocks from `block` up, and the head, train on that cache, one
+# random cached view per image and epoch. name: (config, overrides, block, views).
+CACHED_RECIPES: dict[str, tuple[str, list[str], str, int]] = {
+    "lite0_cached_block4_128": (
+        "baseline",
+        ["model=efficientnet_lite0", "image_size=128"],
+        "block4",
+        8,
+    ),
+}
 # What every recipe shares on top of its config: ImageNet weights (overridden by scratch
 # recipes), the learning rate a pretrained backbone tolerates, a cosine decay over the run.
 COMMON = ["weights=imagenet", "learning_rate=0.001", "lr_schedule=cosine", "bootstrap=200"]
+
+
+def recipe_config(config_name: str, overrides: list[str], args: argparse.Namespace):
+    """The recipe's TrainConfig: COMMON, then its overrides and the benchmark's length."""
+    from skin_tf.training import load_config
+
+    if args.smoke:  # the smoke profile's size and length, whatever the recipe says
+        sets = [*COMMON, *(s for s in overrides if not s.startswith(("image_size=", "freeze_")))]
+    else:
+        recipe = [s.format(epochs=args.epochs) for s in overrides]
+        sets = [*COMMON, *recipe, f"epochs={args.epochs}"]
+    return load_config(config_name, profile="smoke" if args.smoke else "full", overrides=sets)
 
 
 def run_recipe(name: str, args: argparse.Namespace) -> dict:
@@ -59,15 +83,11 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     import keras
 
     from skin_tf.runs import read_json
-    from skin_tf.training import load_config, train
+    from skin_tf.training import train
 
-    config_name, overrides = RECIPES[name]
-    if args.smoke:  # the smoke profile's size and length, whatever the recipe says
-        sets = [*COMMON, *(s for s in overrides if not s.startswith(("image_size=", "freeze_")))]
-    else:
-        recipe = [s.format(epochs=args.epochs) for s in overrides]
-        sets = [*COMMON, *recipe, f"epochs={args.epochs}"]
-    config = load_config(config_name, profile="smoke" if args.smoke else "full", overrides=sets)
+    if name in CACHED_RECIPES:
+        return run_cached_recipe(name, args)
+    config = recipe_config(*RECIPES[name], args)
     epochs: list[dict] = []
     start = time.monotonic()
 
@@ -95,6 +115,89 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
         "kept_epoch": metrics["best_epoch"],
         **{split: {k: metrics[split].get(k) for k in HEADLINE} for split in ("val", "test")},
         "hardware": read_json(run_dir / "meta.json").get("hardware"),
+    }
+
+
+def run_cached_recipe(name: str, args: argparse.Namespace) -> dict:
+    """Recipe (b): train the top of the network on cached activations of its frozen lower blocks.
+
+    The same split, weights, loss, class weights, optimizer and schedule as `train` would use;
+    the checkpoint is the epoch best by the config's select_metric, and val/test are predicted
+    from images by the whole network (its lower blocks unchanged), as for every other recipe.
+    """
+    import keras
+    import numpy as np
+
+    from skin_tf.data.pipeline import make_dataset
+    from skin_tf.evaluation.evaluate import dihedral_views
+    from skin_tf.evaluation.metrics import evaluate_split
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.models.losses import build_loss, build_optimizer
+    from skin_tf.runs import hardware
+    from skin_tf.training.fit import class_weight_for, predict_frame, prepare_data
+    from skin_tf.training.selection import validation_logs
+
+    config_name, overrides, block, views = CACHED_RECIPES[name]
+    config = recipe_config(config_name, overrides, args)
+    start = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    frame, _ = prepare_data(config, args.data_root, None)
+    frames = {split: frame[frame["split"] == split] for split in ("train", "val", "test")}
+    model = build_classifier(config.model, config.image_size, config.weights, config.dropout)
+    cut = model.get_layer(next(la.name for la in model.layers if la.name.startswith(block))).input
+    lower, top = keras.Model(model.input, cut), keras.Model(cut, model.output)
+
+    def cached(split: str, n_views: int) -> np.ndarray:  # (views, images, h, w, c) float16
+        images = make_dataset(frames[split], config.image_size, False, 64, resize=config.resize)
+        parts = []
+        for batch, _ in images:
+            turned = np.split(dihedral_views(batch).numpy(), 8)[:n_views]
+            parts.append(np.stack([lower(v, training=False).numpy() for v in turned]))
+        return np.concatenate(parts, axis=1).astype(np.float16)
+
+    train_cache, val_cache = cached("train", views), cached("val", 1)[0].astype(np.float32)
+    labels = {split: f["label"].to_numpy() for split, f in frames.items()}
+    loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
+    steps = int(np.ceil(len(labels["train"]) / config.batch_size))
+    top.compile(
+        build_optimizer(
+            config.learning_rate, config.weight_decay, total_steps=steps * config.epochs,
+            warmup_steps=steps * config.warmup_epochs, schedule=config.lr_schedule,
+        ),
+        loss,
+    )  # fmt: skip
+    rng = np.random.default_rng(config.seed)
+    sign = -1.0 if config.select_mode == "min" else 1.0
+    epochs: list[dict] = []
+    best: tuple[float, int, list] = (-np.inf, 0, [])
+    for epoch in range(config.epochs):
+        view = rng.integers(0, views, len(labels["train"]))
+        x = train_cache[view, np.arange(len(view))].astype(np.float32)
+        top.fit(
+            x, labels["train"], batch_size=config.batch_size, epochs=1, verbose=0,
+            class_weight=class_weight_for(config, frames["train"]), shuffle=True,
+        )  # fmt: skip
+        logs = validation_logs(labels["val"], top.predict(val_cache, verbose=0), loss)
+        epochs.append({"epoch": epoch + 1, "wall_s": round(time.monotonic() - start, 1), **logs})
+        if sign * logs[config.select_metric] > best[0]:
+            best = (sign * logs[config.select_metric], epoch + 1, top.get_weights())
+    top.set_weights(best[2])
+    report = {}
+    for split in ("val", "test"):
+        images = make_dataset(frames[split], config.image_size, False, 32, resize=config.resize)
+        predicted = predict_frame(model, images, frames[split])
+        predicted[["label", "lesion_id"]] = frames[split][["label", "lesion_id"]].to_numpy()
+        metrics = evaluate_split(predicted, n_boot=config.bootstrap, seed=config.seed)
+        report[split] = {k: metrics.get(k) for k in HEADLINE}
+    return {
+        "recipe": name,
+        "config": {**config.to_dict(), "cached_from_block": block, "cached_views": views},
+        "run_dir": None,  # trained in memory
+        "total_wall_s": round(time.monotonic() - start, 1),
+        "epochs": epochs,
+        "kept_epoch": best[1],
+        **report,
+        "hardware": hardware(),
     }
 
 
@@ -129,7 +232,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=Path("data/ham10000"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench_transfer"))
-    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=list(RECIPES))
+    names = [*RECIPES, *CACHED_RECIPES]
+    parser.add_argument("--recipes", nargs="+", choices=sorted(names), default=names)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--smoke", action="store_true", help="tiny runs: a check, not a figure")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one recipe, in a child process

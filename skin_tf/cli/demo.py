@@ -4,7 +4,8 @@ Stages, each printed with its elapsed time and skipped when its output already e
 this run (a committed results/ record of an earlier run is rewritten, not reused):
 
     data      $SKIN_TF_DATA, else data/ham10000, else `skin-tf download` (no questions asked)
-    train     the `demo` config (ImageNet weights when reachable, else from scratch + a warning)
+    train     the `demo` config (Lite0's ImageNet weights, installed with the package; without
+              them, from scratch with a warning that names the install command)
     calibrate temperature scaling on validation
     threshold melanoma operating point chosen on validation, reported on test
     evaluate  metrics with lesion-bootstrap intervals, figures, results/summary_<run>.md
@@ -99,7 +100,7 @@ def latest_run(runs_dir: Path, run_name: str) -> Path | None:
 
 
 def train_demo(settings: DemoSettings, data_root: Path) -> Path:
-    """Train (or resume, or reuse) the demo run; fall back to no ImageNet weights with a warning."""
+    """Train (or resume, or reuse) the demo run; without ImageNet weights, from scratch, warned."""
     from skin_tf.models.weights import WeightsUnavailableError
     from skin_tf.training.config import load_config
     from skin_tf.training.fit import train

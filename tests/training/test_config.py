@@ -13,6 +13,8 @@ from skin_tf.training import config as config_module
 from skin_tf.training.config import (
     CPU_PROFILE_IMAGE_SIZE,
     CPU_PROFILE_MAX_EPOCHS,
+    CPU_PROFILE_MODELS,
+    MODELS,
     PROFILES,
     REFERENCE_AUGMENT,
     SMOKE_IMAGES_PER_CLASS,
@@ -127,11 +129,22 @@ def test_random_resized_crop_only_where_the_reference_used_it():
     assert load_config("baseline").augment.crop_scale is None
 
 
-def test_cpu_profile_trains_from_scratch_at_the_measured_size():
-    config = load_config("effnetb2_260_acc_select", profile="cpu")
-    assert config.weights is None
-    assert config.image_size == CPU_PROFILE_IMAGE_SIZE
-    assert config.freeze_epochs == 0
+def test_cpu_profile_fine_tunes_the_pretrained_lite_of_about_the_same_size():
+    b2 = load_config("effnetb2_260_acc_select", profile="cpu")
+    assert (b2.model, b2.weights) == ("efficientnet_lite2", "imagenet")
+    assert b2.image_size == CPU_PROFILE_IMAGE_SIZE
+    assert (b2.learning_rate, b2.lr_schedule, b2.freeze_epochs) == (1e-3, "cosine", 0)
+    assert load_config("baseline", profile="cpu").model == "efficientnet_lite0"
+    assert set(CPU_PROFILE_MODELS) == {m for m in MODELS if m.startswith("efficientnet_b")}
+
+
+def test_cpu_profile_set_still_wins_over_the_model_swap():
+    scratch = load_config("baseline", profile="cpu", overrides=["weights=null"])
+    assert (scratch.model, scratch.weights) == ("efficientnet_lite0", None)
+    b0 = load_config("baseline", profile="cpu", overrides=["model=efficientnet_b0"])
+    assert b0.model == "efficientnet_b0"
+    # an explicit Lite in a config is kept as it is
+    assert load_config("demo", profile="cpu").model == "efficientnet_lite0"
 
 
 def test_cpu_profile_caps_long_configs_and_set_still_wins():
