@@ -31,10 +31,9 @@ import pandas as pd
 from skin_tf.cvae.model import data_root_of, load_vae
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.data.splits import split_frames
+from skin_tf.evaluation.compare import COMPARE_METRICS, paired_difference
 
 REPORT_NAME = "summary_cvae.md"
-COMPARE_METRICS = ("balanced_accuracy", "macro_f1", "accuracy", "mel_sensitivity",
-                   "mel_specificity", "mel_roc_auc")  # fmt: skip
 _IGNORED_CONFIG_KEYS = {"name", "description", "synthetic_dir", "profile"}
 
 
@@ -194,7 +193,7 @@ def compare_runs(
 
     >>> compare_runs(baseline_cpu, with_synth_cpu)["diff"]["balanced_accuracy"]  # doctest: +SKIP
     """
-    from skin_tf.evaluation.metrics import PROB_COLUMNS, SPLIT_STATS, bootstrap_ci, read_predictions
+    from skin_tf.evaluation.metrics import read_predictions
     from skin_tf.runs import read_json
     from skin_tf.training.config import config_from_dict
 
@@ -220,28 +219,17 @@ def compare_runs(
         if not (path / "metrics.json").is_file():
             raise FileNotFoundError(f"{path} has no metrics.json: run `skin-tf evaluate {path}`")
         metrics[key] = read_json(path / "metrics.json")["test"]
-    frames = {k: read_predictions(p, "test").set_index("image_id") for k, p in runs.items()}
-    if set(frames["baseline"].index) != set(frames["with_synth"].index):
-        raise ValueError("the two runs were tested on different images: use the same split/seed")
-    base = frames["baseline"]
-    other = frames["with_synth"].loc[base.index]
-    both = np.hstack([base[list(PROB_COLUMNS)].to_numpy(), other[list(PROB_COLUMNS)].to_numpy()])
-    k = len(CLASSES)
-
-    def change(fn):
-        return lambda y, p: fn(y, p[:, k:]) - fn(y, p[:, :k])
-
-    stats = {name: change(SPLIT_STATS[name]) for name in COMPARE_METRICS}
-    y = base["label"].to_numpy()
-    point = {name: fn(y, both) for name, fn in stats.items()}
-    diff_ci = bootstrap_ci(y, both, base["lesion_id"].to_numpy(), stats, n_boot, seed)
+    frames = {k: read_predictions(p, "test") for k, p in runs.items()}
+    diff = paired_difference(
+        frames["baseline"], frames["with_synth"], COMPARE_METRICS, n_boot, seed
+    )
     return {
         "runs": {k: str(p) for k, p in runs.items()},
         "metrics": metrics,
-        "diff": {name: (point[name], *diff_ci[name]) for name in COMPARE_METRICS},
+        "diff": diff,
         "config_differences": differs,
-        "n_test_images": len(base),
-        "n_test_lesions": int(base["lesion_id"].nunique()),
+        "n_test_images": len(frames["baseline"]),
+        "n_test_lesions": int(frames["baseline"]["lesion_id"].nunique()),
         "method": f"paired percentile bootstrap over test lesions, {n_boot} resamples, seed {seed}",
     }
 

@@ -1,6 +1,7 @@
 """What a finished run is worth, from its files: metrics with lesion-bootstrap intervals,
 temperature scaling, the melanoma operating point (chosen on validation, reported on test once),
-figures, per-run summaries, the results index and the model card.
+figures, per-run summaries, the results index, the model card, and the paired comparison of
+two runs on the same test images.
 
     >>> from skin_tf.evaluation import evaluate_run, threshold_run  # doctest: +SKIP
 """
@@ -15,6 +16,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "threshold": ["threshold_run"],
         "metrics": ["bootstrap_ci", "classification_metrics", "read_predictions"],
         "report": ["build_results_index"],
+        "compare": ["paired_difference", "read_committed_predictions"],
         "model_card": ["write_model_card"],
         "plots": ["save_figure"],
     },

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from skin_tf.evaluation.metrics import PROB_COLUMNS, read_predictions
 from skin_tf.evaluation.run_summary import (
     DISCLAIMER,
     fmt,
@@ -44,6 +45,13 @@ def record_path(results_dir: str | os.PathLike, run_name: str) -> Path:
     return Path(results_dir) / RECORDS_DIR / f"{run_name}.json"
 
 
+def committed_predictions_path(results_dir: str | os.PathLike, run_name: str) -> Path:
+    """`<results_dir>/runs/<run-name>_test.csv`: the run's test predictions with lesion ids, kept
+    beside its record so runs can be compared pairwise (`skin_tf.evaluation.compare`) after
+    their run directories are gone."""
+    return Path(results_dir) / RECORDS_DIR / f"{run_name}_test.csv"
+
+
 def write_run_record(
     run_dir: str | os.PathLike,
     metrics: dict[str, Any],
@@ -51,13 +59,15 @@ def write_run_record(
     summary: Path | None,
     results_dir: str | os.PathLike = Path("results"),
 ) -> Path:
-    """Write `results/runs/<run-name>.json`: headline metrics, provenance, operating point.
+    """Write `results/runs/<run-name>.json` (headline metrics, provenance, operating point) and
+    `<run-name>_test.csv` (its test predictions, `committed_predictions_path`).
 
     A record of another run with the same name is replaced with a warning that names both.
     """
     run_dir, results_dir = Path(run_dir), Path(results_dir)
     facts = run_facts(run_dir)
     path = record_path(results_dir, facts["run_name"])
+    predictions = committed_predictions_path(results_dir, facts["run_name"])
     record: dict[str, Any] = {
         "format": RECORD_FORMAT,
         **facts,
@@ -73,6 +83,7 @@ def write_run_record(
         "temperature": temperature(run_dir),
         "summary": None if summary is None else relative_link(summary, results_dir),
         "figures": {name: relative_link(p, results_dir) for name, p in figures.items()},
+        "test_predictions": relative_link(predictions, results_dir),
     }
     if path.is_file():
         previous = read_json(path).get("run_id")
@@ -84,6 +95,9 @@ def write_run_record(
                 stacklevel=2,
             )
     path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["image_id", "lesion_id", "dx", "label", *PROB_COLUMNS]
+    test = read_predictions(run_dir, "test")[columns]
+    test.to_csv(predictions, index=False, float_format="%.6f")
     return write_json(path, json_ready(record))
 
 

@@ -24,34 +24,6 @@ def table_rows(readme: str) -> list[str]:
     return rows[1:]
 
 
-@pytest.fixture(scope="module")
-def evaluated_runs(tmp_path_factory):
-    """Two fake runs (the newer one evaluated first), evaluated once for the whole module."""
-    base = tmp_path_factory.mktemp("two_runs")
-    runs, results = base / "runs", base / "results"
-    newer, _ = write_fake_run(runs, "b0-newer", seed=3, created="2025-02-01T00:00:00Z")
-    older, _ = write_fake_run(runs, "a-older", seed=5, created="2025-01-01T00:00:00Z")
-    metrics = {
-        run.name.split("__")[1]: evaluate_run(run, results_dir=results, n_boot=30)["metrics"]
-        for run in (newer, older)
-    }
-    return base, metrics
-
-
-@pytest.fixture()
-def two_runs(evaluated_runs, tmp_path):
-    """A private copy of `evaluated_runs` (runs/ and results/) that a test may change."""
-    base, metrics = evaluated_runs
-    shutil.copytree(base, tmp_path, dirs_exist_ok=True)
-    runs = tmp_path / "runs"
-    return {
-        "newer": runs / "20250101T000000Z__b0-newer",
-        "older": runs / "20250101T000000Z__a-older",
-        "results": tmp_path / "results",
-        "metrics": metrics,
-    }
-
-
 def test_index_has_one_row_per_run_with_intervals_and_provenance(two_runs):
     results = two_runs["results"]
     readme = build_results_index(results).read_text()
