@@ -3,18 +3,18 @@
 Two runs tested on the same split share their errors on the hard lesions, so the interval of the
 *difference* is much narrower than the two runs' own intervals side by side suggest: resampling
 lesions once for both runs keeps that pairing. The frames come from `read_predictions` (a run
-directory) or `read_committed_predictions` (the copy `skin-tf evaluate` keeps in results/, so a
-comparison still works when the runs/ folder is gone or on another machine).
+directory) or `report.read_committed_predictions` (the copy `skin-tf evaluate` keeps in
+results/, so a comparison still works when the runs/ folder is gone or on another machine).
 
-    >>> a = read_committed_predictions("results", "baseline-cpu")      # doctest: +SKIP
-    >>> b = read_committed_predictions("results", "demo")              # doctest: +SKIP
+    >>> from skin_tf.evaluation.report import read_committed_predictions
+    >>> a = read_committed_predictions("results/from_scratch", "baseline-cpu")  # doctest: +SKIP
+    >>> b = read_committed_predictions("results", "baseline-cpu")               # doctest: +SKIP
     >>> paired_difference(a, b)["balanced_accuracy"]                   # doctest: +SKIP
     (0.27, 0.19, 0.35)
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +22,6 @@ import pandas as pd
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.evaluation.metrics import PROB_COLUMNS, SPLIT_STATS, bootstrap_ci
-from skin_tf.evaluation.report import committed_predictions_path
 
 COMPARE_METRICS = (
     "balanced_accuracy",
@@ -78,17 +77,6 @@ def paired_difference(
     labels = a["label"].to_numpy(dtype=int)
     intervals = bootstrap_ci(labels, both, a["lesion_id"].to_numpy(), stats, n_boot, seed)
     return {name: (float(fn(labels, both)), *intervals[name]) for name, fn in stats.items()}
-
-
-def read_committed_predictions(results_dir: str | os.PathLike, run_name: str) -> pd.DataFrame:
-    """The test predictions `skin-tf evaluate` kept in results/ for `run_name`."""
-    path = committed_predictions_path(results_dir, run_name)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: runs evaluated before test predictions were kept in results/ "
-            f"have none; re-run `skin-tf evaluate RUN_DIR` on the run directory of {run_name}"
-        )
-    return pd.read_csv(path)
 
 
 def _indexed(frame: pd.DataFrame, name: str) -> pd.DataFrame:

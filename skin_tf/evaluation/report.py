@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from skin_tf.evaluation.metrics import PROB_COLUMNS, read_predictions
 from skin_tf.evaluation.run_summary import (
     DISCLAIMER,
@@ -34,6 +36,9 @@ from skin_tf.evaluation.run_summary import (
 from skin_tf.runs import json_ready, read_json, run_name_of, write_json
 
 RECORDS_DIR = "runs"  # results/runs/<run-name>.json
+# results/from_scratch/ holds runs trained from random weights, kept as a labelled comparison
+# (same layout: runs/, summaries, figures); the index shows them in a table of their own.
+FROM_SCRATCH_DIR = "from_scratch"
 RECORD_FORMAT = "skin_tf.report/1"  # a format tag stored in every record: never change it
 
 
@@ -50,6 +55,17 @@ def committed_predictions_path(results_dir: str | os.PathLike, run_name: str) ->
     beside its record so runs can be compared pairwise (`skin_tf.evaluation.compare`) after
     their run directories are gone."""
     return Path(results_dir) / RECORDS_DIR / f"{run_name}_test.csv"
+
+
+def read_committed_predictions(results_dir: str | os.PathLike, run_name: str) -> pd.DataFrame:
+    """The test predictions `skin-tf evaluate` kept in results/ for `run_name`."""
+    path = committed_predictions_path(results_dir, run_name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: runs evaluated before test predictions were kept in results/ "
+            f"have none; re-run `skin-tf evaluate RUN_DIR` on the run directory of {run_name}"
+        )
+    return pd.read_csv(path)
 
 
 def write_run_record(
@@ -170,6 +186,7 @@ def build_results_index(
                 "",
                 *_tta_table(with_tta),
             ]
+    lines += _from_scratch_section(records, results_dir)
     lines += ["", f"_{DISCLAIMER}_"]
     path = results_dir / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,18 +219,79 @@ def refresh_records(runs_dir: str | os.PathLike, results_dir: str | os.PathLike)
     return written
 
 
-def _index_table(records: list[dict[str, Any]], results_dir: Path) -> list[str]:
+FROM_SCRATCH_INTRO = """## From scratch: the comparison
+
+Runs of the same configs trained from random weights (no ImageNet), the `cpu` recipe before the
+pretrained EfficientNet-Lite backbones: a labelled comparison, never the project's result. Their
+files are in `from_scratch/`."""
+
+
+def _from_scratch_section(records: list[dict[str, Any]], results_dir: Path) -> list[str]:
+    """The from-scratch table, then the paired gain of each run over its from-scratch namesake."""
+    folder = results_dir / FROM_SCRATCH_DIR
+    scratch = read_run_records(folder) if (folder / RECORDS_DIR).is_dir() else []
+    if not scratch:
+        return []
+    lines = ["", FROM_SCRATCH_INTRO, "", *_index_table(scratch, folder, f"{FROM_SCRATCH_DIR}/")]
+    gains = _paired_gains(records, scratch, results_dir)
+    if gains:
+        lines += ["", *gains]
+    return lines
+
+
+def _paired_gains(
+    records: list[dict[str, Any]], scratch: list[dict[str, Any]], results_dir: Path
+) -> list[str]:
+    from skin_tf.evaluation.compare import paired_difference
+
+    rows = []
+    by_name = {r["run_name"]: r for r in scratch}
+    for record in records:
+        name = record["run_name"]
+        if name not in by_name or record.get("weights") == "none":
+            continue
+        paths = (
+            committed_predictions_path(results_dir / FROM_SCRATCH_DIR, name),
+            committed_predictions_path(results_dir, name),
+        )
+        if not all(p.is_file() for p in paths):
+            cells = ["not paired: no test predictions were kept for the from-scratch run"] * 2
+        else:
+            diff = paired_difference(
+                read_committed_predictions(results_dir / FROM_SCRATCH_DIR, name),
+                read_committed_predictions(results_dir, name),
+                ("balanced_accuracy", "mel_roc_auc"),
+            )
+            cells = [f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in diff.values()]
+        rows.append(
+            f"| {name} | {by_name[name]['model']} → {record['model']} | " + " | ".join(cells) + " |"
+        )
+    if not rows:
+        return []
+    return [
+        "Gain of each run over its from-scratch namesake on the same test images (pretrained "
+        "minus from scratch; paired percentile bootstrap over test lesions, 1000 resamples):",
+        "",
+        "| run | model | Δ balanced accuracy | Δ melanoma ROC AUC |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _index_table(
+    records: list[dict[str, Any]], results_dir: Path, link_prefix: str = ""
+) -> list[str]:
     rows = [
         "| run | config | accuracy | macro-F1 | balanced accuracy | mel sensitivity | "
         "mel specificity | mel threshold (val-chosen) | test sens / spec at threshold | T | "
-        "data | weights | image size | epochs | hardware |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "data | model | weights | image size | epochs | hardware |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         test = r["metrics"]["test"]
         run = r["run_name"]
         if r.get("summary") and (results_dir / r["summary"]).is_file():
-            run = f"[{run}]({r['summary']})"
+            run = f"[{run}]({link_prefix}{r['summary']})"
         point, scaling = r.get("operating_point"), r.get("temperature")
         if point is None:
             threshold = at_threshold = "—"
@@ -239,6 +317,7 @@ def _index_table(records: list[dict[str, Any]], results_dir: Path) -> list[str]:
             at_threshold,
             "—" if scaling is None else fmt(scaling["value"], 2),
             str(r.get("data")),
+            str(r.get("model")),
             str(r.get("weights")),
             f"{r.get('image_size')} px",
             str(r.get("epochs")),

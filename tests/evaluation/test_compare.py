@@ -7,9 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin_tf.evaluation.compare import paired_difference, read_committed_predictions
+from skin_tf.evaluation.compare import paired_difference
 from skin_tf.evaluation.metrics import PROB_COLUMNS, SPLIT_STATS, read_predictions
-from skin_tf.evaluation.report import committed_predictions_path, read_run_records
+from skin_tf.evaluation.report import (
+    committed_predictions_path,
+    read_committed_predictions,
+    read_run_records,
+)
 
 
 def predictions(labels, probs, lesions=None) -> pd.DataFrame:

@@ -9,10 +9,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from skin_tf.cli.main import main
 from skin_tf.evaluation.evaluate import evaluate_run
+from skin_tf.evaluation.metrics import PROB_COLUMNS, classification_metrics
 from skin_tf.evaluation.report import build_results_index, read_run_records, record_path
 from tests.evaluation.test_evaluate import write_fake_run
 
@@ -133,3 +135,37 @@ def test_committed_results_index_is_what_the_committed_records_build(tmp_path):
             assert (copy / figure).is_file(), figure
     built = build_results_index(copy).read_text(encoding="utf-8")
     assert built == (committed / "README.md").read_text(encoding="utf-8")
+
+
+def test_from_scratch_runs_get_their_own_table_and_a_paired_gain(two_runs):
+    """results/from_scratch/ (same layout) is the labelled comparison: its own table, and for a
+    pretrained run of the same name, the paired gain on the same test images."""
+    results = two_runs["results"]
+    scratch = results / "from_scratch"
+    (scratch / "runs").mkdir(parents=True)
+    for name in ("b0-newer.json", "b0-newer_test.csv"):
+        shutil.copy(results / "runs" / name, scratch / "runs" / name)
+    guessing = pd.read_csv(scratch / "runs" / "b0-newer_test.csv")
+    guessing[list(PROB_COLUMNS)] = 1 / 7  # the from-scratch run knows nothing
+    guessing.to_csv(scratch / "runs" / "b0-newer_test.csv", index=False)
+    pretrained = json.loads(record_path(results, "b0-newer").read_text())
+    record_path(results, "b0-newer").write_text(json.dumps({**pretrained, "weights": "imagenet"}))
+
+    readme = build_results_index(results).read_text()
+    main_table, rest = readme.split("## From scratch: the comparison")
+    assert len(table_rows(main_table)) == 2
+    row, gain = [line for line in rest.splitlines() if line.startswith("| b0-newer |")]
+    assert "| none |" in row  # the from-scratch record as it was (its summary is not there)
+    assert "→" in gain
+    kept = pd.read_csv(results / "runs" / "b0-newer_test.csv")
+    expected = (
+        classification_metrics(kept["label"].to_numpy(), kept[list(PROB_COLUMNS)].to_numpy())[
+            "balanced_accuracy"
+        ]
+        - 1 / 7
+    )  # uniform scores: argmax is class 0, recall 1/7 on average
+    assert gain.split(" | ")[2].startswith(f"{expected:+.3f} [")
+    # without kept predictions the pair is named but not paired
+    (scratch / "runs" / "b0-newer_test.csv").unlink()
+    readme = build_results_index(results).read_text()
+    assert "not paired: no test predictions were kept" in readme
