@@ -33,7 +33,7 @@ start = time.perf_counter()
 import numpy as np
 import tensorflow as tf
 imported = time.perf_counter()
-from skin_tf.serving.export import load_served
+from skin_tf.serving.served import load_served
 served = load_served(sys.argv[1])
 loaded = time.perf_counter()
 image = np.zeros((int(sys.argv[2]), int(sys.argv[2]), 3), np.uint8)
@@ -86,7 +86,8 @@ def run(size: int, calls: int) -> dict[str, object]:
     import tensorflow as tf
 
     from skin_tf.models.classifier import build_classifier
-    from skin_tf.serving.export import export_model, load_served
+    from skin_tf.serving.export import export_model
+    from skin_tf.serving.served import load_served
 
     load_before = os.getloadavg()
     keras.utils.set_random_seed(0)
@@ -101,7 +102,7 @@ def run(size: int, calls: int) -> dict[str, object]:
         model_dir = export_model(model, Path(tmp) / "b0")
         export_s = time.perf_counter() - start
         start = time.perf_counter()
-        served = load_served(model_dir)
+        served = load_served(model_dir, engine="savedmodel")
         load_s = time.perf_counter() - start
         latency = {
             "serve": time_calls(lambda: served.predict(image), calls),

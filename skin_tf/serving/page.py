@@ -1,9 +1,10 @@
 """What the Streamlit page (`skin_tf/serving/app.py`) does besides Streamlit calls: find the
 exported models, analyse one upload, and write the top-k table, melanoma flag, CSV and provenance.
 
-Images are read and validated by `skin_tf.data.images.prepare_image`, scored and explained by the
-exported SavedModel (`skin_tf.serving.export.load_served`) and drawn with
-`skin_tf.explain.gradcam.overlay`; nothing here loads the Keras training model. Starting the page
+Images are read and validated by `skin_tf.data.images.prepare_image`, scored by the export's chosen
+engine (`skin_tf.serving.served.load_served`: the SavedModel or a LiteRT model), explained by the
+SavedModel's `explain` endpoint and drawn with `skin_tf.explain.gradcam.overlay`; nothing here
+loads the Keras training model. Starting the page
 (`skin-tf app`) and the settings it hands over are in `skin_tf.serving.launch`.
 
 Example:
@@ -31,7 +32,7 @@ from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.serving.launch import PageSettings, is_exported_model
 
 if TYPE_CHECKING:
-    from skin_tf.serving.export import ServedModel
+    from skin_tf.serving.served import ServedModel
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png"]
 MAX_DISPLAY_SIDE = 1024  # pictures shown in the browser; the model always sees the full image
@@ -154,9 +155,10 @@ class UploadResult:
 
     name: str
     error: str | None = None
-    probs: np.ndarray | None = None  # (7,) probabilities in CLASSES order
+    probs: np.ndarray | None = None  # (7,) probabilities in CLASSES order, from the engine
     display: np.ndarray | None = None  # RGB uint8, longest side <= MAX_DISPLAY_SIDE
-    heatmap: np.ndarray | None = None  # Grad-CAM of the top class, 0..1 (model grid or display)
+    heatmap: np.ndarray | None = None  # Grad-CAM, 0..1 (model grid or display)
+    heatmap_class: str | None = None  # the class the Grad-CAM is for (the SavedModel's top class)
     size: tuple[int, int] | None = None  # original (width, height)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -167,6 +169,9 @@ class UploadResult:
 
 def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
     """Validate, predict and explain one upload; an unreadable file gives `error`, not a raise.
+
+    The probabilities come from the served engine; the Grad-CAM map from the SavedModel's
+    `explain` endpoint, for its own top class (which a LiteRT engine almost always shares).
 
     Example:
         >>> analyse_upload(served, "a.jpg", b"hello").error  # doctest: +SKIP
@@ -184,7 +189,10 @@ def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
         prepared = prepare_image(data, int(height), served.resize)
     except ImageError as err:
         return UploadResult(name=name, error=str(err))
-    probs, heatmaps = served.explain(prepared.model_input)
+    explained, heatmaps = served.explain(prepared.model_input)
+    probs = (
+        explained if served.engine == "savedmodel" else served.predict_many([prepared.model_input])
+    )
     original = prepared.original
     display = _fit_side(original, MAX_DISPLAY_SIDE)
     heatmap = heatmaps[0]
@@ -196,8 +204,25 @@ def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
         probs=probs[0],
         display=display,
         heatmap=heatmap,
+        heatmap_class=CLASSES[int(np.argmax(explained[0]))],
         size=(original.shape[1], original.shape[0]),
         notes=tuple(conversion_notes(data)),
+    )
+
+
+def gradcam_caption(result: UploadResult) -> str:
+    """The caption under the Grad-CAM overlay; says so when the map is for another class than the
+    engine's top class.
+
+    Example:
+        >>> gradcam_caption(UploadResult("a", probs=np.eye(7)[4], heatmap_class="mel"))[:34]
+        'Grad-CAM for the top class (mel): '
+    """
+    if result.heatmap_class in (None, result.top_class):
+        return f"Grad-CAM for the top class ({result.top_class}): where the model looked, not why"
+    return (
+        f"Grad-CAM for {result.heatmap_class}, the SavedModel's top class (this engine's top "
+        f"class is {result.top_class}): where the model looked, not why"
     )
 
 
@@ -304,16 +329,16 @@ def mel_flag(probs: np.ndarray, threshold: float | None) -> bool | None:
     return None if threshold is None else bool(float(probs[MEL_INDEX]) >= threshold)
 
 
-def mel_flag_text(probs: np.ndarray, metadata: Mapping[str, Any]) -> str:
-    """One markdown line: P(mel) against the validated threshold and its validation figures.
+def mel_flag_text(probs: np.ndarray, point: Mapping[str, Any]) -> str:
+    """One markdown line: P(mel) against the engine's validated threshold (`ServedModel.mel_point`)
+    and its validation figures.
 
     Example:
-        >>> meta = {"mel_threshold": {"value": 0.3, "val_sensitivity": 0.86,
-        ...                           "val_specificity": 0.7}}
-        >>> mel_flag_text(np.eye(7)[4], meta)[:58]
+        >>> point = {"value": 0.3, "val_sensitivity": 0.86, "val_specificity": 0.7}
+        >>> mel_flag_text(np.eye(7)[4], point)[:58]
         '**Melanoma flag raised**: P(mel) = 1.000 ≥ threshold 0.300'
     """
-    point = metadata.get("mel_threshold") or {}
+    point = point or {}
     threshold = point.get("value")
     p_mel = float(probs[MEL_INDEX])
     if threshold is None:
@@ -338,10 +363,13 @@ def _number(value: Any) -> str:
 
 
 def predictions_frame(
-    results: Sequence[UploadResult], threshold: float | None, model_name: str
+    results: Sequence[UploadResult],
+    threshold: float | None,
+    model_name: str,
+    engine: str = "savedmodel",
 ) -> pd.DataFrame:
-    """One row per upload: image, model, p_<class>…, top_class, mel_threshold, mel_flag, notes,
-    error (failed uploads keep their row, with empty probabilities and the reason).
+    """One row per upload: image, model, engine, p_<class>…, top_class, mel_threshold, mel_flag,
+    notes, error (failed uploads keep their row, with empty probabilities and the reason).
 
     Example:
         >>> predictions_frame([UploadResult("x.jpg", error="not an image")], 0.3, "b0").error[0]
@@ -349,7 +377,7 @@ def predictions_frame(
     """
     rows = []
     for result in results:
-        row: dict[str, Any] = {"image": result.name, "model": model_name}
+        row: dict[str, Any] = {"image": result.name, "model": model_name, "engine": engine}
         probs = result.probs
         for i, code in enumerate(CLASSES):
             row[f"p_{code}"] = None if probs is None else round(float(probs[i]), 6)
@@ -422,4 +450,55 @@ def provenance_markdown(metadata: Mapping[str, Any]) -> str:
         lines.append(f"- Note: {tta_note}")
     if metadata.get("exported_utc"):
         lines.append(f"- Exported: {metadata['exported_utc']}")
+    return "\n".join(lines)
+
+
+def engine_label(metadata: Mapping[str, Any], engine: str) -> str:
+    """Picker label of an engine: what it is, its file size and validation balanced accuracy.
+
+    Example:
+        >>> engine_label({"engines": {"tflite": {"bytes": 16e6}}}, "tflite")
+        'tflite (LiteRT float32, 16.0 MB)'
+    """
+    kinds = {"savedmodel": "SavedModel", "tflite": "LiteRT float32", "tflite-int8": "LiteRT int8"}
+    facts = (metadata.get("engines") or {}).get(engine) or {}
+    details = [kinds.get(engine, engine)]
+    if facts.get("bytes"):
+        details.append(f"{facts['bytes'] / 1e6:.1f} MB")
+    balanced = (facts.get("validation") or {}).get("balanced_accuracy")
+    if isinstance(balanced, int | float):
+        details.append(f"val balanced accuracy {balanced:.3f}")
+    return f"{engine} ({', '.join(details)})"
+
+
+def engine_markdown(metadata: Mapping[str, Any], engine: str) -> str:
+    """Markdown bullets on the engine that scores: agreement with the SavedModel and its own
+    melanoma threshold; Grad-CAM always comes from the SavedModel.
+
+    Example:
+        >>> engine_markdown({}, "savedmodel").splitlines()[0]
+        '- Probabilities: SavedModel `serve`'
+    """
+    if engine == "savedmodel":
+        lines = ["- Probabilities: SavedModel `serve`"]
+    else:
+        facts = (metadata.get("engines") or {}).get(engine) or {}
+        lines = [f"- Probabilities: LiteRT `{facts.get('file', engine)}`"]
+        for key, what in (
+            ("agreement_with_savedmodel", "SavedModel"),
+            ("agreement_with_float", "float model"),
+        ):
+            agreement = facts.get(key)
+            if agreement:
+                lines.append(
+                    f"- Agreement with the {what} on {agreement['images']} images: top-1 "
+                    f"{agreement['top1_agreement']:.3f}, max probability difference "
+                    f"{agreement['max_abs_diff']:.2g}"
+                )
+        point = facts.get("mel_threshold") or {}
+        if point.get("value") is not None and "re-chosen" in str(point.get("chosen_on")):
+            lines.append(
+                f"- Its own melanoma threshold {point['value']:.3f}, re-chosen on validation"
+            )
+    lines.append("- Grad-CAM: SavedModel `explain`")
     return "\n".join(lines)

@@ -283,13 +283,14 @@ def test_mel_flag_uses_greater_or_equal_and_quotes_validation_figures():
     assert support.mel_flag(mel_probs(0.3), 0.3) is True  # the exported rule is P >= t
     assert support.mel_flag(mel_probs(0.29), 0.3) is False
     assert support.mel_flag(mel_probs(0.9), None) is None
-    raised = support.mel_flag_text(mel_probs(0.5), METADATA)
+    point = METADATA["mel_threshold"]
+    raised = support.mel_flag_text(mel_probs(0.5), point)
     assert raised.startswith("**Melanoma flag raised**: P(mel) = 0.500 ≥ threshold 0.300")
     assert "validation sensitivity 0.861, specificity 0.702" in raised
-    assert support.mel_flag_text(mel_probs(0.1), METADATA).startswith(
+    assert support.mel_flag_text(mel_probs(0.1), point).startswith(
         "No melanoma flag: P(mel) = 0.100 < threshold 0.300"
     )
-    none = support.mel_flag_text(mel_probs(0.9), {"mel_threshold": {"value": None}})
+    none = support.mel_flag_text(mel_probs(0.9), {"value": None})
     assert "no validated operating point" in none and "skin-tf threshold" in none
 
 
@@ -297,10 +298,11 @@ def test_predictions_frame_keeps_failed_uploads_with_their_reason():
     good = support.UploadResult("a.jpg", probs=mel_probs(0.5), notes=("greyscale image",))
     low = support.UploadResult("b.png", probs=mel_probs(0.1))
     bad = support.UploadResult("c.jpg", error="not an image (no known image format)")
-    table = support.predictions_frame([good, low, bad], 0.3, "b0")
+    table = support.predictions_frame([good, low, bad], 0.3, "b0", "tflite-int8")
     assert table.columns.tolist() == [
         "image",
         "model",
+        "engine",
         *[f"p_{c}" for c in CLASSES],
         "top_class",
         "mel_threshold",
@@ -315,6 +317,7 @@ def test_predictions_frame_keeps_failed_uploads_with_their_reason():
     assert back["top_class"].tolist()[:2] == ["mel", "akiec"]
     assert back["error"].tolist()[2].startswith("not an image")
     assert back["notes"][0] == "greyscale image"
+    assert back["engine"].tolist() == ["tflite-int8"] * 3
 
 
 def test_provenance_markdown_shows_threshold_calibration_and_test_figures():

@@ -1,4 +1,5 @@
-"""SavedModel export: reloaded `serve` equals the Keras model, `explain` equals tf-keras-vis."""
+"""SavedModel export: reloaded `serve` equals the Keras model, `explain` equals tf-keras-vis
+(the endpoints themselves are in skin_tf.serving.endpoints; the LiteRT models: test_litert.py)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,9 @@ from skin_tf.data.pipeline import decode_resize
 from skin_tf.evaluation.calibration import apply_temperature
 from skin_tf.explain.gradcam import gradcam_heatmaps
 from skin_tf.models.classifier import build_classifier
-from skin_tf.serving.export import (
-    DISCLAIMER,
-    METADATA_FILE,
-    build_endpoints,
-    export_model,
-    export_run,
-    load_served,
-    mel_threshold,
-)
+from skin_tf.serving.endpoints import build_endpoints
+from skin_tf.serving.export import export_model, export_run, mel_threshold
+from skin_tf.serving.served import DISCLAIMER, METADATA_FILE, load_served
 
 SIZE = 128  # a 4x4 top_conv grid: enough cells for the heatmap correlation to mean something
 
