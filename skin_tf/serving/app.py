@@ -18,6 +18,7 @@ import streamlit as st
 
 from skin_tf.data.images import MAX_PIXELS, MIN_SIDE
 from skin_tf.serving import page as support
+from skin_tf.serving import upload as analysis
 from skin_tf.serving.launch import page_settings
 
 st.set_page_config(page_title="skin_tf · HAM10000 lesion classifier", layout="wide")
@@ -41,9 +42,9 @@ def load_engine(path: str, version: float | None, engine: str):
 @st.cache_data(show_spinner=False, max_entries=32)
 def analyse(
     model_path: str, version: float | None, engine: str, name: str, data: bytes
-) -> support.UploadResult:
+) -> analysis.UploadResult:
     """Prediction and Grad-CAM of one upload, kept so moving a slider does not recompute it."""
-    return support.analyse_upload(load_engine(model_path, version, engine), name, data)
+    return analysis.analyse_upload(load_engine(model_path, version, engine), name, data)
 
 
 st.title("Skin lesion classifier · HAM10000, 7 classes")
@@ -113,7 +114,7 @@ with st.sidebar:
 
 uploads = st.file_uploader(
     "Dermatoscopic images (JPG or PNG; several at once are fine)",
-    type=support.UPLOAD_TYPES,
+    type=analysis.UPLOAD_TYPES,
     accept_multiple_files=True,
     help=f"At least {MIN_SIDE}×{MIN_SIDE} px and at most {MAX_PIXELS / 1e6:.0f} megapixels.",
 )
@@ -123,14 +124,14 @@ if not uploads:
 
 from skin_tf.explain.gradcam import overlay  # noqa: E402  (imports TensorFlow: after the cheap paths)
 
-results: list[support.UploadResult] = []
+results: list[analysis.UploadResult] = []
 for upload in uploads:
     st.divider()
     st.subheader(upload.name)
     try:
         result = analyse(str(chosen), version, served.engine, upload.name, upload.getvalue())
     except Exception as err:  # one failing file must not take the page or the others down
-        result = support.UploadResult(upload.name, error=f"unexpected error: {err}")
+        result = analysis.UploadResult(upload.name, error=f"unexpected error: {err}")
     results.append(result)
     if result.error is not None:
         st.error(
@@ -146,7 +147,7 @@ for upload in uploads:
     image_col.image(result.display, caption=f"Original, {width}×{height} px", width="stretch")
     cam_col.image(
         overlay(result.display, result.heatmap, alpha=alpha, resize=served.resize),
-        caption=support.gradcam_caption(result),
+        caption=analysis.gradcam_caption(result),
         width="stretch",
     )
     top = support.top_k_frame(result.probs, top_k)

@@ -246,3 +246,42 @@ def test_an_imagenet_efficientnet_lite_exports_with_both_endpoints(tmp_path):
     ours = gradcam_heatmaps(lite, image[None].astype(np.float32), class_index=int(probs.argmax()))
     assert heatmap.shape == (1, SIZE, SIZE) and heatmap.std() > 0.01
     assert np.corrcoef(ours.ravel(), heatmap.ravel())[0, 1] >= 0.99
+
+
+@pytest.mark.slow
+def test_export_run_checks_every_engine_on_the_runs_validation_split(real_export, real_run):
+    """metadata.json of a real run's export: the float LiteRT model is faithful, the int8 model
+    has its validation metrics, its gate and its own threshold (re-chosen on validation with the
+    project's threshold code), and the default follows the gate."""
+    from skin_tf.evaluation.threshold import choose_operating_point
+    from skin_tf.serving.engines import run_images
+
+    meta = json.loads((real_export / METADATA_FILE).read_text())
+    block = meta["engines"]
+    assert block["checked_on"] == "val split of run lite0-probe (150 images)"
+    floats, int8 = block["tflite"], block["tflite-int8"]
+    assert floats["faithful"] and floats["agreement_with_savedmodel"]["max_abs_diff"] <= 1e-4
+    assert floats["validation"]["balanced_accuracy"] == pytest.approx(
+        block["savedmodel"]["validation"]["balanced_accuracy"], abs=0.01
+    )
+    assert floats["mel_threshold"]["value"] == meta["mel_threshold"]["value"]
+    assert int8["bytes"] <= 0.35 * floats["bytes"]
+    assert int8["quantization"]["calibration_images"] == 64
+    gate = int8["gate"]
+    assert gate["loss"] == pytest.approx(
+        floats["validation"]["balanced_accuracy"] - int8["validation"]["balanced_accuracy"]
+    )
+    assert gate["passed"] == (gate["loss"] <= 0.01 and int8["mel_threshold"]["value"] is not None)
+    assert block["default"] == ("tflite-int8" if gate["passed"] else "tflite")
+
+    check = run_images(real_run, "val", 96, "squash")
+    probs = load_served(real_export, engine="tflite-int8").predict_many(list(check.images))
+    point = choose_operating_point(check.labels == 4, probs[:, 4], 0.85)
+    assert int8["mel_threshold"]["value"] == pytest.approx(point.threshold)
+    assert int8["mel_threshold"]["val_sensitivity"] == pytest.approx(point.sensitivity)
+    floats_acc, int8_acc = (e["validation"]["balanced_accuracy"] for e in (floats, int8))
+    print(
+        f"\nreal export: val balanced accuracy float {floats_acc:.3f}, int8 {int8_acc:.3f} "
+        f"(gate {gate['why']}), int8 file {int8['size_vs_float']:.0%} of float, default "
+        f"{block['default']}"
+    )

@@ -177,3 +177,36 @@ def test_real_images_through_an_exported_model(real_frame, tmp_path):
     np.testing.assert_allclose(list(results[2]["probs"].values()), expected, atol=1e-5)
     objects = [json.loads(line) for line in format_predictions(results, json=True).splitlines()]
     assert len(objects) == 5 and objects[0]["mel_flag"] is None  # no threshold: no flag
+
+
+@pytest.mark.slow
+def test_predict_over_a_real_folder_with_each_engine(real_export, real_frame, tmp_path, capsys):
+    """`skin-tf predict FOLDER --engine E`: LiteRT float equals the SavedModel to 1e-4, int8 flags
+    melanoma with its own threshold, and without --engine the export's default is used and said."""
+    from skin_tf.cli.main import main
+
+    folder = tmp_path / "lesions"
+    folder.mkdir()
+    for path in real_frame.groupby("dx")["path"].head(2):
+        (folder / Path(path).name).symlink_to(path)
+    metadata = json.loads((real_export / "metadata.json").read_text())
+    runs = {}
+    for engine in (None, "savedmodel", "tflite", "tflite-int8"):
+        extra = [] if engine is None else ["--engine", engine]
+        assert main(["predict", str(real_export), str(folder), "--json", *extra]) == 0
+        out, err = capsys.readouterr()
+        runs[engine] = [json.loads(line) for line in out.splitlines()]
+        assert len(runs[engine]) == 14 and all(r["error"] is None for r in runs[engine])
+        stated = engine or metadata["engines"]["default"]
+        assert f"engine: {stated}" in err and {r["engine"] for r in runs[engine]} == {stated}
+        assert ("default of this export" in err) == (engine is None)
+
+    def probs(engine):
+        return np.array([list(r["probs"].values()) for r in runs[engine]])
+
+    assert np.abs(probs("tflite") - probs("savedmodel")).max() <= 1e-4
+    int8_threshold = metadata["engines"]["tflite-int8"]["mel_threshold"]["value"]
+    assert [r["mel_flag"] for r in runs["tflite-int8"]] == [
+        r["probs"]["mel"] >= int8_threshold for r in runs["tflite-int8"]
+    ]
+    assert runs[None] == runs[metadata["engines"]["default"]]
