@@ -13,9 +13,10 @@ model_int8.tflite, the int8 model calibrated on random images), then measures:
    `explain`, the LiteRT float and int8 models through `ServedModel.predict` (the resize of a
    600x450 image included), Keras `model.predict` and an eager `model(x)`, and, when `torch` and
    `torchvision` are installed (`pip install -e '.[bench]'`), an eager PyTorch forward of
-   torchvision's EfficientNet-B0 on a 1x3xSxS tensor under `torch.no_grad()` with one thread per
-   core: the baseline every "× PyTorch" ratio divides by. Without torch that row is skipped and
-   says so; no ratio is then printed against a figure from elsewhere.
+   EfficientNet-B0 on a 1x3xSxS tensor under `torch.no_grad()` with torch's default threads (one
+   per core), timed in its own process so TensorFlow's thread pools do not touch it: the
+   baseline every "× PyTorch" ratio divides by. Without torch that row is skipped and says so; no
+   ratio is then printed against a figure from elsewhere.
 2. A folder of --folder-images HAM10000 files (the first ones by name, linked into a temporary
    folder) through `skin-tf predict FOLDER --json --engine E` in a fresh process per engine: wall
    time end to end (start-up, TensorFlow import, loading, reading and scoring every file) and
@@ -70,7 +71,7 @@ LATENCY_LABELS = {
     "explain": "SavedModel `explain` (probs + Grad-CAM), {s}²",
     "keras_predict": "Keras `model.predict(x)`",
     "keras_call": "Keras `model(x, training=False)` (eager)",
-    "torch_eager": "PyTorch eager forward, torchvision EfficientNet-B0, {s}²",
+    "torch_eager": "PyTorch eager forward, EfficientNet-B0, {s}² (own process)",
 }
 
 
@@ -106,7 +107,6 @@ def torch_forward(size: int) -> tuple[Callable[[], object] | None, str]:
         import torch
     except ImportError:
         return None, "skipped: torch is not installed; pip install -e '.[bench]'"
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
     try:
         import torchvision
 
@@ -122,7 +122,22 @@ def torch_forward(size: int) -> tuple[Callable[[], object] | None, str]:
             return model(x).softmax(dim=1).numpy()
 
     params = sum(p.numel() for p in model.parameters())
-    return forward, f"torch {torch.__version__}, {note}, {params / 1e6:.2f} M parameters"
+    return forward, (
+        f"torch {torch.__version__}, {note}, {params / 1e6:.2f} M parameters, "
+        f"{torch.get_num_threads()} threads"
+    )
+
+
+def torch_latency(size: int, calls: int) -> tuple[dict | None, str]:
+    """The PyTorch row, timed in a fresh process (`--torch-only`); (None, why) without torch."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--torch-only", "--size", str(size), "--calls", str(calls)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["latency"], result["note"]
 
 
 # (expand ratio, kernel, stride, in, out, repeats): torchvision's EfficientNet-B0 stages
@@ -226,7 +241,7 @@ def folder_rows(model_dir: Path, data_root: Path, count: int, tmp: Path) -> dict
             "wall_s": wall,
             "images_per_s": n / wall,
             "one_image_wall_s": startup,
-            "images_per_s_after_startup": (n - 1) / max(wall - startup, 1e-9),
+            "images_per_s_after_startup": (n - 1) / (wall - startup) if wall > startup else None,
         }
         print(f"  predict --engine {engine}: {n} images in {wall:.1f} s", flush=True)
     return rows
@@ -250,7 +265,8 @@ def run(
     full_size = rng.integers(0, 256, (450, 600, 3), dtype=np.uint8)
     batch = image[None].astype(np.float32)
     calibration_images = rng.integers(0, 256, (calibration, size, size, 3), dtype=np.uint8)
-    forward, torch_note = torch_forward(size)
+    print("timing the PyTorch baseline in its own process…", flush=True)
+    torch_row, torch_note = torch_latency(size, calls)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -270,9 +286,9 @@ def run(
             "keras_predict": lambda: model.predict(batch, verbose=0),
             "keras_call": lambda: model(batch, training=False).numpy(),
         }
-        if forward is not None:
-            calls_of["torch_eager"] = forward
         latency = {name: time_calls(fn, calls) for name, fn in calls_of.items()}
+        if torch_row is not None:
+            latency["torch_eager"] = torch_row
         folder = None
         if data_root is not None:
             print("timing skin-tf predict over a folder…", flush=True)
@@ -314,8 +330,7 @@ def table(result: dict) -> str:
             f"| {label.format(s=size)} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
             f"{row['p50_ms'] / serve_p50:.2f}× | {versus_torch} | {row['cpu_ms_per_call']:.1f} |"
         )
-    if torch_p50 is None:
-        rows.append(f"\nPyTorch row {result['torch']}.")
+    rows.append(f"\nPyTorch baseline: {result['torch']}.")
     sizes = result["file_bytes"]
     rows.append(
         f"\nFiles: model.tflite {sizes['tflite'] / 1e6:.1f} MB, model_int8.tflite "
@@ -332,10 +347,11 @@ def table(result: dict) -> str:
             "|---|---:|---:|---:|---:|---:|",
         ]
         for engine, row in folder.items():
+            after = row["images_per_s_after_startup"]
             rows.append(
                 f"| `--engine {engine}` | {row['wall_s']:.1f} | {row['images_per_s']:.1f} | "
                 f"{row['images_per_s'] / base:.2f}× | {row['one_image_wall_s']:.1f} | "
-                f"{row['images_per_s_after_startup']:.1f} |"
+                f"{'—' if after is None else f'{after:.1f}'} |"
             )
     cold = result["cold_start"]
     rows += [
@@ -362,7 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=32, help="int8 calibration images")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves it runs")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.torch_only:  # the PyTorch row, in its own process (see torch_latency)
+        forward, note = torch_forward(args.size)
+        row = None if forward is None else time_calls(forward, args.calls)
+        print(json.dumps({"latency": row, "note": note}))
+        return 0
     if args.quick:
         args.size, args.calls, args.folder_images, args.calibration = 64, 10, 40, 4
     elif args.calls < 50:
