@@ -233,7 +233,10 @@ def _rechosen_point(
     from skin_tf.evaluation.threshold import choose_operating_point
 
     target = float(mel_point.get("target_sensitivity") or 0.85)
-    chosen = choose_operating_point(labels == MEL_INDEX, probs[:, MEL_INDEX], target)
+    try:
+        chosen = choose_operating_point(labels == MEL_INDEX, probs[:, MEL_INDEX], target)
+    except ValueError as err:  # e.g. scores that do not separate melanoma at all
+        return {"value": None, "note": f"not re-chosen: {err}"}
     return {
         "value": chosen.threshold,
         "target_sensitivity": target,

@@ -126,3 +126,15 @@ def test_calibration_images_come_from_every_class_in_turn():
     assert len(picked) == len(set(picked)) == 9
     assert sorted(np.bincount(labels[picked], minlength=7)[[0, 4, 5]]) == [3, 3, 3]
     assert (_class_turns(labels, 9, seed=0) == picked).all()  # seeded
+
+
+def test_a_threshold_that_cannot_be_chosen_keeps_int8_off_with_the_reason(tmp_path):
+    labels, probs = labelled()
+    flat = probs.copy()
+    flat[:, MEL_INDEX] = 0.0
+    flat *= 0.5 / flat.sum(axis=1, keepdims=True)
+    flat[:, MEL_INDEX] = 0.5  # every image gets the same P(mel): no operating point exists
+    block = report(tmp_path, probs, flat, labels)
+    point = block["tflite-int8"]["mel_threshold"]
+    assert point["value"] is None and point["note"].startswith("not re-chosen")
+    assert not block["tflite-int8"]["gate"]["passed"]
