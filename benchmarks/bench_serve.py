@@ -18,9 +18,10 @@ model_int8.tflite, the int8 model calibrated on random images), then measures:
    baseline every "× PyTorch" ratio divides by. Without torch that row is skipped and says so; no
    ratio is then printed against a figure from elsewhere.
 2. A folder of --folder-images HAM10000 files (the first ones by name, linked into a temporary
-   folder) through `skin-tf predict FOLDER --json --engine E` in a fresh process per engine: wall
-   time end to end (start-up, TensorFlow import, loading, reading and scoring every file) and
-   images/s; a one-image run of the same command gives the start-up cost.
+   folder; --upscale: 600x450 JPEG copies, the size of the originals) through
+   `skin-tf predict FOLDER --json --engine E` in a fresh process per engine: wall time end to end
+   (start-up, TensorFlow import, loading, reading and scoring every file) and images/s; a
+   one-image run of the same command gives the start-up cost.
 3. Cold start in a fresh process: import TensorFlow, `load_served` (the export's default engine),
    first predict, first explain (the page pays it once per process).
 
@@ -202,14 +203,22 @@ def cold_start(model_dir: Path, size: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def link_folder(data_root: Path, count: int, folder: Path) -> int:
-    """Symlinks to the first `count` HAM10000 images (by file name) in `folder`; returns count."""
+def link_folder(data_root: Path, count: int, folder: Path, upscale: bool = False) -> int:
+    """The first `count` HAM10000 images (by file name) in `folder`: symlinks, or with
+    upscale=True 600x450 JPEG copies (quality 95), the size of the originals; returns count."""
+    from PIL import Image
+
     from skin_tf.data.ham10000 import read_metadata
 
     paths = sorted(read_metadata(data_root)["path"], key=lambda p: Path(p).name)[:count]
     folder.mkdir(parents=True)
     for path in paths:
-        (folder / Path(path).name).symlink_to(path)
+        target = folder / Path(path).name
+        if upscale:
+            image = Image.open(path).convert("RGB").resize((600, 450), Image.Resampling.BICUBIC)
+            image.save(target.with_suffix(".jpg"), "JPEG", quality=95)
+        else:
+            target.symlink_to(path)
     return len(paths)
 
 
@@ -228,9 +237,11 @@ def predict_wall(model_dir: Path, target: Path, engine: str, expected: int) -> f
     return wall
 
 
-def folder_rows(model_dir: Path, data_root: Path, count: int, tmp: Path) -> dict[str, dict]:
+def folder_rows(
+    model_dir: Path, data_root: Path, count: int, tmp: Path, upscale: bool
+) -> dict[str, dict]:
     folder = tmp / "folder"
-    n = link_folder(data_root, count, folder)
+    n = link_folder(data_root, count, folder, upscale)
     one = next(folder.iterdir())
     rows = {}
     for engine in ENGINES:
@@ -248,7 +259,12 @@ def folder_rows(model_dir: Path, data_root: Path, count: int, tmp: Path) -> dict
 
 
 def run(
-    size: int, calls: int, data_root: Path | None, folder_images: int, calibration: int
+    size: int,
+    calls: int,
+    data_root: Path | None,
+    folder_images: int,
+    calibration: int,
+    upscale: bool = False,
 ) -> dict[str, object]:
     import keras
     import tensorflow as tf
@@ -292,7 +308,7 @@ def run(
         folder = None
         if data_root is not None:
             print("timing skin-tf predict over a folder…", flush=True)
-            folder = folder_rows(model_dir, data_root, folder_images, Path(tmp))
+            folder = folder_rows(model_dir, data_root, folder_images, Path(tmp), upscale)
         cold = cold_start(model_dir, size)
     return {
         "model": "efficientnet_b0 (weights=None)",
@@ -308,6 +324,7 @@ def run(
         "cold_start": cold,
         "latency": latency,
         "folder": folder,
+        "folder_images": "600x450 JPEG copies" if upscale else "HAM10000 200x150 JPEGs",
     }
 
 
@@ -342,7 +359,8 @@ def table(result: dict) -> str:
         base = folder["savedmodel"]["images_per_s"]
         rows += [
             "",
-            f"| `skin-tf predict` over {folder['savedmodel']['images']} images | wall s | "
+            f"| `skin-tf predict` over {folder['savedmodel']['images']} "
+            f"{result['folder_images']} | wall s | "
             "images/s | × savedmodel | one-image run s | images/s after start-up |",
             "|---|---:|---:|---:|---:|---:|",
         ]
@@ -375,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         "--data-root", type=Path, help="HAM10000 folder for the predict rows (else skipped)"
     )
     parser.add_argument("--folder-images", type=int, default=1000, help="images in the folder")
+    parser.add_argument(
+        "--upscale", action="store_true", help="folder of 600x450 JPEG copies (original size)"
+    )
     parser.add_argument("--calibration", type=int, default=32, help="int8 calibration images")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves it runs")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
@@ -389,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         args.size, args.calls, args.folder_images, args.calibration = 64, 10, 40, 4
     elif args.calls < 50:
         parser.error("--calls must be at least 50 for a meaningful p95")
-    result = run(args.size, args.calls, args.data_root, args.folder_images, args.calibration)
+    result = run(
+        args.size, args.calls, args.data_root, args.folder_images, args.calibration, args.upscale
+    )
     print(table(result))
     if args.quick:
         print("\n(--quick: tiny settings, these figures are not measurements to quote)")
