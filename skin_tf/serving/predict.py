@@ -10,8 +10,8 @@ the Streamlit page and any other client get.
 Each file goes through `skin_tf.data.images.prepare_image` (the Streamlit page uses it too):
 checked, then decoded and resized exactly as in evaluation. A file that fails is reported on its
 own line with the reason; the others still run. Images are scored in batches (one batch per
-`batch_size` files; the SavedModel engine still makes one `serve` call per image), with a progress
-bar on a terminal.
+`batch_size` files; the SavedModel engine still makes one `serve` call per image) while the next
+files are read and decoded in two threads, with a progress bar on a terminal.
 
 Example:
     >>> served = load_served("saved_models/b0")  # doctest: +SKIP
@@ -20,9 +20,12 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,22 +97,48 @@ def predict_files(
             results[i] = _result(files[i], row, served.threshold, top_k, engine)
         pending.clear()
 
-    bar = tqdm(files, desc="predict", unit="img", disable=None if progress else True)
-    for i, path in enumerate(bar):
-        try:
-            if not path.is_file():
-                raise ImageError("file not found" if not path.exists() else "not a file")
-            pending.append((i, prepare_image(path, size, resize).model_input))
-        except ImageError as err:
-            results[i] = _error_result(path, str(err))
-        except OSError as err:  # unreadable file (permissions, …)
-            results[i] = _error_result(path, f"cannot read file ({err.strerror or err})")
+    prepared = _prepared_ahead(files, size, resize, window=2 * batch_size)
+    disable = None if progress else True  # tqdm: None draws the bar only on a terminal
+    bar = tqdm(prepared, total=len(files), desc="predict", unit="img", disable=disable)
+    for i, (path, image, error) in enumerate(bar):
+        if error is not None:
+            results[i] = _error_result(path, error)
+        else:
+            pending.append((i, image))
         if len(pending) >= batch_size:
             score_pending()
     if pending:
         score_pending()
     bar.close()
     return [r for r in results if r is not None]
+
+
+def _prepared_ahead(
+    files: list[Path], size: int, resize: str, window: int, workers: int = 2
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """(path, model input or None, error or None) per file, in order; up to `window` files are
+    read and decoded ahead in `workers` threads while the engine scores (decoding releases the
+    GIL), so reading and scoring overlap."""
+
+    def prepare(path: Path) -> tuple[Path, np.ndarray | None, str | None]:
+        try:
+            if not path.is_file():
+                raise ImageError("file not found" if not path.exists() else "not a file")
+            return path, prepare_image(path, size, resize).model_input, None
+        except ImageError as err:
+            return path, None, str(err)
+        except OSError as err:  # unreadable file (permissions, …)
+            return path, None, f"cannot read file ({err.strerror or err})"
+
+    with ThreadPoolExecutor(workers) as pool:
+        queue: deque = deque()
+        upcoming = iter(files)
+        for path in itertools.islice(upcoming, window):
+            queue.append(pool.submit(prepare, path))
+        while queue:
+            yield queue.popleft().result()
+            for path in itertools.islice(upcoming, 1):
+                queue.append(pool.submit(prepare, path))
 
 
 def _result(

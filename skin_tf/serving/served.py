@@ -111,10 +111,12 @@ class ServedModel:
 
     @property
     def mel_point(self) -> dict[str, Any]:
-        """The melanoma operating point of this engine (the int8 model has its own)."""
-        if self.engine == "savedmodel":
-            return self.metadata.get("mel_threshold") or {}
-        return self.metadata["engines"][self.engine].get("mel_threshold") or {}
+        """The melanoma operating point of this engine: the run's (metadata.json's `mel_threshold`)
+        for the SavedModel and the float LiteRT model, which give the same probabilities; the int8
+        model's own, re-chosen on validation at export."""
+        if self.engine == "tflite-int8":
+            return self.metadata["engines"][self.engine].get("mel_threshold") or {}
+        return self.metadata.get("mel_threshold") or {}
 
     @property
     def threshold(self) -> float | None:

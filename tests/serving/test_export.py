@@ -44,7 +44,9 @@ def widen_head(model: keras.Model) -> None:
 
 @pytest.fixture(scope="module")
 def served(model, tmp_path_factory):
-    out = export_model(model, tmp_path_factory.mktemp("export") / "b0", metadata={"run": "t"})
+    out = export_model(  # the endpoints' tests: no LiteRT models (test_litert.py has those)
+        model, tmp_path_factory.mktemp("export") / "b0", metadata={"run": "t"}, litert_models=False
+    )
     return load_served(out)
 
 
@@ -203,8 +205,15 @@ def test_export_run_writes_metadata_and_calibrated_endpoints(model, tmp_path):
     assert meta["provenance"]["meta"]["run_name"] == "tiny"
     assert meta["disclaimer"] == DISCLAIMER and meta["run"] == "tiny"
 
+    # This run has no splits.csv: the float LiteRT model is checked on synthetic probes, and no
+    # int8 model is written, with the reason recorded (and printed by `skin-tf export`).
+    engines = meta["engines"]
+    assert engines["checked_on"] == "8 synthetic probe images" and engines["tflite"]["faithful"]
+    assert engines["tflite-int8"]["written"] is False
+    assert "the run's images could not be read" in engines["tflite-int8"]["reason"]
+    assert engines["default"] == "tflite"
     served = load_served(out)
-    assert served.threshold == 0.31 and served.temperature == 1.5
+    assert served.engine == "tflite" and served.threshold == 0.31 and served.temperature == 1.5
     image = lesion_like(SIZE, SIZE, seed=9)
     expected = apply_temperature(keras_probs(model, image[None]), 1.5)
     np.testing.assert_allclose(served.predict(image), expected, atol=1e-5)
@@ -213,7 +222,8 @@ def test_export_run_writes_metadata_and_calibrated_endpoints(model, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_run(run_dir, out)
     (run_dir / "operating_point.json").unlink()
-    export_run(run_dir, out, overwrite=True)
+    export_run(run_dir, out, overwrite=True, litert_models=False)
+    assert not (out / "model.tflite").exists()  # replaced, not merged
     replaced = json.loads((out / METADATA_FILE).read_text())["mel_threshold"]
     assert replaced["value"] is None and "skin-tf threshold" in replaced["note"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
