@@ -114,8 +114,13 @@ def torch_forward(size: int) -> tuple[Callable[[], object] | None, str]:
         model = torchvision.models.efficientnet_b0(weights=None, num_classes=7).eval()
         note = f"torchvision {torchvision.__version__} efficientnet_b0"
     except (ImportError, RuntimeError, OSError) as err:
+        from torch_efficientnet import plain_torch_efficientnet_b0  # beside this script
+
         model = plain_torch_efficientnet_b0(7).eval()
-        note = f"plain-torch EfficientNet-B0 in this script (torchvision unusable: {err})"
+        note = (
+            "plain-torch EfficientNet-B0 of benchmarks/torch_efficientnet.py (torchvision "
+            f"unusable: {err})"
+        )
     x = torch.rand(1, 3, size, size)
 
     def forward():
@@ -139,55 +144,6 @@ def torch_latency(size: int, calls: int) -> tuple[dict | None, str]:
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result["latency"], result["note"]
-
-
-# (expand ratio, kernel, stride, in, out, repeats): torchvision's EfficientNet-B0 stages
-B0_STAGES = (
-    (1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
-    (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1),
-)  # fmt: skip
-
-
-def plain_torch_efficientnet_b0(classes: int):
-    """EfficientNet-B0 with torchvision's layer layout (MBConv + squeeze-excite, SiLU, BN)."""
-    from torch import nn
-
-    def conv_bn(cin, cout, kernel, stride=1, groups=1, act=True):
-        layers = [
-            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout),
-        ]
-        return nn.Sequential(*layers, *([nn.SiLU()] if act else []))
-
-    class MBConv(nn.Module):
-        def __init__(self, expand, kernel, stride, cin, cout):
-            super().__init__()
-            mid = cin * expand
-            squeeze = max(1, cin // 4)
-            self.residual = stride == 1 and cin == cout
-            self.body = nn.Sequential(
-                *([conv_bn(cin, mid, 1)] if expand != 1 else []),
-                conv_bn(mid, mid, kernel, stride, groups=mid),
-            )
-            self.se = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Conv2d(mid, squeeze, 1), nn.SiLU(),
-                nn.Conv2d(squeeze, mid, 1), nn.Sigmoid(),
-            )  # fmt: skip
-            self.project = conv_bn(mid, cout, 1, act=False)
-
-        def forward(self, x):
-            y = self.body(x)
-            y = self.project(y * self.se(y))
-            return x + y if self.residual else y
-
-    blocks = [conv_bn(3, 32, 3, 2)]
-    for expand, kernel, stride, cin, cout, repeats in B0_STAGES:
-        for i in range(repeats):
-            blocks.append(
-                MBConv(expand, kernel, stride if i == 0 else 1, cin if i == 0 else cout, cout)
-            )
-    blocks += [conv_bn(320, 1280, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*blocks, nn.Dropout(0.2), nn.Linear(1280, classes))
 
 
 def cold_start(model_dir: Path, size: int) -> dict[str, float]:
