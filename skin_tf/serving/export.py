@@ -261,17 +261,17 @@ def export_run(
 def _run_images(
     run_dir: Path, side: int, resize: str, data_root: str | os.PathLike | None, n_calibration: int
 ) -> tuple[engines.CheckImages | None, np.ndarray | None, str | None]:
-    """(validation images, calibration images, why there are none) of a run."""
-    if n_calibration <= 0:
-        skipped = "not requested (int8=False / --no-int8)"
+    """(validation images, int8 calibration images, why there is no int8 model) of a run; no
+    validation images either when the run's images cannot be read."""
+    not_requested = "not requested (int8=False / --no-int8)"
     try:
         check = engines.run_images(run_dir, "val", side, resize, data_root)
         if n_calibration <= 0:
-            return check, None, skipped
+            return check, None, not_requested
         train = engines.run_images(run_dir, "train", side, resize, data_root, n_calibration)
     except (ValueError, OSError) as err:  # DataError is a ValueError
-        why = f"the run's images could not be read ({err})"
-        return None, None, why if n_calibration > 0 else skipped
+        unreadable = f"the run's images could not be read ({err})"
+        return None, None, unreadable if n_calibration > 0 else not_requested
     return check, train.images, None
 
 

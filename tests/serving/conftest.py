@@ -1,8 +1,8 @@
 """Exports shared by the serving tests, each made once per session.
 
-- `tiny_export`: an untrained EfficientNet-B0 at 32 px (head widened so the classes differ),
-  temperature 1.5, exported with both LiteRT models (int8 calibrated on synthetic images) but no
-  run, so no validation metrics. Fast tier.
+- `tiny_export`: an untrained small CNN at 32 px (`tiny_model`), temperature 1.5, exported with
+  both LiteRT models (int8 calibrated on synthetic images) but no run, so no validation metrics.
+  Fast tier.
 - `real_export`: a real run in miniature on the HAM10000 copy: EfficientNet-Lite0 with its offline
   ImageNet weights at 96 px and a linear head fitted on 280 training images (a linear probe, no
   training run), temperature 1.3, a melanoma threshold chosen on its 150 validation images; then
@@ -26,14 +26,25 @@ REAL_TEMPERATURE = 1.3
 
 @pytest.fixture(scope="session")
 def tiny_model():
+    """A small CNN with EfficientNet's ingredients (swish, batch norm, a depthwise conv, a
+    squeeze-excite product, `top_conv`, a Dense softmax head): it converts in seconds where
+    EfficientNet-B0 takes a minute, and the real-data tier covers EfficientNet itself."""
     import keras
 
-    from skin_tf.models.classifier import build_classifier
-
     keras.utils.set_random_seed(7)
-    model = build_classifier("efficientnet_b0", TINY_SIZE, weights=None)
-    head = model.get_layer("predictions")
-    features = keras.Model(model.inputs[0], head.input)
+    inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="swish")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="swish")(x)
+    excite = keras.layers.Dense(16, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(x))
+    x = keras.layers.Multiply()([x, keras.layers.Reshape((1, 1, 16))(excite)])
+    x = keras.layers.Conv2D(32, 1, activation="swish", name="top_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(7, activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs, name="tiny_cnn")
+    head = model.get_layer("predictions")  # logits of a few units: the classes differ
+    features = keras.Model(inputs, head.input)
     probe = np.random.default_rng(0).uniform(0, 255, (8, TINY_SIZE, TINY_SIZE, 3))
     rms = float(np.sqrt(np.mean(np.square(features(probe.astype("float32")))))) + 1e-12
     kernel = np.random.default_rng(1).normal(0, 1, head.kernel.shape)

@@ -58,7 +58,9 @@ def test_int8_model_is_smaller_and_its_probabilities_sum_to_one(tiny_export):
     metadata = json.loads((tiny_export / "metadata.json").read_text())
     float_bytes = (tiny_export / FLOAT_FILE).stat().st_size
     int8_bytes = (tiny_export / INT8_FILE).stat().st_size
-    assert int8_bytes < 0.5 * float_bytes
+    assert int8_bytes < float_bytes  # (a real model's ratio: the slow tier and test_export.py)
+    details = LiteRTModel(tiny_export / INT8_FILE)._interpreter.get_tensor_details()
+    assert {"int8", "float32"} <= {np.dtype(d["dtype"]).name for d in details}  # int8 + float head
     int8 = metadata["engines"]["tflite-int8"]
     assert int8["bytes"] == int8_bytes and int8["size_vs_float"] == pytest.approx(
         int8_bytes / float_bytes
