@@ -6,8 +6,8 @@
 SKIN_TF_MODEL, SKIN_TF_MODELS_DIR and SKIN_TF_ENGINE work too). The page loads the model written by
 `skin-tf export` once per process and never the Keras training model: the chosen engine (the
 export's default unless another is picked) gives the probabilities, the SavedModel's `explain`
-endpoint the Grad-CAM map. Research and teaching
-use only: not a medical device and not medical advice.
+endpoint the Grad-CAM map. Research and teaching use only: not a medical device and not medical
+advice.
 """
 
 from __future__ import annotations
@@ -20,22 +20,24 @@ from skin_tf.data.images import MAX_PIXELS, MIN_SIDE
 from skin_tf.serving import page as support
 from skin_tf.serving import upload as analysis
 from skin_tf.serving.launch import page_settings
+from skin_tf.serving.served import default_engine
 
 st.set_page_config(page_title="skin_tf · HAM10000 lesion classifier", layout="wide")
 
 
 @st.cache_resource(show_spinner="Loading the exported model…", max_entries=4)
 def load_model(path: str, version: float | None):
-    """The ServedModel of an export folder with its default engine, loaded once per process,
-    folder and `version` (the mtime of its metadata.json, so a model exported again into the same
-    folder is reloaded). Other engines share what it loaded (`ServedModel.using`)."""
+    """The SavedModel of an export folder (the page needs its `explain` for every upload), loaded
+    once per process, folder and `version` (the mtime of its metadata.json, so a model exported
+    again into the same folder is reloaded)."""
     from skin_tf.serving.served import load_served
 
-    return load_served(path)
+    return load_served(path, engine="savedmodel")
 
 
 @st.cache_resource(show_spinner="Loading the engine…", max_entries=8)
 def load_engine(path: str, version: float | None, engine: str):
+    """The same export scoring with `engine`, sharing the loaded SavedModel."""
     return load_model(path, version).using(engine)
 
 
@@ -83,7 +85,8 @@ except Exception as err:  # any broken folder: say so on the page instead of a t
     st.stop()
 
 engines = served.available_engines
-wanted = settings.engine if settings.engine in engines else served.engine
+default, default_note = default_engine(served.metadata)
+wanted = settings.engine if settings.engine in engines else default
 with st.sidebar:
     engine = st.selectbox(
         "Engine for the probabilities",
@@ -93,13 +96,16 @@ with st.sidebar:
         help="Grad-CAM always comes from the SavedModel's explain endpoint.",
     )
     if settings.engine is not None and settings.engine not in engines:
-        st.caption(f"`{settings.engine}` is not in this export: using `{served.engine}`.")
-    elif engine == served.engine and served.engine_note:
-        st.caption(f"`{engine}`: {served.engine_note}")
+        st.caption(f"`{settings.engine}` is not in this export: using `{default}`.")
+    elif engine == default:
+        st.caption(f"`{engine}`: {default_note}")
 try:
     served = load_engine(str(chosen), version, engine)
 except Exception as err:  # a missing or damaged .tflite: say so and how to fix it
-    st.error(f"Could not load the {engine} engine of `{chosen}`: {err}")
+    st.error(
+        f"Could not load the {engine} engine of `{chosen}`: {err}\n\nPick another engine in the "
+        "sidebar."
+    )
     st.stop()
 
 with st.sidebar:

@@ -530,3 +530,17 @@ def test_page_says_an_old_export_has_only_the_savedmodel(demo_model, tmp_path, m
     at = page(monkeypatch, old.parent)
     assert list(at.sidebar.selectbox[1].options) == ["savedmodel (SavedModel)"]
     assert any("re-run `skin-tf export" in c for c in values(at.sidebar.caption))
+
+
+@pytest.mark.slow
+def test_page_with_a_damaged_tflite_names_the_fix_and_offers_the_other_engines(
+    demo_model, tmp_path, monkeypatch
+):
+    broken = shutil.copytree(demo_model, tmp_path / "saved_models" / "broken")
+    (broken / "model.tflite").write_bytes(b"not a flatbuffer")  # the default engine's file
+    at = page(monkeypatch, broken.parent)
+    (message,) = values(at.error)
+    assert "Could not load the tflite engine" in message and "skin-tf export" in message
+    assert "Pick another engine" in message and "savedmodel" in at.sidebar.selectbox[1].options[-1]
+    at.sidebar.selectbox[1].set_value("savedmodel").run()
+    assert not at.exception and not at.error and at.file_uploader
