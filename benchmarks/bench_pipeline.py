@@ -32,8 +32,6 @@ from skin_tf.data.augment import AugmentConfig, augment_batch
 from skin_tf.data.ham10000 import read_metadata
 from skin_tf.data.pipeline import AUTOTUNE, decode_resize, make_dataset
 
-REFERENCE = {"200x150": 405.0, "600x450": 271.0}  # PyTorch DataLoader, 2 workers, at 224
-
 
 def load_subset(data_root: Path, count: int, seed: int) -> pd.DataFrame:
     """`count` random rows of read_metadata(data_root) (paths and label indices included)."""
@@ -181,20 +179,15 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| images | loader | img/s | × baseline | × reference | img/CPU-s |")
-    print("|---|---|---:|---:|---:|---:|")
+    """Each row against the baseline loader measured in the same run (no figure from elsewhere)."""
+    print("\n| images | loader | img/s | × baseline | img/CPU-s |")
+    print("|---|---|---:|---:|---:|")
     for row in rows:
         base = next(r["img/s"] for r in rows if r["images"] == row["images"])
-        reference = row["img/s"] / REFERENCE[row["images"]]
         print(
             f"| {row['images']} | {row['loader']} | {row['img/s']:.0f} | "
-            f"{row['img/s'] / base:.1f} | {reference:.1f} | {row['cpu']:.0f} |"
+            f"{row['img/s'] / base:.1f} | {row['cpu']:.0f} |"
         )
-    print(
-        "\n× reference: against the PyTorch reference DataLoader measured earlier on this kind of "
-        f"machine ({REFERENCE['600x450']:.0f} img/s on 600x450, {REFERENCE['200x150']:.0f} on "
-        "200x150); not re-measured here."
-    )
 
 
 def main() -> None:

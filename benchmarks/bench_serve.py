@@ -1,16 +1,32 @@
-"""Single-image latency of the exported `serve` and `explain` endpoints vs the Keras model.
+"""Serving speed, every figure measured in this one run on this one machine: the SavedModel, the
+LiteRT float and int8 models (and an eager PyTorch EfficientNet-B0 forward when torch is there).
 
-    .venv/bin/python benchmarks/bench_serve.py            # B0 at 224 px, 100 calls each
-    .venv/bin/python benchmarks/bench_serve.py --size 112 --calls 50
+    .venv/bin/python benchmarks/bench_serve.py --data-root ../shared/data/ham10000 [--json out.json]
+    .venv/bin/python benchmarks/bench_serve.py --data-root ../shared/data/ham10000 --quick
 
-Builds EfficientNet-B0 (no pretrained weights: latency does not depend on weight values), exports it
-with `skin_tf.serving.export.export_model`, reloads it with `load_served`, and times one image per
-call (after warm-up calls) for:
-- serve / explain on a uint8 image at the model size, and serve on a 600x450 image (a full-size
-  HAM10000 original, resized inside the graph);
-- `model.predict(x)` and `model(x, training=False)` on the same Keras model, same process.
-Cold start is measured in a fresh Python process: import TensorFlow, `load_served`, first call.
-The machine's load average is printed before and after, since other work skews the figures.
+Builds EfficientNet-B0 at --size (no pretrained weights: latency does not depend on weight
+values), exports it with `skin_tf.serving.export.export_model` (SavedModel + model.tflite +
+model_int8.tflite, the int8 model calibrated on random images), then measures:
+
+1. One image per call (after warm-up calls), p50/p95 wall time and CPU time per call:
+   the SavedModel's `serve` (uint8 at the model size and a 600x450 image resized inside),
+   `explain`, the LiteRT float and int8 models through `ServedModel.predict` (the resize of a
+   600x450 image included), Keras `model.predict` and an eager `model(x)`, and, when `torch` and
+   `torchvision` are installed (`pip install -e '.[bench]'`), an eager PyTorch forward of
+   EfficientNet-B0 on a 1x3xSxS tensor under `torch.no_grad()` with torch's default threads (one
+   per core), timed in its own process so TensorFlow's thread pools do not touch it: the
+   baseline every "× PyTorch" ratio divides by. Without torch that row is skipped and says so; no
+   ratio is then printed against a figure from elsewhere.
+2. A folder of --folder-images HAM10000 files (the first ones by name, linked into a temporary
+   folder; --upscale: 600x450 JPEG copies, the size of the originals) through
+   `skin-tf predict FOLDER --json --engine E` in a fresh process per engine: wall time end to end
+   (start-up, TensorFlow import, loading, reading and scoring every file) and images/s; a
+   one-image run of the same command gives the start-up cost.
+3. Cold start in a fresh process: import TensorFlow, `load_served` (the export's default engine),
+   first predict, first explain (the page pays it once per process).
+
+The load average is printed before and after, since other work on the machine skews the figures.
+--quick (64 px, 10 calls, 40 images) only shows that the script runs; its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +49,7 @@ start = time.perf_counter()
 import numpy as np
 import tensorflow as tf
 imported = time.perf_counter()
-from skin_tf.serving.export import load_served
+from skin_tf.serving.served import load_served
 served = load_served(sys.argv[1])
 loaded = time.perf_counter()
 image = np.zeros((int(sys.argv[2]), int(sys.argv[2]), 3), np.uint8)
@@ -41,9 +57,23 @@ served.predict(image)
 first = time.perf_counter()
 served.explain(image)
 first_explain = time.perf_counter()
-print(json.dumps({"import_s": imported - start, "load_s": loaded - imported,
-                  "first_serve_s": first - loaded, "first_explain_s": first_explain - first}))
+print(json.dumps({"engine": served.engine, "import_s": imported - start,
+                  "load_s": loaded - imported, "first_predict_s": first - loaded,
+                  "first_explain_s": first_explain - first}))
 """
+PREDICT_SCRIPT = "import sys; from skin_tf.cli import main; sys.exit(main())"
+ENGINES = ("savedmodel", "tflite", "tflite-int8")
+LATENCY_LABELS = {
+    "serve": "SavedModel `serve`, uint8 {s}²",
+    "serve_600x450": "SavedModel `serve`, uint8 600×450 (resized inside)",
+    "tflite": "LiteRT float32 (`--engine tflite`), {s}²",
+    "tflite_600x450": "LiteRT float32, 600×450 (resized before the call)",
+    "tflite_int8": "LiteRT int8 (`--engine tflite-int8`), {s}²",
+    "explain": "SavedModel `explain` (probs + Grad-CAM), {s}²",
+    "keras_predict": "Keras `model.predict(x)`",
+    "keras_call": "Keras `model(x, training=False)` (eager)",
+    "torch_eager": "PyTorch eager forward, EfficientNet-B0, {s}² (own process)",
+}
 
 
 def time_calls(fn: Callable[[], object], calls: int, warmup: int = 5) -> dict[str, float]:
@@ -68,6 +98,54 @@ def time_calls(fn: Callable[[], object], calls: int, warmup: int = 5) -> dict[st
     }
 
 
+def torch_forward(size: int) -> tuple[Callable[[], object] | None, str]:
+    """An eager PyTorch EfficientNet-B0 forward on one image, or (None, why it is skipped).
+
+    torchvision's model when torchvision loads; otherwise (its PyPI wheel is built for CUDA and
+    its C extension fails on a CPU-only torch) the same network written out below in plain torch.
+    """
+    try:
+        import torch
+    except ImportError:
+        return None, "skipped: torch is not installed; pip install -e '.[bench]'"
+    try:
+        import torchvision
+
+        model = torchvision.models.efficientnet_b0(weights=None, num_classes=7).eval()
+        note = f"torchvision {torchvision.__version__} efficientnet_b0"
+    except (ImportError, RuntimeError, OSError) as err:
+        from torch_efficientnet import plain_torch_efficientnet_b0  # beside this script
+
+        model = plain_torch_efficientnet_b0(7).eval()
+        note = (
+            "plain-torch EfficientNet-B0 of benchmarks/torch_efficientnet.py (torchvision "
+            f"unusable: {err})"
+        )
+    x = torch.rand(1, 3, size, size)
+
+    def forward():
+        with torch.no_grad():
+            return model(x).softmax(dim=1).numpy()
+
+    params = sum(p.numel() for p in model.parameters())
+    return forward, (
+        f"torch {torch.__version__}, {note}, {params / 1e6:.2f} M parameters, "
+        f"{torch.get_num_threads()} threads"
+    )
+
+
+def torch_latency(size: int, calls: int) -> tuple[dict | None, str]:
+    """The PyTorch row, timed in a fresh process (`--torch-only`); (None, why) without torch."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--torch-only", "--size", str(size), "--calls", str(calls)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["latency"], result["note"]
+
+
 def cold_start(model_dir: Path, size: int) -> dict[str, float]:
     """Import + load + first calls in a fresh interpreter (what the Streamlit page pays once)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -81,12 +159,75 @@ def cold_start(model_dir: Path, size: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(size: int, calls: int) -> dict[str, object]:
+def link_folder(data_root: Path, count: int, folder: Path, upscale: bool = False) -> int:
+    """The first `count` HAM10000 images (by file name) in `folder`: symlinks, or with
+    upscale=True 600x450 JPEG copies (quality 95), the size of the originals; returns count."""
+    from PIL import Image
+
+    from skin_tf.data.ham10000 import read_metadata
+
+    paths = sorted(read_metadata(data_root)["path"], key=lambda p: Path(p).name)[:count]
+    folder.mkdir(parents=True)
+    for path in paths:
+        target = folder / Path(path).name
+        if upscale:
+            image = Image.open(path).convert("RGB").resize((600, 450), Image.Resampling.BICUBIC)
+            image.save(target.with_suffix(".jpg"), "JPEG", quality=95)
+        else:
+            target.symlink_to(path)
+    return len(paths)
+
+
+def predict_wall(model_dir: Path, target: Path, engine: str, expected: int) -> float:
+    """Seconds for `skin-tf predict target --json --engine engine` in a fresh process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, "-c", PREDICT_SCRIPT, "predict", str(model_dir), str(target)]
+    start = time.perf_counter()
+    out = subprocess.run(
+        [*command, "--json", "--engine", engine], capture_output=True, text=True, env=env
+    )
+    wall = time.perf_counter() - start
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or len(lines) != expected or any(r["error"] for r in lines):
+        raise RuntimeError(f"skin-tf predict --engine {engine} failed: {out.stderr[-2000:]}")
+    return wall
+
+
+def folder_rows(
+    model_dir: Path, data_root: Path, count: int, tmp: Path, upscale: bool
+) -> dict[str, dict]:
+    folder = tmp / "folder"
+    n = link_folder(data_root, count, folder, upscale)
+    one = next(folder.iterdir())
+    rows = {}
+    for engine in ENGINES:
+        startup = predict_wall(model_dir, one, engine, 1)
+        wall = predict_wall(model_dir, folder, engine, n)
+        rows[engine] = {
+            "images": n,
+            "wall_s": wall,
+            "images_per_s": n / wall,
+            "one_image_wall_s": startup,
+            "images_per_s_after_startup": (n - 1) / (wall - startup) if wall > startup else None,
+        }
+        print(f"  predict --engine {engine}: {n} images in {wall:.1f} s", flush=True)
+    return rows
+
+
+def run(
+    size: int,
+    calls: int,
+    data_root: Path | None,
+    folder_images: int,
+    calibration: int,
+    upscale: bool = False,
+) -> dict[str, object]:
     import keras
     import tensorflow as tf
 
     from skin_tf.models.classifier import build_classifier
-    from skin_tf.serving.export import export_model, load_served
+    from skin_tf.serving.export import export_model
+    from skin_tf.serving.served import load_served
 
     load_before = os.getloadavg()
     keras.utils.set_random_seed(0)
@@ -95,66 +236,105 @@ def run(size: int, calls: int) -> dict[str, object]:
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     full_size = rng.integers(0, 256, (450, 600, 3), dtype=np.uint8)
     batch = image[None].astype(np.float32)
+    calibration_images = rng.integers(0, 256, (calibration, size, size, 3), dtype=np.uint8)
+    print("timing the PyTorch baseline in its own process…", flush=True)
+    torch_row, torch_note = torch_latency(size, calls)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        model_dir = export_model(model, Path(tmp) / "b0")
+        model_dir = export_model(model, Path(tmp) / "b0", calibration=calibration_images)
         export_s = time.perf_counter() - start
-        start = time.perf_counter()
-        served = load_served(model_dir)
-        load_s = time.perf_counter() - start
-        latency = {
-            "serve": time_calls(lambda: served.predict(image), calls),
-            "serve_600x450": time_calls(lambda: served.predict(full_size), calls),
-            "explain": time_calls(lambda: served.explain(image), calls),
-            "keras_predict": time_calls(lambda: model.predict(batch, verbose=0), calls),
-            "keras_call": time_calls(lambda: model(batch, training=False).numpy(), calls),
+        metadata = json.loads((model_dir / "metadata.json").read_text())["engines"]
+        served = load_served(model_dir, engine="savedmodel")
+        tflite, int8 = served.using("tflite"), served.using("tflite-int8")
+        print("timing single images…", flush=True)
+        calls_of = {
+            "serve": lambda: served.predict(image),
+            "serve_600x450": lambda: served.predict(full_size),
+            "tflite": lambda: tflite.predict(image),
+            "tflite_600x450": lambda: tflite.predict(full_size),
+            "tflite_int8": lambda: int8.predict(image),
+            "explain": lambda: served.explain(image),
+            "keras_predict": lambda: model.predict(batch, verbose=0),
+            "keras_call": lambda: model(batch, training=False).numpy(),
         }
+        latency = {name: time_calls(fn, calls) for name, fn in calls_of.items()}
+        if torch_row is not None:
+            latency["torch_eager"] = torch_row
+        folder = None
+        if data_root is not None:
+            print("timing skin-tf predict over a folder…", flush=True)
+            folder = folder_rows(model_dir, data_root, folder_images, Path(tmp), upscale)
         cold = cold_start(model_dir, size)
     return {
         "model": "efficientnet_b0 (weights=None)",
         "image_size": size,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "torch": torch_note,
         "cpu_cores": len(os.sched_getaffinity(0)),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "export_s": export_s,
-        "load_in_process_s": load_s,
+        "file_bytes": {e: metadata[e]["bytes"] for e in ("tflite", "tflite-int8")},
         "cold_start": cold,
         "latency": latency,
+        "folder": folder,
+        "folder_images": "600x450 JPEG copies" if upscale else "HAM10000 200x150 JPEGs",
     }
 
 
 def table(result: dict) -> str:
-    """A markdown table of the latencies with ratios to `serve`."""
-    latency = result["latency"]
+    """Markdown tables; every ratio divides by a figure of this same run."""
+    latency, size = result["latency"], result["image_size"]
     serve_p50 = latency["serve"]["p50_ms"]
+    torch_p50 = latency.get("torch_eager", {}).get("p50_ms")
     rows = [
-        "| call (1 image) | p50 ms | p95 ms | p50 / serve p50 | CPU ms per call |",
-        "|---|---:|---:|---:|---:|",
+        "| call (1 image) | p50 ms | p95 ms | p50 / serve p50 | p50 / PyTorch p50 "
+        "| CPU ms per call |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    names = {
-        "serve": f"SavedModel `serve`, uint8 {result['image_size']}²",
-        "serve_600x450": "SavedModel `serve`, uint8 600×450 (resized inside)",
-        "explain": f"SavedModel `explain` (probs + Grad-CAM), {result['image_size']}²",
-        "keras_predict": "Keras `model.predict(x)`",
-        "keras_call": "Keras `model(x, training=False)` (eager)",
-    }
-    for key, label in names.items():
+    for key, label in LATENCY_LABELS.items():
+        if key not in latency:
+            continue
         row = latency[key]
-        ratio = row["p50_ms"] / serve_p50
+        versus_torch = f"{row['p50_ms'] / torch_p50:.2f}×" if torch_p50 else "—"
         rows.append(
-            f"| {label} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {ratio:.2f}× "
-            f"| {row['cpu_ms_per_call']:.1f} |"
+            f"| {label.format(s=size)} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+            f"{row['p50_ms'] / serve_p50:.2f}× | {versus_torch} | {row['cpu_ms_per_call']:.1f} |"
         )
+    rows.append(f"\nPyTorch baseline: {result['torch']}.")
+    sizes = result["file_bytes"]
+    rows.append(
+        f"\nFiles: model.tflite {sizes['tflite'] / 1e6:.1f} MB, model_int8.tflite "
+        f"{sizes['tflite-int8'] / 1e6:.1f} MB ({sizes['tflite-int8'] / sizes['tflite']:.0%} of "
+        "the float file)."
+    )
+    folder = result["folder"]
+    if folder:
+        base = folder["savedmodel"]["images_per_s"]
+        rows += [
+            "",
+            f"| `skin-tf predict` over {folder['savedmodel']['images']} "
+            f"{result['folder_images']} | wall s | "
+            "images/s | × savedmodel | one-image run s | images/s after start-up |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for engine, row in folder.items():
+            after = row["images_per_s_after_startup"]
+            rows.append(
+                f"| `--engine {engine}` | {row['wall_s']:.1f} | {row['images_per_s']:.1f} | "
+                f"{row['images_per_s'] / base:.2f}× | {row['one_image_wall_s']:.1f} | "
+                f"{'—' if after is None else f'{after:.1f}'} |"
+            )
     cold = result["cold_start"]
     rows += [
         "",
-        f"Cold start in a fresh process: import TensorFlow {cold['import_s']:.1f} s, "
-        f"load_served {cold['load_s']:.1f} s, first serve call {cold['first_serve_s']:.2f} s, "
-        f"first explain call {cold['first_explain_s']:.2f} s "
-        f"(total {sum(cold.values()):.1f} s). Export took {result['export_s']:.1f} s.",
+        f"Cold start in a fresh process (engine {cold['engine']}): import TensorFlow "
+        f"{cold['import_s']:.1f} s, load_served {cold['load_s']:.1f} s, first predict "
+        f"{cold['first_predict_s']:.2f} s, first explain (loads the SavedModel) "
+        f"{cold['first_explain_s']:.2f} s. Export (SavedModel + both LiteRT models) took "
+        f"{result['export_s']:.1f} s.",
         f"Load average (1/5/15 min) before {result['load_average_before']}, after "
         f"{result['load_average_after']}, on {result['cpu_cores']} cores.",
     ]
@@ -164,13 +344,34 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224, help="model input side (px)")
-    parser.add_argument("--calls", type=int, default=100, help="timed calls per variant (>= 50)")
+    parser.add_argument("--calls", type=int, default=100, help="timed calls per row (>= 50)")
+    parser.add_argument(
+        "--data-root", type=Path, help="HAM10000 folder for the predict rows (else skipped)"
+    )
+    parser.add_argument("--folder-images", type=int, default=1000, help="images in the folder")
+    parser.add_argument(
+        "--upscale", action="store_true", help="folder of 600x450 JPEG copies (original size)"
+    )
+    parser.add_argument("--calibration", type=int, default=32, help="int8 calibration images")
+    parser.add_argument("--quick", action="store_true", help="tiny settings: proves it runs")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.calls < 50:
+    if args.torch_only:  # the PyTorch row, in its own process (see torch_latency)
+        forward, note = torch_forward(args.size)
+        row = None if forward is None else time_calls(forward, args.calls)
+        print(json.dumps({"latency": row, "note": note}))
+        return 0
+    if args.quick:
+        args.size, args.calls, args.folder_images, args.calibration = 64, 10, 40, 4
+    elif args.calls < 50:
         parser.error("--calls must be at least 50 for a meaningful p95")
-    result = run(args.size, args.calls)
+    result = run(
+        args.size, args.calls, args.data_root, args.folder_images, args.calibration, args.upscale
+    )
     print(table(result))
+    if args.quick:
+        print("\n(--quick: tiny settings, these figures are not measurements to quote)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -90,29 +90,94 @@ def add_gradcam(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from skin_tf.serving.export import export_run, load_served_metadata
+    from skin_tf.serving.export import export_run
+    from skin_tf.serving.served import load_served_metadata
 
-    out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
-    threshold = load_served_metadata(out).get("mel_threshold", {}).get("value")
+    out = export_run(
+        args.run_dir, args.out, overwrite=args.overwrite, data_root=args.data,
+        litert_models=not args.no_litert, int8=not args.no_int8,
+        calibration_images=args.calibration_images,
+    )  # fmt: skip
+    metadata = load_served_metadata(out)
+    threshold = metadata.get("mel_threshold", {}).get("value")
     print(f"exported {args.run_dir} -> {out} (melanoma threshold: {threshold})")
+    for line in engine_lines(metadata):
+        print(line)
     return 0
 
 
+def engine_lines(metadata: dict) -> list[str]:
+    """One line per engine of an export: file, size, validation, agreement, threshold, default.
+
+    Example:
+        >>> engine_lines({})
+        ['engines: savedmodel only']
+    """
+    block = metadata.get("engines")
+    if not block:
+        return ["engines: savedmodel only"]
+    lines = [f"checked on: {block['checked_on']}"]
+    for engine in ("savedmodel", "tflite", "tflite-int8"):
+        facts = block.get(engine) or {}
+        if facts.get("written") is False:
+            lines.append(f"  {engine}: not written ({facts['reason']})")
+            continue
+        parts = []
+        if facts.get("bytes"):
+            parts.append(f"{facts['file']} {facts['bytes'] / 1e6:.1f} MB")
+        validation = facts.get("validation") or {}
+        if validation.get("balanced_accuracy") is not None:
+            parts.append(f"val balanced accuracy {validation['balanced_accuracy']:.3f}")
+        for key in ("agreement_with_savedmodel", "agreement_with_float"):
+            if key in facts:
+                agreement = facts[key]
+                parts.append(
+                    f"{key.replace('_', ' ')}: top-1 {agreement['top1_agreement']:.3f}, max "
+                    f"|dp| {agreement['max_abs_diff']:.2g}"
+                )
+        point = facts.get("mel_threshold") or {}
+        if engine != "savedmodel" and point.get("value") is not None:
+            parts.append(f"melanoma threshold {point['value']:.4f}")
+        if "gate" in facts:
+            parts.append(f"int8 check: {facts['gate'].get('why')}")
+        lines.append(f"  {engine}: " + "; ".join(parts))
+    lines.append(f"default engine: {block['default']}")
+    return lines
+
+
 def add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="SavedModel (serve + explain endpoints) with metadata.json")
+    from skin_tf.serving.engines import DEFAULT_CALIBRATION_IMAGES
+
+    p = sub.add_parser(
+        "export", help="SavedModel (serve + explain) and LiteRT models with metadata.json"
+    )
     p.add_argument("run_dir", type=Path, help="run directory with best.keras")
-    p.add_argument("--out", type=Path, required=True, help="folder for the SavedModel")
+    p.add_argument("--out", type=Path, required=True, help="folder for the exported model")
     p.add_argument("--overwrite", action="store_true", help="replace an exported model")
+    p.add_argument(
+        "--data", type=Path,
+        help="HAM10000 folder for the validation check and int8 calibration (default: the run's)",
+    )  # fmt: skip
+    p.add_argument("--no-litert", action="store_true", help="write the SavedModel only")
+    p.add_argument("--no-int8", action="store_true", help="no quantised model_int8.tflite")
+    p.add_argument(
+        "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+        help="training images that calibrate the int8 model (default: %(default)s)",
+    )  # fmt: skip
     p.set_defaults(func=_export)
 
 
 def _predict(args: argparse.Namespace) -> int:
     """Exit code 1 when any file failed (the others are still predicted), else 0."""
-    from skin_tf.serving.export import load_served
     from skin_tf.serving.predict import format_predictions, predict_files
+    from skin_tf.serving.served import load_served
 
-    served = load_served(args.model)
-    results = predict_files(served, args.images, top_k=args.top_k)
+    served = load_served(args.model, engine=args.engine)
+    print(f"engine: {served.engine}" + (f" ({served.engine_note})" if served.engine_note else ""),
+          file=sys.stderr)  # fmt: skip
+    results = predict_files(
+        served, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=True
+    )
     print(format_predictions(results, json=args.json, threshold=served.threshold))
     if not args.json:
         print(f"({served.disclaimer})", file=sys.stderr)
@@ -120,18 +185,25 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
+    from skin_tf.serving.engines import ENGINES
+
     p = sub.add_parser("predict", help="top-k classes and the melanoma flag for image files")
-    p.add_argument("model", type=Path, help="exported SavedModel folder (skin-tf export)")
+    p.add_argument("model", type=Path, help="exported model folder (skin-tf export)")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--top-k", type=int, default=3, help="classes to list per image")
+    p.add_argument(
+        "--engine", choices=ENGINES,
+        help="what computes the probabilities (default: the export's fastest faithful engine)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32, help="images per LiteRT call")
     p.set_defaults(func=_predict)
 
 
 def _app(args: argparse.Namespace) -> int:
     from skin_tf.serving.launch import app_command
 
-    return app_command(args.model, args.models_dir, args.port, args.address)
+    return app_command(args.model, args.models_dir, args.port, args.address, engine=args.engine)
 
 
 def add_app(sub: argparse._SubParsersAction) -> None:

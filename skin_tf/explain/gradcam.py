@@ -4,7 +4,7 @@ Heatmaps come from the model's last conv layer ("top_conv" for EfficientNets) wi
 Grad-CAM and Grad-CAM++ on the logits (the softmax is replaced by a linear activation in a clone,
 tf-keras-vis' `ReplaceToLinear`), or Score-CAM on the probabilities. Overlays are drawn on each
 image at its own size, undoing the training resize rule (squash or crop). The exported `explain`
-endpoint (`skin_tf.serving.export`) reuses `heatmap_to_input` and `normalize_heatmaps`, the
+endpoint (`skin_tf.serving.endpoints`) reuses `heatmap_to_input` and `normalize_heatmaps`, the
 Streamlit page draws with `overlay`, and `skin_tf.explain.gallery` turns a run into galleries and a
 README.
 

@@ -1,8 +1,9 @@
-"""Serving a trained run: the SavedModel export (`serve` and `explain` endpoints plus
-metadata.json), `predict` for files and folders, and the Streamlit page with its launcher.
-Research and teaching only: not a medical device.
+"""Serving a trained run: the export (a SavedModel with `serve` and `explain` endpoints, LiteRT
+flatbuffers and metadata.json), loading it with one engine, `predict` for files and folders, and
+the Streamlit page with its launcher. Research and teaching only: not a medical device.
 
     >>> from skin_tf.serving import export_run, load_served  # doctest: +SKIP
+    >>> served = load_served("saved_models/b0", engine="tflite")  # doctest: +SKIP
 """
 
 import lazy_loader
@@ -10,7 +11,10 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "export": ["ServedModel", "export_run", "load_served"],
+        "export": ["export_model", "export_run"],
+        "served": ["ServedModel", "load_served", "available_engines"],
+        "litert": ["LiteRTModel", "convert_float", "convert_int8", "to_model_size"],
+        "engines": ["ENGINES"],
         "predict": ["predict_files"],
         "launch": ["app_command"],
     },

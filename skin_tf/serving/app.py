@@ -1,11 +1,13 @@
 """Streamlit page: classify dermatoscopic images with an exported skin_tf model and explain them.
 
-    skin-tf app [--model saved_models/NAME] [--models-dir saved_models] [--port 8501]
+    skin-tf app [--model saved_models/NAME] [--models-dir saved_models] [--engine tflite]
 
 (or `streamlit run skin_tf/serving/app.py -- --model saved_models/NAME`; the environment variables
-SKIN_TF_MODEL and SKIN_TF_MODELS_DIR work too). The page loads the SavedModel written by
-`skin-tf export` once per process and never the Keras training model. Research and teaching
-use only: not a medical device and not medical advice.
+SKIN_TF_MODEL, SKIN_TF_MODELS_DIR and SKIN_TF_ENGINE work too). The page loads the model written by
+`skin-tf export` once per process and never the Keras training model: the chosen engine (the
+export's default unless another is picked) gives the probabilities, the SavedModel's `explain`
+endpoint the Grad-CAM map. Research and teaching use only: not a medical device and not medical
+advice.
 """
 
 from __future__ import annotations
@@ -16,24 +18,35 @@ import streamlit as st
 
 from skin_tf.data.images import MAX_PIXELS, MIN_SIDE
 from skin_tf.serving import page as support
+from skin_tf.serving import upload as analysis
 from skin_tf.serving.launch import page_settings
+from skin_tf.serving.served import default_engine
 
 st.set_page_config(page_title="skin_tf · HAM10000 lesion classifier", layout="wide")
 
 
 @st.cache_resource(show_spinner="Loading the exported model…", max_entries=4)
 def load_model(path: str, version: float | None):
-    """The ServedModel of an export folder, loaded once per process, folder and `version` (the
-    mtime of its metadata.json, so a model exported again into the same folder is reloaded)."""
-    from skin_tf.serving.export import load_served
+    """The SavedModel of an export folder (the page needs its `explain` for every upload), loaded
+    once per process, folder and `version` (the mtime of its metadata.json, so a model exported
+    again into the same folder is reloaded)."""
+    from skin_tf.serving.served import load_served
 
-    return load_served(path)
+    return load_served(path, engine="savedmodel")
+
+
+@st.cache_resource(show_spinner="Loading the engine…", max_entries=8)
+def load_engine(path: str, version: float | None, engine: str):
+    """The same export scoring with `engine`, sharing the loaded SavedModel."""
+    return load_model(path, version).using(engine)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def analyse(model_path: str, version: float | None, name: str, data: bytes) -> support.UploadResult:
+def analyse(
+    model_path: str, version: float | None, engine: str, name: str, data: bytes
+) -> analysis.UploadResult:
     """Prediction and Grad-CAM of one upload, kept so moving a slider does not recompute it."""
-    return support.analyse_upload(load_model(model_path, version), name, data)
+    return analysis.analyse_upload(load_engine(model_path, version, engine), name, data)
 
 
 st.title("Skin lesion classifier · HAM10000, 7 classes")
@@ -71,18 +84,43 @@ except Exception as err:  # any broken folder: say so on the page instead of a t
     )
     st.stop()
 
+engines = served.available_engines
+default, default_note = default_engine(served.metadata)
+wanted = settings.engine if settings.engine in engines else default
+with st.sidebar:
+    engine = st.selectbox(
+        "Engine for the probabilities",
+        engines,
+        index=engines.index(wanted),
+        format_func=lambda name: support.engine_label(served.metadata, name),
+        help="Grad-CAM always comes from the SavedModel's explain endpoint.",
+    )
+    if settings.engine is not None and settings.engine not in engines:
+        st.caption(f"`{settings.engine}` is not in this export: using `{default}`.")
+    elif engine == default:
+        st.caption(f"`{engine}`: {default_note}")
+try:
+    served = load_engine(str(chosen), version, engine)
+except Exception as err:  # a missing or damaged .tflite: say so and how to fix it
+    st.error(
+        f"Could not load the {engine} engine of `{chosen}`: {err}\n\nPick another engine in the "
+        "sidebar."
+    )
+    st.stop()
+
 with st.sidebar:
     top_k = st.slider("Classes to show (top-k)", 1, len(served.classes), 3)
     alpha = st.slider("Grad-CAM overlay opacity (alpha)", 0.0, 1.0, 0.4, 0.05)
     st.header("Provenance")
     st.markdown(support.provenance_markdown(served.metadata))
+    st.markdown(support.engine_markdown(served.metadata, served.engine))
     with st.expander("metadata.json"):
         st.json(served.metadata, expanded=False)
     st.warning(served.disclaimer)
 
 uploads = st.file_uploader(
     "Dermatoscopic images (JPG or PNG; several at once are fine)",
-    type=support.UPLOAD_TYPES,
+    type=analysis.UPLOAD_TYPES,
     accept_multiple_files=True,
     help=f"At least {MIN_SIDE}×{MIN_SIDE} px and at most {MAX_PIXELS / 1e6:.0f} megapixels.",
 )
@@ -92,14 +130,14 @@ if not uploads:
 
 from skin_tf.explain.gradcam import overlay  # noqa: E402  (imports TensorFlow: after the cheap paths)
 
-results: list[support.UploadResult] = []
+results: list[analysis.UploadResult] = []
 for upload in uploads:
     st.divider()
     st.subheader(upload.name)
     try:
-        result = analyse(str(chosen), version, upload.name, upload.getvalue())
+        result = analyse(str(chosen), version, served.engine, upload.name, upload.getvalue())
     except Exception as err:  # one failing file must not take the page or the others down
-        result = support.UploadResult(upload.name, error=f"unexpected error: {err}")
+        result = analysis.UploadResult(upload.name, error=f"unexpected error: {err}")
     results.append(result)
     if result.error is not None:
         st.error(
@@ -115,7 +153,7 @@ for upload in uploads:
     image_col.image(result.display, caption=f"Original, {width}×{height} px", width="stretch")
     cam_col.image(
         overlay(result.display, result.heatmap, alpha=alpha, resize=served.resize),
-        caption=f"Grad-CAM for the top class ({result.top_class}): where the model looked, not why",
+        caption=analysis.gradcam_caption(result),
         width="stretch",
     )
     top = support.top_k_frame(result.probs, top_k)
@@ -129,12 +167,12 @@ for upload in uploads:
                 for rank, row in enumerate(top.to_dict("records"), start=1)
             )
         )
-        text = support.mel_flag_text(result.probs, served.metadata)
+        text = support.mel_flag_text(result.probs, served.mel_point)
         flagged = support.mel_flag(result.probs, served.threshold)
         (st.warning if flagged else st.info)(text)
 
 st.divider()
-table = support.predictions_frame(results, served.threshold, Path(str(chosen)).name)
+table = support.predictions_frame(results, served.threshold, Path(str(chosen)).name, served.engine)
 st.subheader("All predictions")
 st.dataframe(table, hide_index=True)
 st.download_button(

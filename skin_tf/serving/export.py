@@ -1,25 +1,28 @@
-"""Export a trained run as a TensorFlow SavedModel with `serve` and `explain` endpoints.
+"""Export a trained run: a TensorFlow SavedModel with `serve` and `explain` endpoints, LiteRT
+flatbuffers beside it, and metadata.json.
 
     skin-tf export runs/20250101T120000Z__baseline --out saved_models/b0
 
-writes `saved_models/b0/` (a SavedModel) and `saved_models/b0/metadata.json` (classes, input
-size, resize rule, melanoma threshold with its validation sensitivity/specificity, temperature,
-the run's test metrics and provenance).
+writes `saved_models/b0/`:
+- the SavedModel. Both endpoints take a batch of RGB images, shape (N, H, W, 3), any H and W,
+  uint8 or float32 pixels 0..255 (`skin_tf.serving.endpoints`):
+  `serve(images)` → (N, 7) class probabilities, temperature-scaled when the run has a
+  temperature; `explain(images)` → {"probs", "heatmap" (N, H, W)}: Grad-CAM of the top class,
+  computed in the graph. TF-Serving sees one signature per endpoint (float32; `serving_default`
+  is serve).
+- `model.tflite` (LiteRT, float32) and `model_int8.tflite` (int8 backbone calibrated on the run's
+  training images), the same probabilities for images already resized to the model's size
+  (`skin_tf.serving.litert`);
+- `metadata.json`: classes, input size, resize rule, melanoma threshold with its validation
+  sensitivity/specificity, temperature, the run's test metrics, provenance, and under `engines`
+  each engine's file, size, quantisation, validation metrics, agreement with `serve` and its own
+  melanoma threshold, plus the default engine (`skin_tf.serving.engines`).
 
-Endpoints (both take a batch of RGB images, shape (N, H, W, 3), any H and W, dtype uint8 or
-float32 with pixels in 0..255; each is traced once per dtype, and `tf.saved_model.load` picks
-the trace that matches the input dtype):
-- `serve(images)` → (N, 7) class probabilities, temperature-scaled when the run has a
-  temperature (softmax(logits / T)). Images are resized inside with the training resize rule.
-- `explain(images)` → {"probs": (N, 7), "heatmap": (N, H, W)}: Grad-CAM for the top class on
-  the last conv layer, computed inside the graph with a GradientTape, mapped back onto the input
-  pixels (H, W) and scaled to 0..1.
+Clients load it with `skin_tf.serving.served.load_served`, never the Keras training model.
 
-TF-Serving sees one signature per endpoint: the float32 trace (plus `serving_default` = serve).
-
-Clients use `load_served(path)`, never the Keras training model:
-    >>> served = load_served("saved_models/b0")  # doctest: +SKIP
-    >>> probs, heatmaps = served.explain(image_uint8)  # doctest: +SKIP
+Example:
+    >>> export_run("runs/20250101T120000Z__baseline", "saved_models/b0")  # doctest: +SKIP
+    PosixPath('saved_models/b0')
 """
 
 from __future__ import annotations
@@ -38,121 +41,13 @@ import tensorflow as tf
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.data.pipeline import resize_rule
-from skin_tf.explain.gradcam import heatmap_to_input, normalize_heatmaps
 from skin_tf.runs import json_ready, read_json
+from skin_tf.serving import engines, litert
+from skin_tf.serving.endpoints import build_endpoints, input_side
+from skin_tf.serving.served import DISCLAIMER, FORMAT, METADATA_FILE
 
-METADATA_FILE = "metadata.json"
-FORMAT = "skin_tf.export/1"
-DISCLAIMER = (
-    "Research and teaching use only: not a medical device, not validated for clinical use, "
-    "and not medical advice."
-)
 INPUT_DTYPES = (tf.float32, tf.uint8)  # float32 first: it is the TF-Serving signature
-
-
-# ---------------------------------------------------------------- in-graph preprocessing
-
-
-def resize_images(images: tf.Tensor, size: tuple[int, int], resize: str) -> tf.Tensor:
-    """Batch (N, H, W, 3) → float32 (N, h, w, 3): `skin_tf.data.pipeline.decode_resize` after
-    decoding.
-
-    The same steps in the same order: "crop" takes the centre square, the resize antialiases
-    only when the longer side exceeds twice the target, and pixels are rounded to whole values
-    (the pipeline stores uint8) so the model sees what it saw in evaluation. What cannot be
-    repeated on pixels is the pipeline's DCT-domain JPEG downscaling of large files; that is
-    why `skin_tf.data.images.prepare_image` feeds decodable files through the pipeline itself.
-    """
-    images = tf.cast(images, tf.float32)
-    if resize_rule(resize) == "crop":
-        height, width = tf.shape(images)[1], tf.shape(images)[2]
-        side = tf.minimum(height, width)
-        images = images[:, (height - side) // 2 :, (width - side) // 2 :][:, :side, :side]
-    target = tf.constant(size, tf.int32)
-    resized = tf.cond(
-        tf.reduce_max(tf.shape(images)[1:3]) > 2 * tf.reduce_max(target),
-        lambda: tf.image.resize(images, target, antialias=True),
-        lambda: tf.image.resize(images, target),
-    )
-    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
-
-
-# ---------------------------------------------------------------- endpoints
-
-
-def build_endpoints(
-    model: keras.Model,
-    resize: str = "squash",
-    temperature: float | None = None,
-    layer: str | None = None,
-) -> tuple[tf.types.experimental.GenericFunction, tf.types.experimental.GenericFunction]:
-    """The `serve` and `explain` tf.functions of a flat softmax classifier (traced on first use).
-
-    The last layer must be a Dense softmax layer: its input and weights give the logits, which
-    both Grad-CAM (tf-keras-vis' ReplaceToLinear convention) and temperature scaling need.
-    One functional model with two outputs (conv activations, pre-logit features) over the same
-    layers gives activations and prediction in one forward pass.
-    """
-    from skin_tf.models.classifier import last_conv_layer_name
-
-    head = model.layers[-1]
-    if not isinstance(head, keras.layers.Dense) or head.activation is not keras.activations.softmax:
-        raise ValueError(
-            f"the model's last layer {head.name!r} must be a Dense softmax layer (as "
-            "skin_tf.models.classifier.build_classifier makes); export a model with that head"
-        )
-    if temperature is not None and not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    conv = model.get_layer(layer or last_conv_layer_name(model))
-    resize = resize_rule(resize)
-    size = tuple(int(d) for d in model.input_shape[1:3])
-    if size[0] != size[1]:
-        raise ValueError(
-            f"model input {size} is not square: skin_tf.data.pipeline makes square images, "
-            "so export a model built with one image_size"
-        )
-    features_model = keras.Model(model.inputs[0], head.input)
-    cam_model = keras.Model(model.inputs[0], [conv.output, head.input])
-    inv_t = tf.constant(1.0 / (temperature or 1.0), tf.float32)
-
-    def logits_of(features):
-        features = tf.cast(features, tf.float32)
-        return tf.matmul(features, tf.cast(head.kernel, tf.float32)) + tf.cast(
-            head.bias, tf.float32
-        )
-
-    float_batch = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
-
-    @tf.function(input_signature=[float_batch])
-    def serve_float(images):
-        x = resize_images(images, size, resize)
-        return tf.nn.softmax(logits_of(features_model(x, training=False)) * inv_t)
-
-    @tf.function(input_signature=[float_batch])
-    def explain_float(images):
-        x = resize_images(images, size, resize)
-        with tf.GradientTape() as tape:
-            activations, features = cam_model(x, training=False)
-            tape.watch(activations)
-            logits = logits_of(features)
-            top_score = tf.gather(logits, tf.argmax(logits, axis=-1), batch_dims=1)
-        grads = tf.cast(tape.gradient(top_score, activations), tf.float32)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(tf.cast(activations, tf.float32) * weights, axis=-1))
-        cam = heatmap_to_input(cam, tf.shape(images)[1:3], size, resize)
-        return {"probs": tf.nn.softmax(logits * inv_t), "heatmap": normalize_heatmaps(cam)}
-
-    # Public endpoints: one trace per input dtype, each a thin cast around the single float32
-    # graph, so the network is traced and stored once per endpoint rather than once per dtype.
-    @tf.function
-    def serve(images):
-        return serve_float(tf.cast(images, tf.float32))
-
-    @tf.function
-    def explain(images):
-        return explain_float(tf.cast(images, tf.float32))
-
-    return serve, explain
+_CHECK_BATCH = 32
 
 
 def export_model(
@@ -163,11 +58,21 @@ def export_model(
     temperature: float | None = None,
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
+    litert_models: bool = True,
+    check: engines.CheckImages | None = None,
+    calibration: np.ndarray | None = None,
+    int8_skipped: str | None = None,
 ) -> Path:
-    """Write `model` as a SavedModel with `serve` and `explain` plus metadata.json to `out`.
+    """Write `model` as a SavedModel with `serve` and `explain`, LiteRT flatbuffers and
+    metadata.json to `out`.
+
+    litert_models=False writes the SavedModel alone. `check`: images every engine scores (the
+    run's validation split; default: synthetic probe images, which show agreement but give no
+    metrics). `calibration`: training images for `model_int8.tflite`; without them no int8 model
+    is written and `int8_skipped` (or a default reason) is recorded.
 
     Refuses an existing non-empty `out` unless overwrite=True, and even then only replaces a
-    folder that holds an exported model. The archive is written beside `out` first and moved
+    folder that holds an exported model. Everything is written beside `out` first and moved
     into place, so a failed export never leaves half a model behind.
 
     Example:
@@ -206,9 +111,14 @@ def export_model(
             },
             "temperature": temperature,
             **(metadata or {}),
-            "exported_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "disclaimer": DISCLAIMER,
         }
+        if litert_models:
+            info["engines"] = _write_litert(
+                model, staging, serve, info["resize"], temperature, info.get("mel_threshold"),
+                check, calibration, int8_skipped,
+            )  # fmt: skip
+        info["exported_utc"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        info["disclaimer"] = DISCLAIMER
         (staging / METADATA_FILE).write_text(
             json.dumps(json_ready(info), indent=2, allow_nan=False) + "\n"
         )
@@ -218,6 +128,53 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _write_litert(
+    model: keras.Model,
+    folder: Path,
+    serve: Any,
+    resize: str,
+    temperature: float | None,
+    mel_point: dict[str, Any] | None,
+    check: engines.CheckImages | None,
+    calibration: np.ndarray | None,
+    int8_skipped: str | None,
+) -> dict[str, Any]:
+    """Convert, write and check the LiteRT models; the `engines` block of metadata.json."""
+    side = input_side(model)
+    check = check or engines.probe_images(side)
+    files = {"tflite": folder / litert.FLOAT_FILE}
+    files["tflite"].write_bytes(litert.convert_float(model, temperature))
+    skipped = {}
+    if calibration is not None:
+        files["tflite-int8"] = folder / litert.INT8_FILE
+        files["tflite-int8"].write_bytes(litert.convert_int8(model, calibration, temperature))
+    else:
+        skipped["tflite-int8"] = int8_skipped or "no calibration images were given"
+    probs = {"savedmodel": _batched(lambda x: serve(x).numpy(), check.images)}
+    for engine, path in files.items():
+        runner = litert.LiteRTModel(path)
+        probs[engine] = _batched(runner.predict, check.images.astype(np.float32))
+    report = engines.engine_report(probs, check, files, mel_point, skipped)
+    if calibration is not None:
+        report["tflite-int8"]["quantization"] = {
+            "scheme": "int8 weights and activations (post-training, full integer) in the "
+            f"backbone; {', '.join(litert.FLOAT_OPS_IN_INT8)} and input/output in float32",
+            "calibration_images": int(len(calibration)),
+        }
+    report["runtime"] = litert.RUNTIME
+    report["litert_input"] = (
+        f"float32 (N, {side}, {side}, 3) pixels 0..255, resized with the `{resize}` "
+        "rule exactly as serve does (skin_tf.serving.litert.to_model_size)"
+    )
+    return report
+
+
+def _batched(fn, images: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [fn(images[i : i + _CHECK_BATCH]) for i in range(0, len(images), _CHECK_BATCH)]
+    )
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
@@ -240,8 +197,23 @@ def _check_destination(out: Path, overwrite: bool) -> None:
 # ---------------------------------------------------------------- a run → an exported model
 
 
-def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    data_root: str | os.PathLike | None = None,
+    litert_models: bool = True,
+    int8: bool = True,
+    calibration_images: int = engines.DEFAULT_CALIBRATION_IMAGES,
+) -> Path:
     """Export a run's best.keras with its temperature, threshold, test metrics and provenance.
+
+    The LiteRT models are checked on the run's validation split and the int8 model is calibrated
+    on `calibration_images` of its training split (drawn in turn from each class), both read from
+    `data_root` (default: the run's own data folder). When those images cannot be read, the float
+    model is checked on synthetic probe images instead and no int8 model is written; metadata.json
+    says why. int8=False or litert_models=False leave the int8 model or both out.
 
     Example:
         >>> export_run("runs/20250101T120000Z__baseline", "saved_models/b0")  # doctest: +SKIP
@@ -271,15 +243,36 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bo
         },
         "provenance": _provenance(run_dir),
     }
+    _check_destination(Path(out), overwrite)  # before the slow part
     model = keras.models.load_model(model_path, compile=False)
+    resize = resize_rule(str(config.get("resize", "squash")))
+    check, calibration, skipped = None, None, None
+    if litert_models:
+        check, calibration, skipped = _run_images(
+            run_dir, input_side(model), resize, data_root, calibration_images if int8 else 0
+        )
     return export_model(
-        model,
-        out,
-        resize=resize_rule(str(config.get("resize", "squash"))),
-        temperature=temperature,
-        metadata=metadata,
-        overwrite=overwrite,
-    )
+        model, out, resize=resize, temperature=temperature, metadata=metadata,
+        overwrite=overwrite, litert_models=litert_models, check=check,
+        calibration=calibration, int8_skipped=skipped,
+    )  # fmt: skip
+
+
+def _run_images(
+    run_dir: Path, side: int, resize: str, data_root: str | os.PathLike | None, n_calibration: int
+) -> tuple[engines.CheckImages | None, np.ndarray | None, str | None]:
+    """(validation images, int8 calibration images, why there is no int8 model) of a run; no
+    validation images either when the run's images cannot be read."""
+    not_requested = "not requested (int8=False / --no-int8)"
+    try:
+        check = engines.run_images(run_dir, "val", side, resize, data_root)
+        if n_calibration <= 0:
+            return check, None, not_requested
+        train = engines.run_images(run_dir, "train", side, resize, data_root, n_calibration)
+    except (ValueError, OSError) as err:  # DataError is a ValueError
+        unreadable = f"the run's images could not be read ({err})"
+        return None, None, unreadable if n_calibration > 0 else not_requested
+    return check, train.images, None
 
 
 def mel_threshold(run_dir: Path, temperature: float | None) -> dict[str, Any]:
@@ -336,106 +329,3 @@ def _run_name(run_dir: Path) -> str:
     from skin_tf.runs import run_name_of
 
     return run_name_of(run_dir)
-
-
-# ---------------------------------------------------------------- loading for clients
-
-
-class ServedModel:
-    """An exported model plus its metadata.json: what the Streamlit page and `predict` use.
-
-    Example:
-        >>> served = load_served("saved_models/b0")  # doctest: +SKIP
-        >>> served.predict(np.zeros((450, 600, 3), np.uint8)).shape  # doctest: +SKIP
-        (1, 7)
-    """
-
-    def __init__(self, path: Path, loaded: Any, metadata: dict[str, Any]):
-        self.path = path
-        self.metadata = metadata
-        self._loaded = loaded
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.metadata["classes"])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.metadata["input_size"])
-
-    @property
-    def resize(self) -> str:
-        """The training resize rule ("squash" or "crop"), for
-        `skin_tf.data.images.prepare_image`."""
-        return self.metadata["resize"]
-
-    @property
-    def temperature(self) -> float | None:
-        return self.metadata.get("temperature")
-
-    @property
-    def threshold(self) -> float | None:
-        """The melanoma operating threshold on P(mel), or None when the run had none."""
-        return (self.metadata.get("mel_threshold") or {}).get("value")
-
-    @property
-    def disclaimer(self) -> str:
-        return self.metadata.get("disclaimer", DISCLAIMER)
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, 7) probabilities of an image (H, W, 3) or a batch (N, H, W, 3), uint8 or float."""
-        return self._loaded.serve(_as_batch(images)).numpy()
-
-    def explain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probs (N, 7), heatmaps (N, H, W) in 0..1 for each image's top class)."""
-        out = self._loaded.explain(_as_batch(images))
-        return out["probs"].numpy(), out["heatmap"].numpy()
-
-
-def _as_batch(images: np.ndarray) -> tf.Tensor:
-    array = np.asarray(images)
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise ValueError(
-            f"expected an RGB image (H, W, 3) or a batch (N, H, W, 3), got shape {array.shape}; "
-            "read files with skin_tf.data.images.read_rgb_image"
-        )
-    if array.dtype != np.uint8:
-        array = array.astype(np.float32)
-    return tf.convert_to_tensor(array)
-
-
-def load_served(path: str | os.PathLike) -> ServedModel:
-    """Load an exported model folder (SavedModel + metadata.json)."""
-    path = Path(path)
-    if not (path / "saved_model.pb").is_file():
-        raise FileNotFoundError(
-            f"{path} is not an exported model (no saved_model.pb): create one with "
-            "`skin-tf export RUN_DIR --out {path}`"
-        )
-    metadata = read_json(path / METADATA_FILE)
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path / METADATA_FILE} is not a {FORMAT} metadata file: re-export")
-    return ServedModel(path, _load_quietly(path), metadata)
-
-
-def _load_quietly(path: Path) -> Any:
-    """tf.saved_model.load without one absl warning per function about unsaved custom gradients
-    (export drops them on purpose: the endpoints are for inference, never differentiated)."""
-    from absl import logging as absl_logging
-
-    previous = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        return tf.saved_model.load(str(path))
-    finally:
-        absl_logging.set_verbosity(previous)
-
-
-# ---------------------------------------------------------------- command line
-
-
-def load_served_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """metadata.json of an exported model, without loading the graph."""
-    return read_json(Path(path) / METADATA_FILE)

@@ -1,10 +1,9 @@
 """What the Streamlit page (`skin_tf/serving/app.py`) does besides Streamlit calls: find the
-exported models, analyse one upload, and write the top-k table, melanoma flag, CSV and provenance.
+exported models, and write the top-k table, melanoma flag, CSV, provenance and engine notes.
 
-Images are read and validated by `skin_tf.data.images.prepare_image`, scored and explained by the
-exported SavedModel (`skin_tf.serving.export.load_served`) and drawn with
-`skin_tf.explain.gradcam.overlay`; nothing here loads the Keras training model. Starting the page
-(`skin-tf app`) and the settings it hands over are in `skin_tf.serving.launch`.
+One upload is analysed in `skin_tf.serving.upload` (scored by the export's chosen engine,
+`skin_tf.serving.served.load_served`, explained by the SavedModel's `explain` endpoint). Starting
+the page (`skin-tf app`) and the settings it hands over are in `skin_tf.serving.launch`.
 
 Example:
     >>> find_models("saved_models")  # doctest: +SKIP
@@ -15,51 +14,18 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.serving.launch import PageSettings, is_exported_model
-
-if TYPE_CHECKING:
-    from skin_tf.serving.export import ServedModel
-
-UPLOAD_TYPES = ["jpg", "jpeg", "png"]
-MAX_DISPLAY_SIDE = 1024  # pictures shown in the browser; the model always sees the full image
-_GREY_CAUTION = (
-    "The model was trained on colour photographs, so treat its output on a greyscale image "
-    "with extra caution."
-)
-_MODE_NOTES = {
-    "1": "1-bit black-and-white image: converted to RGB. " + _GREY_CAUTION,
-    "L": "greyscale image: converted to RGB (three equal channels). " + _GREY_CAUTION,
-    "LA": "greyscale image with transparency: composited on white, converted to RGB. "
-    + _GREY_CAUTION,
-    "I": "32-bit greyscale image: converted to 8-bit RGB. " + _GREY_CAUTION,
-    "I;16": "16-bit greyscale image: its range rescaled to 8 bits, converted to RGB. "
-    + _GREY_CAUTION,
-    "F": "floating-point greyscale image: converted to 8-bit RGB. " + _GREY_CAUTION,
-    "RGBA": "image with transparency (alpha channel): composited on a white background.",
-    "PA": "palette image with transparency: composited on a white background.",
-    "P": "palette (indexed-colour) image: converted to RGB.",
-    "CMYK": "CMYK image (print colours): converted to RGB; colours may differ slightly from "
-    "the original camera's.",
-    "YCbCr": "YCbCr image: converted to RGB.",
-    "LAB": "Lab image: converted to RGB.",
-}
-for _mode in ("I;16B", "I;16L"):
-    _MODE_NOTES[_mode] = _MODE_NOTES["I;16"]
-_EXIF_ORIENTATION = 0x0112
-
+from skin_tf.serving.upload import UploadResult
 
 # ---------------------------------------------------------------- model discovery
 
@@ -145,111 +111,6 @@ def no_model_instructions(settings: PageSettings) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- one upload
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    """What the page shows for one uploaded file: either an error or a prediction."""
-
-    name: str
-    error: str | None = None
-    probs: np.ndarray | None = None  # (7,) probabilities in CLASSES order
-    display: np.ndarray | None = None  # RGB uint8, longest side <= MAX_DISPLAY_SIDE
-    heatmap: np.ndarray | None = None  # Grad-CAM of the top class, 0..1 (model grid or display)
-    size: tuple[int, int] | None = None  # original (width, height)
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def top_class(self) -> str | None:
-        return None if self.probs is None else CLASSES[int(np.argmax(self.probs))]
-
-
-def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
-    """Validate, predict and explain one upload; an unreadable file gives `error`, not a raise.
-
-    Example:
-        >>> analyse_upload(served, "a.jpg", b"hello").error  # doctest: +SKIP
-        'not an image (no known image format)'
-    """
-    from skin_tf.data.images import ImageError, prepare_image
-
-    height, width = served.image_size
-    if height != width:
-        raise ValueError(
-            f"the model's input is {height}x{width}; skin_tf's pipeline only prepares square "
-            "inputs: export a model trained with one image_size"
-        )
-    try:
-        prepared = prepare_image(data, int(height), served.resize)
-    except ImageError as err:
-        return UploadResult(name=name, error=str(err))
-    probs, heatmaps = served.explain(prepared.model_input)
-    original = prepared.original
-    display = _fit_side(original, MAX_DISPLAY_SIDE)
-    heatmap = heatmaps[0]
-    if heatmap.shape == original.shape[:2] and display.shape != original.shape:
-        # A full-size map (the model got the full image): shrink it with the picture.
-        heatmap = _resize_float(heatmap, display.shape[:2])
-    return UploadResult(
-        name=name,
-        probs=probs[0],
-        display=display,
-        heatmap=heatmap,
-        size=(original.shape[1], original.shape[0]),
-        notes=tuple(conversion_notes(data)),
-    )
-
-
-def conversion_notes(data: bytes) -> list[str]:
-    """What reading the image changed (colour mode, EXIF rotation), for a note under it.
-
-    Reads only the header; the image is assumed to have passed `prepare_image` already.
-
-    Example:
-        >>> conversion_notes(_png_bytes(np.zeros((40, 40), np.uint8)))[0][:15]
-        'greyscale image'
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            mode = image.mode
-            rotated = image.getexif().get(_EXIF_ORIENTATION, 1) not in (None, 1)
-            transparent = "transparency" in image.info
-    except (OSError, SyntaxError, ValueError):
-        return []
-    notes = []
-    if mode in _MODE_NOTES:
-        notes.append(_MODE_NOTES[mode])
-    elif mode != "RGB":
-        notes.append(f"{mode} image: converted to RGB.")
-    if transparent and mode not in {"RGBA", "LA", "PA"}:
-        notes.append("transparent pixels composited on a white background.")
-    if rotated:
-        notes.append("rotated upright following the image's EXIF orientation tag.")
-    return notes
-
-
-def _png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _fit_side(image: np.ndarray, max_side: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    scale = max_side / max(height, width)
-    if scale >= 1:
-        return image
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-
-
-def _resize_float(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    picture = Image.fromarray(np.asarray(values, np.float32), mode="F")
-    resized = picture.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
-
-
 # ---------------------------------------------------------------- what the page writes
 
 
@@ -304,16 +165,16 @@ def mel_flag(probs: np.ndarray, threshold: float | None) -> bool | None:
     return None if threshold is None else bool(float(probs[MEL_INDEX]) >= threshold)
 
 
-def mel_flag_text(probs: np.ndarray, metadata: Mapping[str, Any]) -> str:
-    """One markdown line: P(mel) against the validated threshold and its validation figures.
+def mel_flag_text(probs: np.ndarray, point: Mapping[str, Any]) -> str:
+    """One markdown line: P(mel) against the engine's validated threshold (`ServedModel.mel_point`)
+    and its validation figures.
 
     Example:
-        >>> meta = {"mel_threshold": {"value": 0.3, "val_sensitivity": 0.86,
-        ...                           "val_specificity": 0.7}}
-        >>> mel_flag_text(np.eye(7)[4], meta)[:58]
+        >>> point = {"value": 0.3, "val_sensitivity": 0.86, "val_specificity": 0.7}
+        >>> mel_flag_text(np.eye(7)[4], point)[:58]
         '**Melanoma flag raised**: P(mel) = 1.000 ≥ threshold 0.300'
     """
-    point = metadata.get("mel_threshold") or {}
+    point = point or {}
     threshold = point.get("value")
     p_mel = float(probs[MEL_INDEX])
     if threshold is None:
@@ -338,10 +199,13 @@ def _number(value: Any) -> str:
 
 
 def predictions_frame(
-    results: Sequence[UploadResult], threshold: float | None, model_name: str
+    results: Sequence[UploadResult],
+    threshold: float | None,
+    model_name: str,
+    engine: str = "savedmodel",
 ) -> pd.DataFrame:
-    """One row per upload: image, model, p_<class>…, top_class, mel_threshold, mel_flag, notes,
-    error (failed uploads keep their row, with empty probabilities and the reason).
+    """One row per upload: image, model, engine, p_<class>…, top_class, mel_threshold, mel_flag,
+    notes, error (failed uploads keep their row, with empty probabilities and the reason).
 
     Example:
         >>> predictions_frame([UploadResult("x.jpg", error="not an image")], 0.3, "b0").error[0]
@@ -349,7 +213,7 @@ def predictions_frame(
     """
     rows = []
     for result in results:
-        row: dict[str, Any] = {"image": result.name, "model": model_name}
+        row: dict[str, Any] = {"image": result.name, "model": model_name, "engine": engine}
         probs = result.probs
         for i, code in enumerate(CLASSES):
             row[f"p_{code}"] = None if probs is None else round(float(probs[i]), 6)
@@ -422,4 +286,55 @@ def provenance_markdown(metadata: Mapping[str, Any]) -> str:
         lines.append(f"- Note: {tta_note}")
     if metadata.get("exported_utc"):
         lines.append(f"- Exported: {metadata['exported_utc']}")
+    return "\n".join(lines)
+
+
+def engine_label(metadata: Mapping[str, Any], engine: str) -> str:
+    """Picker label of an engine: what it is, its file size and validation balanced accuracy.
+
+    Example:
+        >>> engine_label({"engines": {"tflite": {"bytes": 16e6}}}, "tflite")
+        'tflite (LiteRT float32, 16.0 MB)'
+    """
+    kinds = {"savedmodel": "SavedModel", "tflite": "LiteRT float32", "tflite-int8": "LiteRT int8"}
+    facts = (metadata.get("engines") or {}).get(engine) or {}
+    details = [kinds.get(engine, engine)]
+    if facts.get("bytes"):
+        details.append(f"{facts['bytes'] / 1e6:.1f} MB")
+    balanced = (facts.get("validation") or {}).get("balanced_accuracy")
+    if isinstance(balanced, int | float):
+        details.append(f"val balanced accuracy {balanced:.3f}")
+    return f"{engine} ({', '.join(details)})"
+
+
+def engine_markdown(metadata: Mapping[str, Any], engine: str) -> str:
+    """Markdown bullets on the engine that scores: agreement with the SavedModel and its own
+    melanoma threshold; Grad-CAM always comes from the SavedModel.
+
+    Example:
+        >>> engine_markdown({}, "savedmodel").splitlines()[0]
+        '- Probabilities: SavedModel `serve`'
+    """
+    if engine == "savedmodel":
+        lines = ["- Probabilities: SavedModel `serve`"]
+    else:
+        facts = (metadata.get("engines") or {}).get(engine) or {}
+        lines = [f"- Probabilities: LiteRT `{facts.get('file', engine)}`"]
+        for key, what in (
+            ("agreement_with_savedmodel", "SavedModel"),
+            ("agreement_with_float", "float model"),
+        ):
+            agreement = facts.get(key)
+            if agreement:
+                lines.append(
+                    f"- Agreement with the {what} on {agreement['images']} images: top-1 "
+                    f"{agreement['top1_agreement']:.3f}, max probability difference "
+                    f"{agreement['max_abs_diff']:.2g}"
+                )
+        point = facts.get("mel_threshold") or {}
+        if point.get("value") is not None and "re-chosen" in str(point.get("chosen_on")):
+            lines.append(
+                f"- Its own melanoma threshold {point['value']:.3f}, re-chosen on validation"
+            )
+    lines.append("- Grad-CAM: SavedModel `explain`")
     return "\n".join(lines)

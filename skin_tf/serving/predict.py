@@ -1,15 +1,17 @@
-"""Command-line inference with an exported SavedModel: read images, predict, print or emit JSON.
+"""Command-line inference with an exported model: read images, predict, print or emit JSON.
 
-Only the SavedModel and its metadata.json are used (`skin_tf.serving.export.load_served`),
-never the Keras training model, so what is printed here is what the Streamlit page and any other
-client get.
+Only the export is used (`skin_tf.serving.served.load_served`: its metadata.json and one engine,
+the SavedModel or a LiteRT model), never the Keras training model, so what is printed here is what
+the Streamlit page and any other client get.
 
-    skin-tf predict saved_models/b0 lesion.jpg more_images/ --top-k 3 skin-tf predict
-    saved_models/b0 lesion.jpg --json
+    skin-tf predict saved_models/b0 lesion.jpg more_images/ --top-k 3
+    skin-tf predict saved_models/b0 lesion.jpg --json --engine savedmodel
 
 Each file goes through `skin_tf.data.images.prepare_image` (the Streamlit page uses it too):
 checked, then decoded and resized exactly as in evaluation. A file that fails is reported on its
-own line with the reason; the others still run.
+own line with the reason; the others still run. Images are scored in batches (one batch per
+`batch_size` files; the SavedModel engine still makes one `serve` call per image) while the next
+files are read and decoded in two threads, with a progress bar on a terminal.
 
 Example:
     >>> served = load_served("saved_models/b0")  # doctest: +SKIP
@@ -18,9 +20,12 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +35,7 @@ from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.data.images import IMAGE_SUFFIXES, ImageError, prepare_image
 
 if TYPE_CHECKING:
-    from skin_tf.serving.export import ServedModel
+    from skin_tf.serving.served import ServedModel
 
 
 def expand_image_paths(arguments: Iterable[str | os.PathLike]) -> list[Path]:
@@ -57,13 +62,18 @@ def expand_image_paths(arguments: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def predict_files(
-    served: ServedModel, paths: Iterable[str | os.PathLike], top_k: int = 3
+    served: ServedModel,
+    paths: Iterable[str | os.PathLike],
+    top_k: int = 3,
+    batch_size: int = 32,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict every image file (folders expand to their images); one dict per file, in order.
 
     Each dict has: image, probs {class: p}, top [(class, p), … top_k], top_class, mel_flag
-    (P(mel) ≥ the model's operating threshold; None when the model has no threshold, with `note`
-    saying so) and error (None, or why the file could not be read; then probs etc. are None).
+    (P(mel) ≥ the engine's operating threshold; None when there is none, with `note` saying so),
+    engine and error (None, or why the file could not be read; then probs etc. are None).
+    progress=True draws a progress bar on stderr when it is a terminal.
 
     Example:
         >>> [r["top_class"] for r in predict_files(served, ["a.jpg", "b.jpg"])]  # doctest: +SKIP
@@ -71,26 +81,69 @@ def predict_files(
     """
     if not 1 <= top_k <= len(CLASSES):
         raise ValueError(f"top_k must be between 1 and {len(CLASSES)}, got {top_k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    from tqdm import tqdm
+
+    files = expand_image_paths(paths)
     size, resize = served.image_size[0], served.resize
-    results: list[dict[str, Any]] = []
-    for path in expand_image_paths(paths):
+    engine = served.engine
+    results: list[dict[str, Any] | None] = [None] * len(files)
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def score_pending() -> None:
+        probs = served.predict_many([image for _, image in pending])
+        for (i, _), row in zip(pending, probs, strict=True):
+            results[i] = _result(files[i], row, served.threshold, top_k, engine)
+        pending.clear()
+
+    prepared = _prepared_ahead(files, size, resize, window=2 * batch_size)
+    disable = None if progress else True  # tqdm: None draws the bar only on a terminal
+    bar = tqdm(prepared, total=len(files), desc="predict", unit="img", disable=disable)
+    for i, (path, image, error) in enumerate(bar):
+        if error is not None:
+            results[i] = _error_result(path, error)
+        else:
+            pending.append((i, image))
+        if len(pending) >= batch_size:
+            score_pending()
+    if pending:
+        score_pending()
+    bar.close()
+    return [r for r in results if r is not None]
+
+
+def _prepared_ahead(
+    files: list[Path], size: int, resize: str, window: int, workers: int = 2
+) -> Iterator[tuple[Path, np.ndarray | None, str | None]]:
+    """(path, model input or None, error or None) per file, in order; up to `window` files are
+    read and decoded ahead in `workers` threads while the engine scores (decoding releases the
+    GIL), so reading and scoring overlap."""
+
+    def prepare(path: Path) -> tuple[Path, np.ndarray | None, str | None]:
         try:
             if not path.is_file():
                 raise ImageError("file not found" if not path.exists() else "not a file")
-            prepared = prepare_image(path, size, resize)
+            return path, prepare_image(path, size, resize).model_input, None
         except ImageError as err:
-            results.append(_error_result(path, str(err)))
-            continue
+            return path, None, str(err)
         except OSError as err:  # unreadable file (permissions, …)
-            results.append(_error_result(path, f"cannot read file ({err.strerror or err})"))
-            continue
-        # One image per call: images differ in size until resized.
-        probs = served.predict(prepared.model_input)[0]
-        results.append(_result(path, probs, served.threshold, top_k))
-    return results
+            return path, None, f"cannot read file ({err.strerror or err})"
+
+    with ThreadPoolExecutor(workers) as pool:
+        queue: deque = deque()
+        upcoming = iter(files)
+        for path in itertools.islice(upcoming, window):
+            queue.append(pool.submit(prepare, path))
+        while queue:
+            yield queue.popleft().result()
+            for path in itertools.islice(upcoming, 1):
+                queue.append(pool.submit(prepare, path))
 
 
-def _result(path: Path, probs: np.ndarray, threshold: float | None, top_k: int) -> dict[str, Any]:
+def _result(
+    path: Path, probs: np.ndarray, threshold: float | None, top_k: int, engine: str
+) -> dict[str, Any]:
     order = np.argsort(-probs, kind="stable")[:top_k]
     p_mel = float(probs[MEL_INDEX])
     return {
@@ -100,6 +153,7 @@ def _result(path: Path, probs: np.ndarray, threshold: float | None, top_k: int) 
         "top_class": CLASSES[int(order[0])],
         "mel_flag": None if threshold is None else bool(p_mel >= threshold),
         "note": None if threshold is not None else "model has no melanoma operating threshold",
+        "engine": engine,
         "error": None,
     }
 
@@ -112,6 +166,7 @@ def _error_result(path: Path, message: str) -> dict[str, Any]:
         "top_class": None,
         "mel_flag": None,
         "note": None,
+        "engine": None,
         "error": message,
     }
 

@@ -22,6 +22,7 @@ from PIL import Image
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.serving import launch as launch
 from skin_tf.serving import page as support
+from skin_tf.serving import upload as analysis
 
 SAMPLE_IMAGE = "ISIC_0024306.jpg"  # a real HAM10000 image (nv) of the shared 200x150 copy
 DEMO_THRESHOLD = 0.15
@@ -224,29 +225,6 @@ def test_no_model_instructions_name_the_folder_and_the_commands(tmp_path):
     assert "`half`" in text and "does not exist" not in text
 
 
-# ---------------------------------------------------------------- upload notes (fast)
-
-
-@pytest.fixture(scope="module")
-def synthetic_image() -> Image.Image:
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
-
-
-@pytest.mark.parametrize("kind", sorted(CONVERTED_UPLOADS))
-def test_conversion_notes_say_what_was_changed(kind, synthetic_image):
-    _, data = converted_upload(kind, synthetic_image)
-    notes = " ".join(support.conversion_notes(data))
-    assert CONVERTED_UPLOADS[kind] in notes
-    grey = kind in {"greyscale", "png16"}
-    assert ("trained on colour" in notes) == grey
-
-
-def test_plain_rgb_and_unreadable_files_get_no_notes(synthetic_image):
-    assert support.conversion_notes(encode(synthetic_image, "JPEG")) == []
-    assert support.conversion_notes(b"not an image") == []
-
-
 # ---------------------------------------------------------------- page text and CSV (fast)
 
 
@@ -283,24 +261,26 @@ def test_mel_flag_uses_greater_or_equal_and_quotes_validation_figures():
     assert support.mel_flag(mel_probs(0.3), 0.3) is True  # the exported rule is P >= t
     assert support.mel_flag(mel_probs(0.29), 0.3) is False
     assert support.mel_flag(mel_probs(0.9), None) is None
-    raised = support.mel_flag_text(mel_probs(0.5), METADATA)
+    point = METADATA["mel_threshold"]
+    raised = support.mel_flag_text(mel_probs(0.5), point)
     assert raised.startswith("**Melanoma flag raised**: P(mel) = 0.500 ≥ threshold 0.300")
     assert "validation sensitivity 0.861, specificity 0.702" in raised
-    assert support.mel_flag_text(mel_probs(0.1), METADATA).startswith(
+    assert support.mel_flag_text(mel_probs(0.1), point).startswith(
         "No melanoma flag: P(mel) = 0.100 < threshold 0.300"
     )
-    none = support.mel_flag_text(mel_probs(0.9), {"mel_threshold": {"value": None}})
+    none = support.mel_flag_text(mel_probs(0.9), {"value": None})
     assert "no validated operating point" in none and "skin-tf threshold" in none
 
 
 def test_predictions_frame_keeps_failed_uploads_with_their_reason():
-    good = support.UploadResult("a.jpg", probs=mel_probs(0.5), notes=("greyscale image",))
-    low = support.UploadResult("b.png", probs=mel_probs(0.1))
-    bad = support.UploadResult("c.jpg", error="not an image (no known image format)")
-    table = support.predictions_frame([good, low, bad], 0.3, "b0")
+    good = analysis.UploadResult("a.jpg", probs=mel_probs(0.5), notes=("greyscale image",))
+    low = analysis.UploadResult("b.png", probs=mel_probs(0.1))
+    bad = analysis.UploadResult("c.jpg", error="not an image (no known image format)")
+    table = support.predictions_frame([good, low, bad], 0.3, "b0", "tflite-int8")
     assert table.columns.tolist() == [
         "image",
         "model",
+        "engine",
         *[f"p_{c}" for c in CLASSES],
         "top_class",
         "mel_threshold",
@@ -315,6 +295,7 @@ def test_predictions_frame_keeps_failed_uploads_with_their_reason():
     assert back["top_class"].tolist()[:2] == ["mel", "akiec"]
     assert back["error"].tolist()[2].startswith("not an image")
     assert back["notes"][0] == "greyscale image"
+    assert back["engine"].tolist() == ["tflite-int8"] * 3
 
 
 def test_provenance_markdown_shows_threshold_calibration_and_test_figures():
@@ -502,3 +483,64 @@ def test_model_picker_offers_the_requested_model_and_the_exports(
     picker.set_value(demo_model).run()
     assert not at.exception
     assert any("threshold 0.150" in t for t in values(at.info) + values(at.warning))
+
+
+@pytest.mark.slow
+def test_page_scores_with_the_chosen_engine_and_explains_with_the_savedmodel(
+    real_export, sample_bytes, monkeypatch
+):
+    """The engine picker starts at the export's default (or SKIN_TF_ENGINE); the probabilities,
+    the melanoma threshold and the CSV follow the engine, Grad-CAM stays the SavedModel's."""
+    metadata = json.loads((real_export / "metadata.json").read_text())
+    default = metadata["engines"]["default"]
+    at = upload(page(monkeypatch, real_export.parent), (SAMPLE_IMAGE, sample_bytes))
+    picker = at.sidebar.selectbox[1]
+    assert picker.label == "Engine for the probabilities" and picker.value == default
+    assert [o.split(" ")[0] for o in picker.options] == ["tflite-int8", "tflite", "savedmodel"]
+    sidebar = " ".join(values(at.sidebar.markdown))
+    assert "Grad-CAM: SavedModel `explain`" in sidebar and "Probabilities: LiteRT" in sidebar
+    table = at.dataframe[0].value
+    assert table["engine"].tolist() == [default]
+    engine_point = metadata["engines"][default]["mel_threshold"]  # the int8 model has its own
+    assert table["mel_threshold"][0] == engine_point["value"]
+
+    picker.set_value("savedmodel").run()
+    assert not at.exception and not at.error
+    table_saved = at.dataframe[0].value
+    assert table_saved["engine"].tolist() == ["savedmodel"]
+    assert table_saved["mel_threshold"][0] == metadata["mel_threshold"]["value"]
+    columns = [f"p_{c}" for c in CLASSES]
+    diff = np.abs(table_saved[columns].to_numpy() - table[columns].to_numpy()).max()
+    assert 0 < diff < 0.5  # another engine, the same model
+
+    monkeypatch.setenv(launch.ENV_ENGINE, "tflite")
+    at = upload(page(monkeypatch, real_export.parent), (SAMPLE_IMAGE, sample_bytes))
+    assert at.sidebar.selectbox[1].value == "tflite"
+    assert at.dataframe[0].value["engine"].tolist() == ["tflite"]
+
+
+@pytest.mark.slow
+def test_page_says_an_old_export_has_only_the_savedmodel(demo_model, tmp_path, monkeypatch):
+    old = shutil.copytree(demo_model, tmp_path / "saved_models" / "old")
+    metadata = json.loads((old / "metadata.json").read_text())
+    metadata.pop("engines")
+    (old / "metadata.json").write_text(json.dumps(metadata))
+    for name in ("model.tflite", "model_int8.tflite"):
+        (old / name).unlink(missing_ok=True)
+    at = page(monkeypatch, old.parent)
+    assert list(at.sidebar.selectbox[1].options) == ["savedmodel (SavedModel)"]
+    assert any("re-run `skin-tf export" in c for c in values(at.sidebar.caption))
+
+
+@pytest.mark.slow
+def test_page_with_a_damaged_tflite_names_the_fix_and_offers_the_other_engines(
+    demo_model, tmp_path, monkeypatch
+):
+    broken = shutil.copytree(demo_model, tmp_path / "saved_models" / "broken")
+    (broken / "model.tflite").write_bytes(b"not a flatbuffer")  # the default engine's file
+    at = page(monkeypatch, broken.parent)
+    (message,) = values(at.error)
+    assert "Could not load the tflite engine" in message and "skin-tf export" in message
+    assert "Pick another engine" in message and "savedmodel" in at.sidebar.selectbox[1].options[-1]
+    at.sidebar.selectbox[1].set_value("savedmodel").run()
+    assert not at.exception and not at.error and at.file_uploader

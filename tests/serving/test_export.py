@@ -1,4 +1,5 @@
-"""SavedModel export: reloaded `serve` equals the Keras model, `explain` equals tf-keras-vis."""
+"""SavedModel export: reloaded `serve` equals the Keras model, `explain` equals tf-keras-vis
+(the endpoints themselves are in skin_tf.serving.endpoints; the LiteRT models: test_litert.py)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,9 @@ from skin_tf.data.pipeline import decode_resize
 from skin_tf.evaluation.calibration import apply_temperature
 from skin_tf.explain.gradcam import gradcam_heatmaps
 from skin_tf.models.classifier import build_classifier
-from skin_tf.serving.export import (
-    DISCLAIMER,
-    METADATA_FILE,
-    build_endpoints,
-    export_model,
-    export_run,
-    load_served,
-    mel_threshold,
-)
+from skin_tf.serving.endpoints import build_endpoints
+from skin_tf.serving.export import export_model, export_run, mel_threshold
+from skin_tf.serving.served import DISCLAIMER, METADATA_FILE, load_served
 
 SIZE = 128  # a 4x4 top_conv grid: enough cells for the heatmap correlation to mean something
 
@@ -49,7 +44,9 @@ def widen_head(model: keras.Model) -> None:
 
 @pytest.fixture(scope="module")
 def served(model, tmp_path_factory):
-    out = export_model(model, tmp_path_factory.mktemp("export") / "b0", metadata={"run": "t"})
+    out = export_model(  # the endpoints' tests: no LiteRT models (test_litert.py has those)
+        model, tmp_path_factory.mktemp("export") / "b0", metadata={"run": "t"}, litert_models=False
+    )
     return load_served(out)
 
 
@@ -208,8 +205,15 @@ def test_export_run_writes_metadata_and_calibrated_endpoints(model, tmp_path):
     assert meta["provenance"]["meta"]["run_name"] == "tiny"
     assert meta["disclaimer"] == DISCLAIMER and meta["run"] == "tiny"
 
+    # This run has no splits.csv: the float LiteRT model is checked on synthetic probes, and no
+    # int8 model is written, with the reason recorded (and printed by `skin-tf export`).
+    engines = meta["engines"]
+    assert engines["checked_on"] == "8 synthetic probe images" and engines["tflite"]["faithful"]
+    assert engines["tflite-int8"]["written"] is False
+    assert "the run's images could not be read" in engines["tflite-int8"]["reason"]
+    assert engines["default"] == "tflite"
     served = load_served(out)
-    assert served.threshold == 0.31 and served.temperature == 1.5
+    assert served.engine == "tflite" and served.threshold == 0.31 and served.temperature == 1.5
     image = lesion_like(SIZE, SIZE, seed=9)
     expected = apply_temperature(keras_probs(model, image[None]), 1.5)
     np.testing.assert_allclose(served.predict(image), expected, atol=1e-5)
@@ -218,7 +222,8 @@ def test_export_run_writes_metadata_and_calibrated_endpoints(model, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_run(run_dir, out)
     (run_dir / "operating_point.json").unlink()
-    export_run(run_dir, out, overwrite=True)
+    export_run(run_dir, out, overwrite=True, litert_models=False)
+    assert not (out / "model.tflite").exists()  # replaced, not merged
     replaced = json.loads((out / METADATA_FILE).read_text())["mel_threshold"]
     assert replaced["value"] is None and "skin-tf threshold" in replaced["note"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
@@ -251,3 +256,42 @@ def test_an_imagenet_efficientnet_lite_exports_with_both_endpoints(tmp_path):
     ours = gradcam_heatmaps(lite, image[None].astype(np.float32), class_index=int(probs.argmax()))
     assert heatmap.shape == (1, SIZE, SIZE) and heatmap.std() > 0.01
     assert np.corrcoef(ours.ravel(), heatmap.ravel())[0, 1] >= 0.99
+
+
+@pytest.mark.slow
+def test_export_run_checks_every_engine_on_the_runs_validation_split(real_export, real_run):
+    """metadata.json of a real run's export: the float LiteRT model is faithful, the int8 model
+    has its validation metrics, its gate and its own threshold (re-chosen on validation with the
+    project's threshold code), and the default follows the gate."""
+    from skin_tf.evaluation.threshold import choose_operating_point
+    from skin_tf.serving.engines import run_images
+
+    meta = json.loads((real_export / METADATA_FILE).read_text())
+    block = meta["engines"]
+    assert block["checked_on"] == "val split of run lite0-probe (150 images)"
+    floats, int8 = block["tflite"], block["tflite-int8"]
+    assert floats["faithful"] and floats["agreement_with_savedmodel"]["max_abs_diff"] <= 1e-4
+    assert floats["validation"]["balanced_accuracy"] == pytest.approx(
+        block["savedmodel"]["validation"]["balanced_accuracy"], abs=0.01
+    )
+    assert floats["mel_threshold"]["value"] == meta["mel_threshold"]["value"]
+    assert int8["bytes"] <= 0.35 * floats["bytes"]
+    assert int8["quantization"]["calibration_images"] == 64
+    gate = int8["gate"]
+    assert gate["loss"] == pytest.approx(
+        floats["validation"]["balanced_accuracy"] - int8["validation"]["balanced_accuracy"]
+    )
+    assert gate["passed"] == (gate["loss"] <= 0.01 and int8["mel_threshold"]["value"] is not None)
+    assert block["default"] == ("tflite-int8" if gate["passed"] else "tflite")
+
+    check = run_images(real_run, "val", 96, "squash")
+    probs = load_served(real_export, engine="tflite-int8").predict_many(list(check.images))
+    point = choose_operating_point(check.labels == 4, probs[:, 4], 0.85)
+    assert int8["mel_threshold"]["value"] == pytest.approx(point.threshold)
+    assert int8["mel_threshold"]["val_sensitivity"] == pytest.approx(point.sensitivity)
+    floats_acc, int8_acc = (e["validation"]["balanced_accuracy"] for e in (floats, int8))
+    print(
+        f"\nreal export: val balanced accuracy float {floats_acc:.3f}, int8 {int8_acc:.3f} "
+        f"(gate {gate['why']}), int8 file {int8['size_vs_float']:.0%} of float, default "
+        f"{block['default']}"
+    )

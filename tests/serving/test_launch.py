@@ -25,6 +25,8 @@ def test_settings_come_from_argv_then_environment_then_default():
     assert from_argv == launch.PageSettings(Path("mine"), Path("a/b"))
     # pytest's own arguments (what AppTest leaves in sys.argv) are ignored, not misread
     assert launch.page_settings(["tests/x.py", "-m", "slow", "-q"], environ={}).model is None
+    assert launch.page_settings([], environ={launch.ENV_ENGINE: "tflite"}).engine == "tflite"
+    assert launch.page_settings(["--engine", "savedmodel"], environ={}).engine == "savedmodel"
 
 
 # ---------------------------------------------------------------- `skin-tf app`
@@ -59,6 +61,10 @@ def test_app_command_prints_the_url_and_returns_streamlits_code(tmp_path, monkey
     assert launch.app_command(model, tmp_path, 8600, "127.0.0.1") == 3
     assert "http://127.0.0.1:8600" in capsys.readouterr().out
     assert started[0][-2:] == ["--model", str(model)]
+    launch.app_command(model, tmp_path, 8600, "127.0.0.1", engine="tflite-int8")
+    assert started[1][-4:] == ["--model", str(model), "--engine", "tflite-int8"]
+    after = started[1][started[1].index("--") + 1 :]
+    assert launch.page_settings(after, environ={}).engine == "tflite-int8"
 
 
 def test_app_command_refuses_a_folder_that_is_not_an_export(tmp_path):
@@ -66,6 +72,8 @@ def test_app_command_refuses_a_folder_that_is_not_an_export(tmp_path):
         launch.app_command(tmp_path / "nothing", tmp_path)
     with pytest.raises(ValueError, match="port"):
         launch.app_command(None, tmp_path, port=0)
+    with pytest.raises(ValueError, match="unknown engine 'onnx'"):
+        launch.app_command(None, tmp_path, engine="onnx")
 
 
 def test_app_arguments_default_to_the_local_page_on_saved_models():

@@ -23,16 +23,20 @@ class FakeServed:
     image_size = (64, 64)
     resize = "squash"
     disclaimer = "research use only"
+    engine = "tflite"
+    engine_note = "the fake's default"
 
     def __init__(self, threshold: float | None = 0.3, p_mel: float = 0.4):
         self.threshold = threshold
         self.probs = np.full(len(CLASSES), (1 - p_mel - 0.35) / 5)
         self.probs[[MEL_INDEX, CLASSES.index("nv")]] = p_mel, 0.35
         self.inputs: list[np.ndarray] = []
+        self.batches: list[int] = []
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        self.inputs.append(image)
-        return self.probs[None]
+    def predict_many(self, images: list[np.ndarray]) -> np.ndarray:
+        self.inputs.extend(images)
+        self.batches.append(len(images))
+        return np.stack([self.probs for _ in images])
 
 
 # ---------------------------------------------------------------- predict_files / formatting
@@ -73,6 +77,22 @@ def test_bad_files_are_reported_and_the_rest_still_run(image_folder, tmp_path):
     assert sum(first["probs"].values()) == pytest.approx(1.0)
 
 
+def test_images_are_scored_in_batches_and_results_keep_the_file_order(image_folder, tmp_path):
+    for name in ("c.jpg", "d.jpg", "e.jpg"):
+        (image_folder / name).write_bytes(encoded(rgb(), "JPEG"))
+    junk = tmp_path / "junk.jpg"
+    junk.write_text("not an image")
+    served = FakeServed()
+    results = predict_files(served, [image_folder, junk], batch_size=2)
+    names = [Path(r["image"]).name for r in results]
+    assert names == ["a.png", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "junk.jpg"]
+    assert served.batches == [2, 2, 1]  # five readable images, two per call
+    assert [r["error"] is None for r in results] == [True] * 5 + [False]
+    assert {r["engine"] for r in results[:5]} == {"tflite"} and results[5]["engine"] is None
+    with pytest.raises(ValueError, match="batch_size"):
+        predict_files(served, [image_folder], batch_size=0)
+
+
 def test_mel_flag_follows_the_threshold_or_is_absent(image_folder):
     below = predict_files(FakeServed(threshold=0.5), [image_folder])[0]
     assert below["mel_flag"] is False
@@ -102,18 +122,30 @@ def test_top_k_and_empty_folders_are_checked(tmp_path):
 
 
 def test_predict_command_exit_code_and_json(image_folder, tmp_path, monkeypatch, capsys):
-    import skin_tf.serving.export
+    import skin_tf.serving.served
 
-    monkeypatch.setattr(skin_tf.serving.export, "load_served", lambda path: FakeServed())
+    engines = []
+
+    def fake_load(path, engine=None):
+        engines.append(engine)
+        return FakeServed()
+
+    monkeypatch.setattr(skin_tf.serving.served, "load_served", fake_load)
     args = argparse.Namespace(
-        model=tmp_path, images=[str(image_folder)], json=True, top_k=3
+        model=tmp_path, images=[str(image_folder)], json=True, top_k=3, engine=None,
+        batch_size=32,
     )  # fmt: skip
     assert predict_command(args) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2
+    assert json.loads(captured.out.splitlines()[0])["engine"] == "tflite"
+    assert "engine: tflite (the fake's default)" in captured.err  # the engine is stated
+    args.engine = "savedmodel"
     args.images.append(str(tmp_path / "nope.jpg"))
     args.json = False
     assert predict_command(args) == 1
     assert "ERROR file not found" in capsys.readouterr().out
+    assert engines == [None, "savedmodel"]  # --engine reaches load_served
 
 
 # ---------------------------------------------------------------- a real exported model
@@ -124,7 +156,8 @@ def test_real_images_through_an_exported_model(real_frame, tmp_path):
     import keras
 
     from skin_tf.models.classifier import build_classifier
-    from skin_tf.serving.export import export_model, load_served
+    from skin_tf.serving.export import export_model
+    from skin_tf.serving.served import load_served
 
     keras.utils.set_random_seed(0)
     model = build_classifier("efficientnet_b0", 64, weights=None)
@@ -144,3 +177,36 @@ def test_real_images_through_an_exported_model(real_frame, tmp_path):
     np.testing.assert_allclose(list(results[2]["probs"].values()), expected, atol=1e-5)
     objects = [json.loads(line) for line in format_predictions(results, json=True).splitlines()]
     assert len(objects) == 5 and objects[0]["mel_flag"] is None  # no threshold: no flag
+
+
+@pytest.mark.slow
+def test_predict_over_a_real_folder_with_each_engine(real_export, real_frame, tmp_path, capsys):
+    """`skin-tf predict FOLDER --engine E`: LiteRT float equals the SavedModel to 1e-4, int8 flags
+    melanoma with its own threshold, and without --engine the export's default is used and said."""
+    from skin_tf.cli.main import main
+
+    folder = tmp_path / "lesions"
+    folder.mkdir()
+    for path in real_frame.groupby("dx")["path"].head(2):
+        (folder / Path(path).name).symlink_to(path)
+    metadata = json.loads((real_export / "metadata.json").read_text())
+    runs = {}
+    for engine in (None, "savedmodel", "tflite", "tflite-int8"):
+        extra = [] if engine is None else ["--engine", engine]
+        assert main(["predict", str(real_export), str(folder), "--json", *extra]) == 0
+        out, err = capsys.readouterr()
+        runs[engine] = [json.loads(line) for line in out.splitlines()]
+        assert len(runs[engine]) == 14 and all(r["error"] is None for r in runs[engine])
+        stated = engine or metadata["engines"]["default"]
+        assert f"engine: {stated}" in err and {r["engine"] for r in runs[engine]} == {stated}
+        assert ("default of this export" in err) == (engine is None)
+
+    def probs(engine):
+        return np.array([list(r["probs"].values()) for r in runs[engine]])
+
+    assert np.abs(probs("tflite") - probs("savedmodel")).max() <= 1e-4
+    int8_threshold = metadata["engines"]["tflite-int8"]["mel_threshold"]["value"]
+    assert [r["mel_flag"] for r in runs["tflite-int8"]] == [
+        r["probs"]["mel"] >= int8_threshold for r in runs["tflite-int8"]
+    ]
+    assert runs[None] == runs[metadata["engines"]["default"]]

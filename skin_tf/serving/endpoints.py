@@ -1,0 +1,180 @@
+"""The computations an exported model serves, as TensorFlow functions: the in-graph resize, the
+temperature-scaled probabilities, and the SavedModel's `serve` and `explain` endpoints.
+
+`skin_tf.serving.export` writes `serve` and `explain` into the SavedModel and converts
+`probabilities_function` (the same network, head and temperature, on images already at the model's
+size) into the LiteRT flatbuffers (`skin_tf.serving.litert`). Both engines therefore compute the
+same probabilities; only where the resize happens differs (inside `serve`, before the LiteRT call).
+
+Example:
+    >>> import numpy as np
+    >>> resize_images(np.zeros((1, 150, 200, 3), np.uint8), (64, 64), "squash").shape
+    TensorShape([1, 64, 64, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from skin_tf.data.pipeline import resize_rule
+from skin_tf.explain.gradcam import heatmap_to_input, normalize_heatmaps
+
+# ---------------------------------------------------------------- in-graph preprocessing
+
+
+def resize_images(images: tf.Tensor, size: tuple[int, int], resize: str) -> tf.Tensor:
+    """Batch (N, H, W, 3) → float32 (N, h, w, 3): `skin_tf.data.pipeline.decode_resize` after
+    decoding.
+
+    The same steps in the same order: "crop" takes the centre square, the resize antialiases
+    only when the longer side exceeds twice the target, and pixels are rounded to whole values
+    (the pipeline stores uint8) so the model sees what it saw in evaluation. What cannot be
+    repeated on pixels is the pipeline's DCT-domain JPEG downscaling of large files; that is
+    why `skin_tf.data.images.prepare_image` feeds decodable files through the pipeline itself.
+    An image already at `size` comes back unchanged (as float32).
+    """
+    images = tf.cast(images, tf.float32)
+    if resize_rule(resize) == "crop":
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        side = tf.minimum(height, width)
+        images = images[:, (height - side) // 2 :, (width - side) // 2 :][:, :side, :side]
+    target = tf.constant(size, tf.int32)
+    resized = tf.cond(
+        tf.reduce_max(tf.shape(images)[1:3]) > 2 * tf.reduce_max(target),
+        lambda: tf.image.resize(images, target, antialias=True),
+        lambda: tf.image.resize(images, target),
+    )
+    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
+# ---------------------------------------------------------------- the classifier's pieces
+
+
+def softmax_head(model: keras.Model) -> keras.layers.Dense:
+    """The model's last layer, checked to be the Dense softmax layer that gives the logits."""
+    head = model.layers[-1]
+    if not isinstance(head, keras.layers.Dense) or head.activation is not keras.activations.softmax:
+        raise ValueError(
+            f"the model's last layer {head.name!r} must be a Dense softmax layer (as "
+            "skin_tf.models.classifier.build_classifier makes); export a model with that head"
+        )
+    return head
+
+
+def input_side(model: keras.Model) -> int:
+    """The side of the model's square input; ValueError for a non-square model."""
+    size = tuple(int(d) for d in model.input_shape[1:3])
+    if size[0] != size[1]:
+        raise ValueError(
+            f"model input {size} is not square: skin_tf.data.pipeline makes square images, "
+            "so export a model built with one image_size"
+        )
+    return size[0]
+
+
+def _check_temperature(temperature: float | None) -> tf.Tensor:
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return tf.constant(1.0 / (temperature or 1.0), tf.float32)
+
+
+def _logits_function(head: keras.layers.Dense) -> Callable[[tf.Tensor], tf.Tensor]:
+    def logits_of(features: tf.Tensor) -> tf.Tensor:
+        features = tf.cast(features, tf.float32)
+        kernel, bias = tf.cast(head.kernel, tf.float32), tf.cast(head.bias, tf.float32)
+        return tf.matmul(features, kernel) + bias
+
+    return logits_of
+
+
+def probabilities_function(
+    model: keras.Model, temperature: float | None = None
+) -> tf.types.experimental.GenericFunction:
+    """softmax(logits / T) of float32 images already at the model's size, (N, S, S, 3) → (N, 7).
+
+    The body of `serve` after its resize, as its own tf.function with a fixed input signature
+    (batch left open): what `skin_tf.serving.litert` converts. Its `features_model` attribute is
+    the Keras model up to the head, the object whose variables the LiteRT converter freezes (with
+    the whole classifier as that object, int8 calibration fails on an unfrozen variable).
+
+    Example:
+        >>> fn = probabilities_function(model, temperature=1.3)  # doctest: +SKIP
+        >>> fn(np.zeros((2, 224, 224, 3), np.float32)).shape  # doctest: +SKIP
+        TensorShape([2, 7])
+    """
+    head = softmax_head(model)
+    inv_t = _check_temperature(temperature)
+    side = input_side(model)
+    features_model = keras.Model(model.inputs[0], head.input)
+    logits_of = _logits_function(head)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32, name="images")])
+    def probabilities(images):
+        return tf.nn.softmax(logits_of(features_model(images, training=False)) * inv_t)
+
+    probabilities.features_model = features_model
+    return probabilities
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+def build_endpoints(
+    model: keras.Model,
+    resize: str = "squash",
+    temperature: float | None = None,
+    layer: str | None = None,
+) -> tuple[tf.types.experimental.GenericFunction, tf.types.experimental.GenericFunction]:
+    """The `serve` and `explain` tf.functions of a flat softmax classifier (traced on first use).
+
+    The last layer must be a Dense softmax layer: its input and weights give the logits, which
+    both Grad-CAM (tf-keras-vis' ReplaceToLinear convention) and temperature scaling need.
+    One functional model with two outputs (conv activations, pre-logit features) over the same
+    layers gives activations and prediction in one forward pass.
+    """
+    from skin_tf.models.classifier import last_conv_layer_name
+
+    head = softmax_head(model)
+    inv_t = _check_temperature(temperature)
+    conv = model.get_layer(layer or last_conv_layer_name(model))
+    resize = resize_rule(resize)
+    side = input_side(model)
+    size = (side, side)
+    probabilities = probabilities_function(model, temperature)
+    cam_model = keras.Model(model.inputs[0], [conv.output, head.input])
+    logits_of = _logits_function(head)
+
+    float_batch = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+
+    @tf.function(input_signature=[float_batch])
+    def serve_float(images):
+        return probabilities(resize_images(images, size, resize))
+
+    @tf.function(input_signature=[float_batch])
+    def explain_float(images):
+        x = resize_images(images, size, resize)
+        with tf.GradientTape() as tape:
+            activations, features = cam_model(x, training=False)
+            tape.watch(activations)
+            logits = logits_of(features)
+            top_score = tf.gather(logits, tf.argmax(logits, axis=-1), batch_dims=1)
+        grads = tf.cast(tape.gradient(top_score, activations), tf.float32)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(tf.cast(activations, tf.float32) * weights, axis=-1))
+        cam = heatmap_to_input(cam, tf.shape(images)[1:3], size, resize)
+        return {"probs": tf.nn.softmax(logits * inv_t), "heatmap": normalize_heatmaps(cam)}
+
+    # Public endpoints: one trace per input dtype, each a thin cast around the single float32
+    # graph, so the network is traced and stored once per endpoint rather than once per dtype.
+    @tf.function
+    def serve(images):
+        return serve_float(tf.cast(images, tf.float32))
+
+    @tf.function
+    def explain(images):
+        return explain_float(tf.cast(images, tf.float32))
+
+    return serve, explain

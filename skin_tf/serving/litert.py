@@ -1,0 +1,215 @@
+"""LiteRT (TensorFlow Lite) flatbuffers of an exported classifier: conversion and the interpreter.
+
+`skin-tf export` writes, beside the SavedModel,
+- `model.tflite`: float32, the same network, head and temperature as the SavedModel's `serve`;
+- `model_int8.tflite` (optional): the backbone quantised to int8 (weights and activations),
+  calibrated on training images; the final dense layer and the temperature softmax stay float32,
+  so the probabilities still sum to 1.
+
+Both take float32 images already at the model's size, (N, S, S, 3) with pixels 0..255, and return
+(N, 7) probabilities. `serve` resizes inside its graph; here `to_model_size` runs that very resize
+(`skin_tf.serving.endpoints.resize_images`) before the call, so the two engines see the same pixels.
+
+Which runtime: the converter is `tf.lite.TFLiteConverter`, still TensorFlow 2.21's supported (and
+only) Keras → LiteRT path; the interpreter is `ai_edge_litert.interpreter.Interpreter` from the
+`ai-edge-litert` package, because TF 2.21 deprecates `tf.lite.Interpreter` in its favour. The
+interpreter uses the XNNPACK CPU delegate and one thread per available core.
+
+Example:
+    >>> runner = LiteRTModel("saved_models/b0/model.tflite")  # doctest: +SKIP
+    >>> runner.predict(np.zeros((4, 224, 224, 3), np.float32)).shape  # doctest: +SKIP
+    (4, 7)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+FLOAT_FILE = "model.tflite"
+INT8_FILE = "model_int8.tflite"
+# The int8 model keeps these ops in float32: the head's matmul and the temperature softmax.
+FLOAT_OPS_IN_INT8 = ("FULLY_CONNECTED", "SOFTMAX")
+RUNTIME = (
+    "converted with tf.lite.TFLiteConverter (TensorFlow's Keras → LiteRT path); run with "
+    "ai_edge_litert.interpreter.Interpreter (XNNPACK CPU delegate)"
+)
+
+
+class LiteRTError(ValueError):
+    """A .tflite file that is missing, damaged or not the model its metadata.json describes."""
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def convert_float(model: keras.Model, temperature: float | None = None) -> bytes:
+    """The float32 LiteRT flatbuffer of `probabilities_function(model, temperature)`.
+
+    Example:
+        >>> Path("model.tflite").write_bytes(convert_float(model, 1.2))  # doctest: +SKIP
+    """
+    converter = _converter(model, temperature)
+    return _quietly(converter.convert)
+
+
+def convert_int8(
+    model: keras.Model, calibration: np.ndarray, temperature: float | None = None
+) -> bytes:
+    """The int8 LiteRT flatbuffer: weights and activations of the backbone in int8, calibrated on
+    `calibration` (uint8 or float images (N, S, S, 3) at the model's size, e.g. training images);
+    the head (FULLY_CONNECTED) and softmax stay float32, and so do input and output.
+
+    Selective quantisation goes through `tf.lite.experimental.QuantizationDebugger`, TensorFlow's
+    documented way to keep named ops in float.
+
+    Example:
+        >>> blob = convert_int8(model, train_images[:200], temperature=1.2)  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    images = np.asarray(calibration, np.float32)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"calibration images must be (N, S, S, 3) with N > 0, got {images.shape}")
+
+    def representative() -> Iterable[list[np.ndarray]]:
+        for image in images:
+            yield [image[None]]
+
+    converter = _converter(model, temperature)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS_IN_INT8))
+    debugger = _quietly(
+        tf.lite.experimental.QuantizationDebugger,
+        converter=converter,
+        debug_dataset=representative,
+        debug_options=options,
+    )
+    return _quietly(debugger.get_nondebug_quantized_model)
+
+
+def _converter(model: keras.Model, temperature: float | None):
+    import tensorflow as tf
+
+    from skin_tf.serving.endpoints import probabilities_function
+
+    probabilities = probabilities_function(model, temperature)
+    return tf.lite.TFLiteConverter.from_concrete_functions(
+        [probabilities.get_concrete_function()], probabilities.features_model
+    )
+
+
+def _quietly(fn, *args, **kwargs):
+    """Call `fn` without the converter's chatter (absl info lines, the tf.lite.Interpreter
+    deprecation warning of the quantisation debugger, which we do not use to run models)."""
+    import warnings
+
+    from absl import logging as absl_logging
+
+    previous = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(*args, **kwargs)
+    finally:
+        absl_logging.set_verbosity(previous)
+
+
+# ---------------------------------------------------------------- preprocessing
+
+
+def to_model_size(image: np.ndarray, side: int, resize: str = "squash") -> np.ndarray:
+    """An (H, W, 3) image as float32 (side, side, 3) pixels, resized exactly as `serve` does.
+
+    An image already at the model's size (what `skin_tf.data.images.prepare_image` returns for
+    files the pipeline decodes) is only cast; any other size goes through
+    `skin_tf.serving.endpoints.resize_images`, the resize inside `serve`.
+
+    Example:
+        >>> to_model_size(np.zeros((64, 64, 3), np.uint8), 64).dtype
+        dtype('float32')
+    """
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {array.shape}")
+    if array.shape[:2] == (side, side):
+        return array.astype(np.float32)
+    from skin_tf.serving.endpoints import resize_images
+
+    return resize_images(array[None], (side, side), resize)[0].numpy()
+
+
+# ---------------------------------------------------------------- the interpreter
+
+
+class LiteRTModel:
+    """One .tflite classifier under the LiteRT interpreter: (N, S, S, 3) images → (N, 7) probs.
+
+    Calls are serialised with a lock (an interpreter is not thread-safe, and the Streamlit page
+    shares one per process); the batch dimension is resized when N changes.
+
+    Example:
+        >>> runner = LiteRTModel("saved_models/b0/model_int8.tflite")  # doctest: +SKIP
+        >>> runner.image_size  # doctest: +SKIP
+        224
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LiteRTError(
+                f"{self.path} not found: the LiteRT model is missing from this export; re-run "
+                "`skin-tf export RUN_DIR --out FOLDER --overwrite`, or choose --engine savedmodel"
+            )
+        from ai_edge_litert.interpreter import Interpreter
+
+        threads = num_threads or len(os.sched_getaffinity(0))
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as err:
+            raise LiteRTError(
+                f"{self.path} is not a readable LiteRT model ({err}); re-run `skin-tf export "
+                "RUN_DIR --out FOLDER --overwrite`, or choose --engine savedmodel"
+            ) from None
+        (self._input,) = self._interpreter.get_input_details()
+        (self._output,) = self._interpreter.get_output_details()
+        shape = self._input["shape_signature"]
+        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
+            raise LiteRTError(f"{self.path} takes {list(shape)}, not square RGB image batches")
+        self.image_size = int(shape[1])
+        self._batch = int(self._input["shape"][0])
+        self._lock = threading.Lock()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(N, 7) float32 probabilities of images (N, S, S, 3) or one image (S, S, 3)."""
+        batch = np.asarray(images, np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        side = self.image_size
+        if batch.ndim != 4 or batch.shape[1:] != (side, side, 3):
+            raise ValueError(
+                f"{self.path.name} takes images of {side}x{side}x3, got {batch.shape}: resize "
+                "them with skin_tf.serving.litert.to_model_size"
+            )
+        if len(batch) == 0:
+            return np.zeros((0, self._output["shape_signature"][-1]), np.float32)
+        with self._lock:
+            if len(batch) != self._batch:
+                shape = [len(batch), side, side, 3]
+                self._interpreter.resize_tensor_input(self._input["index"], shape)
+                self._interpreter.allocate_tensors()
+                self._batch = len(batch)
+            self._interpreter.set_tensor(self._input["index"], batch)
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output["index"]).copy()

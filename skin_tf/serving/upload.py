@@ -1,0 +1,182 @@
+"""One upload on the Streamlit page: read and checked, scored by the served engine, explained by
+the SavedModel's `explain` endpoint, with notes on what reading it changed (colour mode, EXIF).
+
+Images are read and validated by `skin_tf.data.images.prepare_image`; nothing here loads the
+Keras training model. What the page writes about the result is in `skin_tf.serving.page`.
+
+Example:
+    >>> analyse_upload(served, "a.jpg", b"hello").error  # doctest: +SKIP
+    'not an image (no known image format)'
+    >>> conversion_notes(_png_bytes(np.zeros((40, 40), np.uint8)))[0][:15]
+    'greyscale image'
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from skin_tf.data.ham10000 import CLASSES
+
+if TYPE_CHECKING:
+    from skin_tf.serving.served import ServedModel
+
+UPLOAD_TYPES = ["jpg", "jpeg", "png"]
+MAX_DISPLAY_SIDE = 1024  # pictures shown in the browser; the model always sees the full image
+_GREY_CAUTION = (
+    "The model was trained on colour photographs, so treat its output on a greyscale image "
+    "with extra caution."
+)
+_MODE_NOTES = {
+    "1": "1-bit black-and-white image: converted to RGB. " + _GREY_CAUTION,
+    "L": "greyscale image: converted to RGB (three equal channels). " + _GREY_CAUTION,
+    "LA": "greyscale image with transparency: composited on white, converted to RGB. "
+    + _GREY_CAUTION,
+    "I": "32-bit greyscale image: converted to 8-bit RGB. " + _GREY_CAUTION,
+    "I;16": "16-bit greyscale image: its range rescaled to 8 bits, converted to RGB. "
+    + _GREY_CAUTION,
+    "F": "floating-point greyscale image: converted to 8-bit RGB. " + _GREY_CAUTION,
+    "RGBA": "image with transparency (alpha channel): composited on a white background.",
+    "PA": "palette image with transparency: composited on a white background.",
+    "P": "palette (indexed-colour) image: converted to RGB.",
+    "CMYK": "CMYK image (print colours): converted to RGB; colours may differ slightly from "
+    "the original camera's.",
+    "YCbCr": "YCbCr image: converted to RGB.",
+    "LAB": "Lab image: converted to RGB.",
+}
+for _mode in ("I;16B", "I;16L"):
+    _MODE_NOTES[_mode] = _MODE_NOTES["I;16"]
+_EXIF_ORIENTATION = 0x0112
+
+
+# ---------------------------------------------------------------- one upload
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What the page shows for one uploaded file: either an error or a prediction."""
+
+    name: str
+    error: str | None = None
+    probs: np.ndarray | None = None  # (7,) probabilities in CLASSES order, from the engine
+    display: np.ndarray | None = None  # RGB uint8, longest side <= MAX_DISPLAY_SIDE
+    heatmap: np.ndarray | None = None  # Grad-CAM, 0..1 (model grid or display)
+    heatmap_class: str | None = None  # the class the Grad-CAM is for (the SavedModel's top class)
+    size: tuple[int, int] | None = None  # original (width, height)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def top_class(self) -> str | None:
+        return None if self.probs is None else CLASSES[int(np.argmax(self.probs))]
+
+
+def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
+    """Validate, predict and explain one upload; an unreadable file gives `error`, not a raise.
+
+    The probabilities come from the served engine; the Grad-CAM map from the SavedModel's
+    `explain` endpoint, for its own top class (which a LiteRT engine almost always shares).
+
+    Example:
+        >>> analyse_upload(served, "a.jpg", b"hello").error  # doctest: +SKIP
+        'not an image (no known image format)'
+    """
+    from skin_tf.data.images import ImageError, prepare_image
+
+    height, width = served.image_size
+    if height != width:
+        raise ValueError(
+            f"the model's input is {height}x{width}; skin_tf's pipeline only prepares square "
+            "inputs: export a model trained with one image_size"
+        )
+    try:
+        prepared = prepare_image(data, int(height), served.resize)
+    except ImageError as err:
+        return UploadResult(name=name, error=str(err))
+    explained, heatmaps = served.explain(prepared.model_input)
+    probs = (
+        explained if served.engine == "savedmodel" else served.predict_many([prepared.model_input])
+    )
+    original = prepared.original
+    display = _fit_side(original, MAX_DISPLAY_SIDE)
+    heatmap = heatmaps[0]
+    if heatmap.shape == original.shape[:2] and display.shape != original.shape:
+        # A full-size map (the model got the full image): shrink it with the picture.
+        heatmap = _resize_float(heatmap, display.shape[:2])
+    return UploadResult(
+        name=name,
+        probs=probs[0],
+        display=display,
+        heatmap=heatmap,
+        heatmap_class=CLASSES[int(np.argmax(explained[0]))],
+        size=(original.shape[1], original.shape[0]),
+        notes=tuple(conversion_notes(data)),
+    )
+
+
+def gradcam_caption(result: UploadResult) -> str:
+    """The caption under the Grad-CAM overlay; says so when the map is for another class than the
+    engine's top class.
+
+    Example:
+        >>> gradcam_caption(UploadResult("a", probs=np.eye(7)[4], heatmap_class="mel"))[:34]
+        'Grad-CAM for the top class (mel): '
+    """
+    if result.heatmap_class in (None, result.top_class):
+        return f"Grad-CAM for the top class ({result.top_class}): where the model looked, not why"
+    return (
+        f"Grad-CAM for {result.heatmap_class}, the SavedModel's top class (this engine's top "
+        f"class is {result.top_class}): where the model looked, not why"
+    )
+
+
+def conversion_notes(data: bytes) -> list[str]:
+    """What reading the image changed (colour mode, EXIF rotation), for a note under it.
+
+    Reads only the header; the image is assumed to have passed `prepare_image` already.
+
+    Example:
+        >>> conversion_notes(_png_bytes(np.zeros((40, 40), np.uint8)))[0][:15]
+        'greyscale image'
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            mode = image.mode
+            rotated = image.getexif().get(_EXIF_ORIENTATION, 1) not in (None, 1)
+            transparent = "transparency" in image.info
+    except (OSError, SyntaxError, ValueError):
+        return []
+    notes = []
+    if mode in _MODE_NOTES:
+        notes.append(_MODE_NOTES[mode])
+    elif mode != "RGB":
+        notes.append(f"{mode} image: converted to RGB.")
+    if transparent and mode not in {"RGBA", "LA", "PA"}:
+        notes.append("transparent pixels composited on a white background.")
+    if rotated:
+        notes.append("rotated upright following the image's EXIF orientation tag.")
+    return notes
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _fit_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def _resize_float(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    picture = Image.fromarray(np.asarray(values, np.float32), mode="F")
+    resized = picture.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
