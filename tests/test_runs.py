@@ -103,7 +103,7 @@ def test_collect_meta_fields(fake_root: Path):
     assert meta["versions"]["tensorflow"] and meta["versions"]["keras"]
     assert meta["seed"] == 42 and meta["host"]
     assert re.match(r"^(CPU \(\d+ cores\)|GPU: .+)$", meta["hardware"])
-    assert meta["weights"] == "none" and meta["precision"] == "float32"
+    assert meta["weights"] == "imagenet" and meta["precision"] == "float32"  # the cpu profile
     assert meta["image_size"] == config.image_size and meta["epochs"] == 10
     assert meta["data"] == {
         "root": str(fake_root.resolve()),

