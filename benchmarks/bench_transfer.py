@@ -60,6 +60,12 @@ CACHED_RECIPES: dict[str, tuple[str, list[str], str, int]] = {
         "block4",
         8,
     ),
+    "lite0_cached_block6_128": (
+        "baseline",
+        ["model=efficientnet_lite0", "image_size=128"],
+        "block6",
+        8,
+    ),
 }
 # What every recipe shares on top of its config: ImageNet weights (overridden by scratch
 # recipes), the learning rate a pretrained backbone tolerates, a cosine decay over the run.
