@@ -27,6 +27,12 @@ import time
 from pathlib import Path
 
 TARGETS = (0.60, 0.70)
+# (A, B): printed as B − A on the same test images, 1,000 lesion-bootstrap resamples.
+PAIRS = (
+    ("scratch_b0_112", "lite0_finetune_128"),
+    ("lite0_frozen_128", "lite0_finetune_128"),
+    ("lite0_finetune_128", "lite2_finetune_128"),
+)
 HEADLINE = ("balanced_accuracy", "mel_roc_auc", "accuracy")
 # name: (config, overrides). The same config and training length for every recipe, so the
 # recipes differ only in what they name: the backbone, its weights, the image size, freezing
@@ -172,6 +178,7 @@ def run_cached_recipe(name: str, args: argparse.Namespace) -> dict:
         ),
         loss,
     )  # fmt: skip
+    weights = class_weight_for(config, frames["train"])
     rng = np.random.default_rng(config.seed)
     sign = -1.0 if config.select_mode == "min" else 1.0
     epochs: list[dict] = []
@@ -181,7 +188,7 @@ def run_cached_recipe(name: str, args: argparse.Namespace) -> dict:
         x = train_cache[view, np.arange(len(view))].astype(np.float32)
         top.fit(
             x, labels["train"], batch_size=config.batch_size, epochs=1, verbose=0,
-            class_weight=class_weight_for(config, frames["train"]), shuffle=True,
+            class_weight=weights, shuffle=True,
         )  # fmt: skip
         logs = validation_logs(labels["val"], top.predict(val_cache, verbose=0), loss)
         epochs.append({"epoch": epoch + 1, "wall_s": round(time.monotonic() - start, 1), **logs})
@@ -234,6 +241,23 @@ def table(results: list[dict], targets: tuple[float, ...]) -> str:
     return "\n".join(rows)
 
 
+def paired_table(results: list[dict], runs_dir: Path) -> str:
+    """B − A on the same test images (paired lesion bootstrap) for each of PAIRS whose two runs
+    kept their run folders (the cached recipe trains in memory and has none)."""
+    from skin_tf.evaluation.compare import paired_difference
+    from skin_tf.evaluation.metrics import read_predictions
+
+    folders = {r["recipe"]: runs_dir / r["run_dir"] for r in results if r.get("run_dir")}
+    rows = ["| B − A | balanced accuracy | melanoma ROC AUC | accuracy |", "|---|---|---|---|"]
+    for a, b in [pair for pair in PAIRS if all(name in folders for name in pair)]:
+        diff = paired_difference(
+            read_predictions(folders[a], "test"), read_predictions(folders[b], "test"), HEADLINE
+        )
+        cells = [f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in diff.values()]
+        rows.append(f"| {b} − {a} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) if len(rows) > 2 else "no pair of recipes with run folders measured"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=Path("data/ham10000"))
@@ -262,6 +286,7 @@ def main() -> None:
         if (args.out / f"{name}.json").is_file()
     ]
     print(table(results, TARGETS))
+    print(paired_table(results, args.out / "runs"))
 
 
 if __name__ == "__main__":
