@@ -23,6 +23,7 @@ from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.serving import launch as launch
 from skin_tf.serving import page as support
 from skin_tf.serving import upload as analysis
+from tests.data.test_images import png_header
 
 SAMPLE_IMAGE = "ISIC_0024306.jpg"  # a real HAM10000 image (nv) of the shared 200x150 copy
 DEMO_THRESHOLD = 0.15
@@ -110,22 +111,28 @@ def sample_image(sample_bytes: bytes) -> Image.Image:
 
 def bad_upload(kind: str, sample_bytes: bytes) -> tuple[str, bytes]:
     """(file name, bytes) of a file the page must refuse with a clear message."""
+    if kind == "empty":
+        return "empty.jpg", b""
     if kind == "not_an_image":
         return "notes.jpg", b"patient notes, not a picture\n" * 20
-    if kind == "truncated_jpeg":
+    if kind == "truncated_jpeg":  # the real HAM10000 JPEG, cut in the middle of its pixel data
         return "truncated.jpg", sample_bytes[: len(sample_bytes) // 2]
     if kind == "one_pixel":
         return "dot.png", encode(Image.new("RGB", (1, 1), (200, 120, 100)), "PNG")
     if kind == "bomb":  # a real, decodable 20000x20000 PNG (48 kB compressed, 400 Mpx)
         return "huge.png", encode(Image.new("1", (20_000, 20_000)), "PNG")
+    if kind == "huge_header":  # 144 Mpx: under PIL's own limit, over skin_tf's 40
+        return "scan.png", png_header(12_000, 12_000)
     raise ValueError(kind)
 
 
-BAD_UPLOADS = {  # kind → what the message must say
-    "not_an_image": "not an image",
-    "truncated_jpeg": "truncated/corrupt JPEG",
-    "one_pixel": "too small: 1x1",
-    "bomb": "too large",
+BAD_UPLOADS = {  # kind → the message (`skin-tf predict` says the same: test_predict.py)
+    "empty": "empty file (0 bytes)",
+    "not_an_image": "not an image (no known image format)",
+    "truncated_jpeg": "truncated or damaged JPEG file: re-export or re-download it",
+    "one_pixel": "too small: 1x1 (min 32 px)",
+    "bomb": "too large: 400 megapixels (max 40 megapixels)",
+    "huge_header": "too large: 144 megapixels (max 40 megapixels)",
 }
 
 
@@ -414,6 +421,7 @@ def test_real_image_gets_top_k_chart_gradcam_flag_and_csv(demo_model, sample_byt
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # refused anyway
 @pytest.mark.parametrize("kind", sorted(BAD_UPLOADS))
 def test_bad_upload_gets_its_message(kind, demo_model, sample_bytes, monkeypatch):
     name, data = bad_upload(kind, sample_bytes)
