@@ -167,7 +167,9 @@ for upload in uploads:
                 for rank, row in enumerate(top.to_dict("records"), start=1)
             )
         )
-        text = support.mel_flag_text(result.probs, served.mel_point)
+        text = support.mel_flag_text(
+            result.probs, served.mel_point, served.metadata.get("mel_threshold")
+        )
         flagged = support.mel_flag(result.probs, served.threshold)
         (st.warning if flagged else st.info)(text)
 

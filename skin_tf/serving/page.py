@@ -165,9 +165,16 @@ def mel_flag(probs: np.ndarray, threshold: float | None) -> bool | None:
     return None if threshold is None else bool(float(probs[MEL_INDEX]) >= threshold)
 
 
-def mel_flag_text(probs: np.ndarray, point: Mapping[str, Any]) -> str:
-    """One markdown line: P(mel) against the engine's validated threshold (`ServedModel.mel_point`)
-    and its validation figures.
+def mel_flag_text(
+    probs: np.ndarray, point: Mapping[str, Any], run_point: Mapping[str, Any] | None = None
+) -> str:
+    """One markdown paragraph: P(mel) against the engine's validated threshold
+    (`ServedModel.mel_point`), with that threshold's test figures beside its validation ones.
+
+    Below the threshold it says how many melanomas the threshold misses (from the test
+    sensitivity), so that it does not read as an all-clear. `run_point` (metadata.json's
+    `mel_threshold`) gives the test figures when the engine's own threshold has none: the int8
+    engine re-chooses its threshold on validation at export and is never scored on test.
 
     Example:
         >>> point = {"value": 0.3, "val_sensitivity": 0.86, "val_specificity": 0.7}
@@ -182,16 +189,59 @@ def mel_flag_text(probs: np.ndarray, point: Mapping[str, Any]) -> str:
             f"P(mel) = {p_mel:.3f}. **No melanoma flag**: this model has no validated operating "
             "point (run `skin-tf threshold` on its run, then export it again)."
         )
+    test, run_value = _test_figures(point, run_point)
     figures = (
-        f"validation sensitivity {_number(point.get('val_sensitivity'))}, "
+        (
+            f"test sensitivity {_number(test['sensitivity'])}, "
+            f"specificity {_number(test.get('specificity'))}"
+            + ("" if run_value is None else f" at the run's threshold {run_value:.3f}")
+            if test
+            else "not measured on the test split"
+        )
+        + f"; validation sensitivity {_number(point.get('val_sensitivity'))}, "
         f"specificity {_number(point.get('val_specificity'))}"
     )
     if p_mel >= threshold:
         return (
             f"**Melanoma flag raised**: P(mel) = {p_mel:.3f} ≥ threshold {threshold:.3f} "
-            f"({figures})"
+            f"({figures}). Not a diagnosis: have this lesion looked at by a doctor."
         )
-    return f"No melanoma flag: P(mel) = {p_mel:.3f} < threshold {threshold:.3f} ({figures})"
+    return (
+        f"**Below the melanoma threshold**, which is not an all-clear: P(mel) = {p_mel:.3f} < "
+        f"threshold {threshold:.3f}. {_missed_sentence(point, test, run_value is None)} "
+        f"({figures}). Not a diagnosis: see a doctor about any skin change that worries you."
+    )
+
+
+def _test_figures(
+    point: Mapping[str, Any], run_point: Mapping[str, Any] | None
+) -> tuple[Mapping[str, Any], float | None]:
+    """(test sensitivity/specificity to quote, None when they are this threshold's or the run's
+    threshold when they are the run's); ({}, None) when neither was measured on test."""
+    if (point.get("test") or {}).get("sensitivity") is not None:
+        return point["test"], None
+    run_point = run_point or {}
+    run_test = run_point.get("test") or {}
+    if run_test.get("sensitivity") is not None and run_point.get("value") is not None:
+        return run_test, float(run_point["value"])
+    return {}, None
+
+
+def _missed_sentence(point: Mapping[str, Any], test: Mapping[str, Any], own: bool) -> str:
+    """How many melanomas in 100 were missed, from the test sensitivity (else validation's);
+    `own`: the test figures are this threshold's, not the run's."""
+    sensitivity, split = (
+        (test["sensitivity"], "the test split")
+        if test
+        else (point.get("val_sensitivity"), "the validation split")
+    )
+    if not isinstance(sensitivity, int | float):
+        return "How many melanomas it misses was not measured"
+    who = "At this threshold the model" if own else "The model"
+    missed = round(100 * (1 - sensitivity))
+    if missed == 0:
+        return f"{who} missed none of the melanomas of {split} (a small sample)"
+    return f"{who} missed about {missed} in 100 melanomas on {split}"
 
 
 def _number(value: Any) -> str:
