@@ -176,10 +176,16 @@ for upload in uploads:
 st.divider()
 table = support.predictions_frame(results, served.threshold, Path(str(chosen)).name, served.engine)
 st.subheader("All predictions")
-st.dataframe(table, hide_index=True)
+st.dataframe(
+    table,
+    hide_index=True,
+    placeholder="",
+    column_config=support.table_column_config(table),
+    column_order=support.table_column_order(table),
+)
 st.download_button(
     "Download predictions (CSV)",
-    table.to_csv(index=False).encode(),
+    support.predictions_csv(table),
     file_name="skin_tf_predictions.csv",
     mime="text/csv",
 )

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,12 @@ import pandas as pd
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.serving.launch import PageSettings, is_exported_model
 from skin_tf.serving.upload import UploadResult
+
+PROBABILITY_DECIMALS = 4  # the table and CSV: enough to rank and threshold, none of float noise
+# The table's text: about 6 px a character on average in the grid's 14 px sans-serif (7.5 leaves
+# room for wide letters), plus the cell's padding.
+_CHAR_PX = 7.5
+_CELL_PADDING_PX = 32
 
 # ---------------------------------------------------------------- model discovery
 
@@ -255,7 +262,8 @@ def predictions_frame(
     engine: str = "savedmodel",
 ) -> pd.DataFrame:
     """One row per upload: image, model, engine, p_<class>…, top_class, mel_threshold, mel_flag,
-    notes, error (failed uploads keep their row, with empty probabilities and the reason).
+    notes, error. Probabilities are rounded to PROBABILITY_DECIMALS; a failed upload keeps its
+    row with the reason and nothing else (no probabilities, threshold or flag).
 
     Example:
         >>> predictions_frame([UploadResult("x.jpg", error="not an image")], 0.3, "b0").error[0]
@@ -266,14 +274,67 @@ def predictions_frame(
         row: dict[str, Any] = {"image": result.name, "model": model_name, "engine": engine}
         probs = result.probs
         for i, code in enumerate(CLASSES):
-            row[f"p_{code}"] = None if probs is None else round(float(probs[i]), 6)
+            row[f"p_{code}"] = (
+                None if probs is None else round(float(probs[i]), PROBABILITY_DECIMALS)
+            )
         row["top_class"] = result.top_class
-        row["mel_threshold"] = threshold
+        row["mel_threshold"] = None if probs is None else threshold
         row["mel_flag"] = None if probs is None else mel_flag(probs, threshold)
         row["notes"] = " ".join(result.notes) or None
         row["error"] = result.error
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def predictions_csv(table: pd.DataFrame) -> bytes:
+    """The CSV download of `predictions_frame`: every number with PROBABILITY_DECIMALS decimals
+    (never 1e-06 beside 0.1119025065…), empty cells for what a failed upload lacks.
+
+    Example:
+        >>> predictions_csv(pd.DataFrame({"p_mel": [1e-6, 0.11190250659047866]})).decode()
+        'p_mel\\n0.0000\\n0.1119\\n'
+    """
+    return table.to_csv(index=False, float_format=f"%.{PROBABILITY_DECIMALS}f").encode()
+
+
+def table_column_config(table: pd.DataFrame) -> dict[str, Any]:
+    """`column_config` of the "All predictions" table: numbers as in the CSV, and the notes and
+    error columns wide enough for their whole text (the grid cuts a cell at its width, and
+    sizes columns to fit only so far)."""
+    import streamlit as st
+
+    config: dict[str, Any] = {
+        column: st.column_config.NumberColumn(format=f"%.{PROBABILITY_DECIMALS}f")
+        for column in table.columns
+        if column.startswith("p_") or column == "mel_threshold"
+    }
+    for column in ("notes", "error"):
+        if column in table.columns:
+            config[column] = st.column_config.TextColumn(width=text_column_width(table[column]))
+    return config
+
+
+def table_column_order(table: pd.DataFrame) -> list[str]:
+    """Display order of the "All predictions" table: a failed upload's reason right after its
+    name, where it is seen without scrolling; the other columns as in the CSV, new ones too.
+
+    Example:
+        >>> table_column_order(pd.DataFrame(columns=["image", "p_mel", "notes", "error"]))
+        ['image', 'error', 'p_mel', 'notes']
+    """
+    first = [c for c in ("image", "error") if c in table.columns]
+    return first + [c for c in table.columns if c not in first]
+
+
+def text_column_width(texts: pd.Series) -> int:
+    """Pixels a table column needs to show its longest text on one line (the header counts).
+
+    Example:
+        >>> text_column_width(pd.Series(["not an image (no known image format)", None]))
+        302
+    """
+    longest = max([len(str(texts.name or ""))] + [len(t) for t in texts if isinstance(t, str)])
+    return _CELL_PADDING_PX + math.ceil(_CHAR_PX * longest)
 
 
 def provenance_markdown(metadata: Mapping[str, Any]) -> str:

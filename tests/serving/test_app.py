@@ -434,7 +434,8 @@ def test_bad_upload_gets_its_message(kind, demo_model, sample_bytes, monkeypatch
     assert "Upload a JPG or PNG photo" in message
     assert top_k_lines(at) == []
     table = at.dataframe[0].value
-    assert table["image"].tolist() == [name] and BAD_UPLOADS[kind] in table["error"][0]
+    assert table["image"].tolist() == [name] and table["error"][0] == BAD_UPLOADS[kind]
+    assert table[["mel_threshold", "mel_flag", "p_mel"]].iloc[0].isna().all()
 
 
 @pytest.mark.slow
@@ -463,12 +464,20 @@ def test_several_uploads_bad_ones_do_not_stop_the_others(
         bad_upload("not_an_image", sample_bytes),
         (second, (real_data_root / "images" / second).read_bytes()),
         bad_upload("truncated_jpeg", sample_bytes),
+        bad_upload("empty", sample_bytes),
     ]
     at = upload(page(monkeypatch, demo_model.parent), *files)
-    assert len(at.error) == 2 and len(top_k_lines(at)) == 6
+    assert len(at.error) == 3 and len(top_k_lines(at)) == 6
     table = at.dataframe[0].value
     assert table["image"].tolist() == [name for name, _ in files]
-    assert table["error"].notna().tolist() == [False, True, False, True]
+    assert table["error"].notna().tolist() == [False, True, False, True, True]
+    assert table["mel_threshold"].notna().tolist() == [True, False, True, False, False]
+    shown = at.dataframe[0].proto  # what the browser's grid is told
+    assert shown.placeholder == ""  # empty cells stay blank instead of a grey "None"
+    columns = json.loads(shown.columns)
+    assert columns["error"]["width"] >= 7 * table["error"].str.len().max()  # whole, not cut
+    assert columns["p_mel"]["type_config"]["format"] == "%.4f"
+    assert list(shown.column_order)[:2] == ["image", "error"]
 
 
 @pytest.mark.slow
