@@ -69,7 +69,8 @@ with st.sidebar:
         options,
         index=first,
         format_func=support.model_label,
-        help=f"Every exported model in `{settings.models_dir}`",
+        help=f"Every exported model in `{settings.models_dir}`: folder · backbone and input "
+        "size. The run, its test figures and threshold are under Provenance below.",
     )
     if skipped:
         st.caption("Not exported models, skipped: " + ", ".join(p.name for p in skipped))

@@ -79,7 +79,8 @@ def model_version(path: Path) -> float | None:
 
 
 def model_label(path: Path) -> str:
-    """Picker label: folder name, run and backbone from metadata.json (without loading the graph).
+    """Picker label, short enough for the sidebar: folder name · backbone and input size, from
+    metadata.json (without loading the graph). The run and the rest are under Provenance.
 
     Example:
         >>> model_label(Path("saved_models/missing"))
@@ -89,11 +90,24 @@ def model_label(path: Path) -> str:
         metadata = json.loads((path / "metadata.json").read_text())
     except (OSError, json.JSONDecodeError):
         return f"{path.name} (not an exported model)"
-    details = [str(metadata[k]) for k in ("run", "model") if metadata.get(k)]
+    details = [backbone_short_name(str(metadata["model"]))] if metadata.get("model") else []
     size = metadata.get("input_size")
     if size:
         details.append(f"{size[0]} px")
-    return f"{path.name} ({', '.join(details)})" if details else path.name
+    return " · ".join([path.name, " ".join(details)]) if details else path.name
+
+
+def backbone_short_name(model: str) -> str:
+    """ "Lite0" for efficientnet_lite0, "B0" for efficientnet_b0; other names as they are.
+
+    Example:
+        >>> backbone_short_name("efficientnet_lite0"), backbone_short_name("efficientnet_b3")
+        ('Lite0', 'B3')
+    """
+    if not model.startswith("efficientnet_"):
+        return model
+    variant = model.removeprefix("efficientnet_")
+    return variant[:1].upper() + variant[1:]
 
 
 def no_model_instructions(settings: PageSettings) -> str:

@@ -211,7 +211,7 @@ def test_model_choices_put_the_requested_model_first(tmp_path):
 
 def test_model_label_reads_metadata_without_loading(tmp_path):
     folder = fake_export(tmp_path / "b0", run="baseline")
-    assert support.model_label(folder) == "b0 (baseline, efficientnet_b0, 224 px)"
+    assert support.model_label(folder) == "b0 · B0 224 px"
     assert support.model_label(tmp_path / "nothing") == "nothing (not an exported model)"
 
 
@@ -491,10 +491,7 @@ def test_model_picker_offers_the_requested_model_and_the_exports(
 
     at = page(monkeypatch, demo_model.parent, model=no_threshold)  # via SKIN_TF_MODEL
     picker = at.sidebar.selectbox[0]
-    assert list(picker.options) == [
-        "no_threshold (ui-demo-untrained, efficientnet_b0, 128 px)",
-        "tiny-b0 (ui-demo-untrained, efficientnet_b0, 128 px)",
-    ]
+    assert list(picker.options) == ["no_threshold · B0 128 px", "tiny-b0 · B0 128 px"]
     assert picker.value == no_threshold
     assert "Melanoma threshold: none" in " ".join(values(at.sidebar.markdown))
     upload(at, (SAMPLE_IMAGE, sample_bytes))

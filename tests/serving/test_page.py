@@ -1,10 +1,12 @@
 """What the page writes, as a real-browser pass found it wanting (issue 17, item 4): the melanoma
 box quotes the threshold's test figures and does not read as an all-clear; the "All predictions"
-table and its CSV. The older page-helper tests, and the page under AppTest, are in test_app.py."""
+table and its CSV; short model-picker labels. The older page-helper tests, and the page under
+AppTest, are in test_app.py."""
 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 
 from skin_tf.serving import page as support
 from skin_tf.serving import upload as analysis
-from tests.serving.test_app import METADATA, mel_probs
+from tests.serving.test_app import METADATA, fake_export, mel_probs
 
 # ---------------------------------------------------------------- the melanoma box
 
@@ -116,3 +118,17 @@ def test_the_table_shows_a_failure_s_reason_next_to_its_name_and_every_column(ta
 def test_text_column_width_counts_the_header_and_skips_empty_cells():
     assert support.text_column_width(pd.Series([None, None], name="error")) == 32 + 38
     assert support.text_column_width(pd.Series(["x" * 100, None], name="notes")) == 32 + 750
+
+
+# ---------------------------------------------------------------- the model picker
+
+
+def test_model_labels_are_short_and_the_details_stay_in_the_sidebar(tmp_path):
+    folder = fake_export(tmp_path / "demo", run="a-long-run-name-that-would-be-cut")
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata.update(model="efficientnet_lite0", input_size=[96, 96])
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    assert support.model_label(folder) == "demo · Lite0 96 px"
+    assert support.backbone_short_name("efficientnet_b0") == "B0"
+    assert support.backbone_short_name("resnet50") == "resnet50"
+    assert "a-long-run-name-that-would-be-cut" in support.provenance_markdown(metadata)
