@@ -94,7 +94,7 @@ with st.sidebar:
         engines,
         index=engines.index(wanted),
         format_func=lambda name: support.engine_label(served.metadata, name),
-        help="Grad-CAM always comes from the SavedModel's explain endpoint.",
+        help=support.engine_help(served.metadata, engines),
     )
     if settings.engine is not None and settings.engine not in engines:
         st.caption(f"`{settings.engine}` is not in this export: using `{default}`.")

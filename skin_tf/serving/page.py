@@ -415,11 +415,23 @@ def provenance_markdown(metadata: Mapping[str, Any]) -> str:
 
 
 def engine_label(metadata: Mapping[str, Any], engine: str) -> str:
-    """Picker label of an engine: what it is, its file size and validation balanced accuracy.
+    """Picker label of an engine, short enough for the sidebar: its name and file size (what it
+    is and how it scored on validation: `engine_details`, in the picker's help).
 
     Example:
         >>> engine_label({"engines": {"tflite": {"bytes": 16e6}}}, "tflite")
-        'tflite (LiteRT float32, 16.0 MB)'
+        'tflite · 16.0 MB'
+    """
+    facts = (metadata.get("engines") or {}).get(engine) or {}
+    return f"{engine} · {facts['bytes'] / 1e6:.1f} MB" if facts.get("bytes") else engine
+
+
+def engine_details(metadata: Mapping[str, Any], engine: str) -> str:
+    """What an engine is, its file size and validation balanced accuracy.
+
+    Example:
+        >>> engine_details({"engines": {"tflite": {"bytes": 16e6}}}, "tflite")
+        'LiteRT float32, 16.0 MB'
     """
     kinds = {"savedmodel": "SavedModel", "tflite": "LiteRT float32", "tflite-int8": "LiteRT int8"}
     facts = (metadata.get("engines") or {}).get(engine) or {}
@@ -429,7 +441,20 @@ def engine_label(metadata: Mapping[str, Any], engine: str) -> str:
     balanced = (facts.get("validation") or {}).get("balanced_accuracy")
     if isinstance(balanced, int | float):
         details.append(f"val balanced accuracy {balanced:.3f}")
-    return f"{engine} ({', '.join(details)})"
+    return ", ".join(details)
+
+
+def engine_help(metadata: Mapping[str, Any], engines: Sequence[str]) -> str:
+    """The engine picker's help: every engine with `engine_details`; Grad-CAM's source.
+
+    Example:
+        >>> print(engine_help({}, ["savedmodel"]))
+        - `savedmodel`: SavedModel
+        <BLANKLINE>
+        Grad-CAM always comes from the SavedModel's explain endpoint.
+    """
+    lines = [f"- `{engine}`: {engine_details(metadata, engine)}" for engine in engines]
+    return "\n".join([*lines, "", "Grad-CAM always comes from the SavedModel's explain endpoint."])
 
 
 def engine_markdown(metadata: Mapping[str, Any], engine: str) -> str:

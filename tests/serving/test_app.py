@@ -545,7 +545,7 @@ def test_page_says_an_old_export_has_only_the_savedmodel(demo_model, tmp_path, m
     for name in ("model.tflite", "model_int8.tflite"):
         (old / name).unlink(missing_ok=True)
     at = page(monkeypatch, old.parent)
-    assert list(at.sidebar.selectbox[1].options) == ["savedmodel (SavedModel)"]
+    assert list(at.sidebar.selectbox[1].options) == ["savedmodel"]
     assert any("re-run `skin-tf export" in c for c in values(at.sidebar.caption))
 
 

@@ -1,7 +1,7 @@
 """What the page writes, as a real-browser pass found it wanting (issue 17, item 4): the melanoma
 box quotes the threshold's test figures and does not read as an all-clear; the "All predictions"
-table and its CSV; short model-picker labels. The older page-helper tests, and the page under
-AppTest, are in test_app.py."""
+table and its CSV; short model- and engine-picker labels. The older page-helper tests, and the
+page under AppTest, are in test_app.py."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def test_text_column_width_counts_the_header_and_skips_empty_cells():
     assert support.text_column_width(pd.Series(["x" * 100, None], name="notes")) == 32 + 750
 
 
-# ---------------------------------------------------------------- the model picker
+# ---------------------------------------------------------------- the model and engine pickers
 
 
 def test_model_labels_are_short_and_the_details_stay_in_the_sidebar(tmp_path):
@@ -132,3 +132,17 @@ def test_model_labels_are_short_and_the_details_stay_in_the_sidebar(tmp_path):
     assert support.backbone_short_name("efficientnet_b0") == "B0"
     assert support.backbone_short_name("resnet50") == "resnet50"
     assert "a-long-run-name-that-would-be-cut" in support.provenance_markdown(metadata)
+
+
+def test_engine_labels_are_short_and_the_details_are_in_the_help():
+    metadata = {
+        "engines": {
+            "tflite-int8": {"bytes": 4.0e6, "validation": {"balanced_accuracy": 0.652}},
+            "savedmodel": {"validation": {"balanced_accuracy": 0.661}},
+        }
+    }
+    assert support.engine_label(metadata, "tflite-int8") == "tflite-int8 · 4.0 MB"
+    assert support.engine_label(metadata, "savedmodel") == "savedmodel"
+    text = support.engine_help(metadata, ["tflite-int8", "savedmodel"])
+    assert "- `tflite-int8`: LiteRT int8, 4.0 MB, val balanced accuracy 0.652" in text
+    assert "- `savedmodel`: SavedModel, val balanced accuracy 0.661" in text
