@@ -1,7 +1,8 @@
 """Images a user hands in (a file, an upload, raw bytes): read, checked and made ready for a model.
 
-`read_rgb_image` says clearly why a file cannot be used ("not an image", "truncated/corrupt JPEG",
-"too small …"); `prepare_image` then decodes and resizes it with
+`read_rgb_image` says clearly why a file cannot be used ("empty file", "not an image", "truncated
+or damaged JPEG file", "too small …", "too large …"), in words a user can act on: the same messages
+reach `skin-tf predict` and the Streamlit page. `prepare_image` then decodes and resizes it with
 `skin_tf.data.pipeline.decode_resize`, exactly as in training and evaluation. `skin-tf predict`, the
 Streamlit page and the Grad-CAM gallery all read images through here.
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,8 +46,9 @@ def read_rgb_image(source: str | os.PathLike | bytes | BinaryIO) -> np.ndarray:
 
     Greyscale, palette, RGBA/LA (composited on white), CMYK and 16-bit images are converted;
     the EXIF orientation is applied. Raises `ImageError` with a short reason otherwise:
-    "not an image", "truncated/corrupt JPEG", "too small: 1x1 (min 32 px)",
-    "too large: … pixels (max …)".
+    "empty file (0 bytes)", "not an image (no known image format)", "truncated or damaged JPEG
+    file: re-export or re-download it", "too small: 1x1 (min 32 px)",
+    "too large: 144 megapixels (max 40 megapixels)".
 
     Example:
         >>> read_rgb_image("ISIC_0024306.jpg").shape  # doctest: +SKIP
@@ -56,19 +60,21 @@ def read_rgb_image(source: str | os.PathLike | bytes | BinaryIO) -> np.ndarray:
 def _decode_checked(source: str | os.PathLike | bytes | BinaryIO) -> tuple[np.ndarray, bool]:
     """(RGB uint8 pixels, whether TensorFlow's decoder would give the same picture)."""
     data = _read_bytes(source)
+    if not data:  # PIL would call it "no known image format"; an upload or copy went wrong
+        raise ImageError("empty file (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not an image (no known image format)") from None
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"too large: {err}") from None
-    except (OSError, SyntaxError, ValueError) as err:  # the header itself is cut or damaged
-        raise ImageError(f"truncated/corrupt {_sniff_format(data)} ({err})") from None
+    except Image.DecompressionBombError as err:  # PIL's own, higher limit: refused at the header
+        raise ImageError(too_large_message(_bomb_pixels(str(err)))) from None
+    except (OSError, SyntaxError, ValueError):  # the header itself is cut or damaged
+        raise ImageError(damaged_message(_sniff_format(data))) from None
     with image:
         kind = image.format or "image"
         width, height = image.size
         if width * height > MAX_PIXELS:
-            raise ImageError(f"too large: {width * height} pixels (max {MAX_PIXELS})")
+            raise ImageError(too_large_message(width * height))
         if min(width, height) < MIN_SIDE:
             raise ImageError(f"too small: {width}x{height} (min {MIN_SIDE} px)")
         # PIL otherwise pads a truncated file with grey silently when this flag is set globally.
@@ -84,10 +90,55 @@ def _decode_checked(source: str | os.PathLike | bytes | BinaryIO) -> tuple[np.nd
             )
             image = ImageOps.exif_transpose(image)
             return _to_rgb_uint8(image), tf_decodable
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ImageError(f"truncated/corrupt {kind} ({err})") from None
+        except (OSError, SyntaxError, ValueError):
+            # PIL's text ("image file is truncated (6 bytes not processed)") means nothing to a
+            # user; what they can do about it does.
+            raise ImageError(damaged_message(kind)) from None
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def damaged_message(kind: str) -> str:
+    """The reason given for a file whose header or data is cut or damaged.
+
+    Example:
+        >>> damaged_message("JPEG")
+        'truncated or damaged JPEG file: re-export or re-download it'
+    """
+    return f"truncated or damaged {kind} file: re-export or re-download it"
+
+
+def too_large_message(pixels: int | None) -> str:
+    """The reason given for an image above MAX_PIXELS (None: above PIL's own limit, size unknown).
+
+    Example:
+        >>> too_large_message(12_000 * 12_000)
+        'too large: 144 megapixels (max 40 megapixels)'
+    """
+    size = (
+        f"over {megapixels(2 * (Image.MAX_IMAGE_PIXELS or MAX_PIXELS))}"
+        if pixels is None
+        else megapixels(pixels)
+    )
+    return f"too large: {size} megapixels (max {megapixels(MAX_PIXELS)} megapixels)"
+
+
+def megapixels(pixels: int) -> str:
+    """Pixels in megapixels, one decimal at most, rounded up so that a refused size never reads
+    as the limit itself.
+
+    Example:
+        >>> megapixels(40_000_000), megapixels(40_000_001), megapixels(144_000_000)
+        ('40', '40.1', '144')
+    """
+    return f"{math.ceil(pixels / 100_000) / 10:,.1f}".removesuffix(".0")
+
+
+def _bomb_pixels(message: str) -> int | None:
+    """The pixel count in PIL's DecompressionBombError text ("Image size (400000000 pixels)
+    exceeds limit …"); None when PIL words it otherwise."""
+    found = re.search(r"\((\d+) pixels\)", message)
+    return int(found.group(1)) if found else None
 
 
 def _read_bytes(source: str | os.PathLike | bytes | BinaryIO) -> bytes:

@@ -69,7 +69,8 @@ with st.sidebar:
         options,
         index=first,
         format_func=support.model_label,
-        help=f"Every exported model in `{settings.models_dir}`",
+        help=f"Every exported model in `{settings.models_dir}`: folder · backbone and input "
+        "size. The run, its test figures and threshold are under Provenance below.",
     )
     if skipped:
         st.caption("Not exported models, skipped: " + ", ".join(p.name for p in skipped))
@@ -93,7 +94,7 @@ with st.sidebar:
         engines,
         index=engines.index(wanted),
         format_func=lambda name: support.engine_label(served.metadata, name),
-        help="Grad-CAM always comes from the SavedModel's explain endpoint.",
+        help=support.engine_help(served.metadata, engines),
     )
     if settings.engine is not None and settings.engine not in engines:
         st.caption(f"`{settings.engine}` is not in this export: using `{default}`.")
@@ -167,17 +168,25 @@ for upload in uploads:
                 for rank, row in enumerate(top.to_dict("records"), start=1)
             )
         )
-        text = support.mel_flag_text(result.probs, served.mel_point)
+        text = support.mel_flag_text(
+            result.probs, served.mel_point, served.metadata.get("mel_threshold")
+        )
         flagged = support.mel_flag(result.probs, served.threshold)
         (st.warning if flagged else st.info)(text)
 
 st.divider()
 table = support.predictions_frame(results, served.threshold, Path(str(chosen)).name, served.engine)
 st.subheader("All predictions")
-st.dataframe(table, hide_index=True)
+st.dataframe(
+    table,
+    hide_index=True,
+    placeholder="",
+    column_config=support.table_column_config(table),
+    column_order=support.table_column_order(table),
+)
 st.download_button(
     "Download predictions (CSV)",
-    table.to_csv(index=False).encode(),
+    support.predictions_csv(table),
     file_name="skin_tf_predictions.csv",
     mime="text/csv",
 )

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +27,12 @@ import pandas as pd
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.serving.launch import PageSettings, is_exported_model
 from skin_tf.serving.upload import UploadResult
+
+PROBABILITY_DECIMALS = 4  # the table and CSV: enough to rank and threshold, none of float noise
+# The table's text: about 6 px a character on average in the grid's 14 px sans-serif (7.5 leaves
+# room for wide letters), plus the cell's padding.
+_CHAR_PX = 7.5
+_CELL_PADDING_PX = 32
 
 # ---------------------------------------------------------------- model discovery
 
@@ -72,7 +79,8 @@ def model_version(path: Path) -> float | None:
 
 
 def model_label(path: Path) -> str:
-    """Picker label: folder name, run and backbone from metadata.json (without loading the graph).
+    """Picker label, short enough for the sidebar: folder name · backbone and input size, from
+    metadata.json (without loading the graph). The run and the rest are under Provenance.
 
     Example:
         >>> model_label(Path("saved_models/missing"))
@@ -82,11 +90,24 @@ def model_label(path: Path) -> str:
         metadata = json.loads((path / "metadata.json").read_text())
     except (OSError, json.JSONDecodeError):
         return f"{path.name} (not an exported model)"
-    details = [str(metadata[k]) for k in ("run", "model") if metadata.get(k)]
+    details = [backbone_short_name(str(metadata["model"]))] if metadata.get("model") else []
     size = metadata.get("input_size")
     if size:
         details.append(f"{size[0]} px")
-    return f"{path.name} ({', '.join(details)})" if details else path.name
+    return " · ".join([path.name, " ".join(details)]) if details else path.name
+
+
+def backbone_short_name(model: str) -> str:
+    """ "Lite0" for efficientnet_lite0, "B0" for efficientnet_b0; other names as they are.
+
+    Example:
+        >>> backbone_short_name("efficientnet_lite0"), backbone_short_name("efficientnet_b3")
+        ('Lite0', 'B3')
+    """
+    if not model.startswith("efficientnet_"):
+        return model
+    variant = model.removeprefix("efficientnet_")
+    return variant[:1].upper() + variant[1:]
 
 
 def no_model_instructions(settings: PageSettings) -> str:
@@ -165,9 +186,16 @@ def mel_flag(probs: np.ndarray, threshold: float | None) -> bool | None:
     return None if threshold is None else bool(float(probs[MEL_INDEX]) >= threshold)
 
 
-def mel_flag_text(probs: np.ndarray, point: Mapping[str, Any]) -> str:
-    """One markdown line: P(mel) against the engine's validated threshold (`ServedModel.mel_point`)
-    and its validation figures.
+def mel_flag_text(
+    probs: np.ndarray, point: Mapping[str, Any], run_point: Mapping[str, Any] | None = None
+) -> str:
+    """One markdown paragraph: P(mel) against the engine's validated threshold
+    (`ServedModel.mel_point`), with that threshold's test figures beside its validation ones.
+
+    Below the threshold it says how many melanomas the threshold misses (from the test
+    sensitivity), so that it does not read as an all-clear. `run_point` (metadata.json's
+    `mel_threshold`) gives the test figures when the engine's own threshold has none: the int8
+    engine re-chooses its threshold on validation at export and is never scored on test.
 
     Example:
         >>> point = {"value": 0.3, "val_sensitivity": 0.86, "val_specificity": 0.7}
@@ -182,16 +210,59 @@ def mel_flag_text(probs: np.ndarray, point: Mapping[str, Any]) -> str:
             f"P(mel) = {p_mel:.3f}. **No melanoma flag**: this model has no validated operating "
             "point (run `skin-tf threshold` on its run, then export it again)."
         )
+    test, run_value = _test_figures(point, run_point)
     figures = (
-        f"validation sensitivity {_number(point.get('val_sensitivity'))}, "
+        (
+            f"test sensitivity {_number(test['sensitivity'])}, "
+            f"specificity {_number(test.get('specificity'))}"
+            + ("" if run_value is None else f" at the run's threshold {run_value:.3f}")
+            if test
+            else "not measured on the test split"
+        )
+        + f"; validation sensitivity {_number(point.get('val_sensitivity'))}, "
         f"specificity {_number(point.get('val_specificity'))}"
     )
     if p_mel >= threshold:
         return (
             f"**Melanoma flag raised**: P(mel) = {p_mel:.3f} ≥ threshold {threshold:.3f} "
-            f"({figures})"
+            f"({figures}). Not a diagnosis: have this lesion looked at by a doctor."
         )
-    return f"No melanoma flag: P(mel) = {p_mel:.3f} < threshold {threshold:.3f} ({figures})"
+    return (
+        f"**Below the melanoma threshold**, which is not an all-clear: P(mel) = {p_mel:.3f} < "
+        f"threshold {threshold:.3f}. {_missed_sentence(point, test, run_value is None)} "
+        f"({figures}). Not a diagnosis: see a doctor about any skin change that worries you."
+    )
+
+
+def _test_figures(
+    point: Mapping[str, Any], run_point: Mapping[str, Any] | None
+) -> tuple[Mapping[str, Any], float | None]:
+    """(test sensitivity/specificity to quote, None when they are this threshold's or the run's
+    threshold when they are the run's); ({}, None) when neither was measured on test."""
+    if (point.get("test") or {}).get("sensitivity") is not None:
+        return point["test"], None
+    run_point = run_point or {}
+    run_test = run_point.get("test") or {}
+    if run_test.get("sensitivity") is not None and run_point.get("value") is not None:
+        return run_test, float(run_point["value"])
+    return {}, None
+
+
+def _missed_sentence(point: Mapping[str, Any], test: Mapping[str, Any], own: bool) -> str:
+    """How many melanomas in 100 were missed, from the test sensitivity (else validation's);
+    `own`: the test figures are this threshold's, not the run's."""
+    sensitivity, split = (
+        (test["sensitivity"], "the test split")
+        if test
+        else (point.get("val_sensitivity"), "the validation split")
+    )
+    if not isinstance(sensitivity, int | float):
+        return "How many melanomas it misses was not measured"
+    who = "At this threshold the model" if own else "The model"
+    missed = round(100 * (1 - sensitivity))
+    if missed == 0:
+        return f"{who} missed none of the melanomas of {split} (a small sample)"
+    return f"{who} missed about {missed} in 100 melanomas on {split}"
 
 
 def _number(value: Any) -> str:
@@ -205,7 +276,8 @@ def predictions_frame(
     engine: str = "savedmodel",
 ) -> pd.DataFrame:
     """One row per upload: image, model, engine, p_<class>…, top_class, mel_threshold, mel_flag,
-    notes, error (failed uploads keep their row, with empty probabilities and the reason).
+    notes, error. Probabilities are rounded to PROBABILITY_DECIMALS; a failed upload keeps its
+    row with the reason and nothing else (no probabilities, threshold or flag).
 
     Example:
         >>> predictions_frame([UploadResult("x.jpg", error="not an image")], 0.3, "b0").error[0]
@@ -216,14 +288,67 @@ def predictions_frame(
         row: dict[str, Any] = {"image": result.name, "model": model_name, "engine": engine}
         probs = result.probs
         for i, code in enumerate(CLASSES):
-            row[f"p_{code}"] = None if probs is None else round(float(probs[i]), 6)
+            row[f"p_{code}"] = (
+                None if probs is None else round(float(probs[i]), PROBABILITY_DECIMALS)
+            )
         row["top_class"] = result.top_class
-        row["mel_threshold"] = threshold
+        row["mel_threshold"] = None if probs is None else threshold
         row["mel_flag"] = None if probs is None else mel_flag(probs, threshold)
         row["notes"] = " ".join(result.notes) or None
         row["error"] = result.error
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def predictions_csv(table: pd.DataFrame) -> bytes:
+    """The CSV download of `predictions_frame`: every number with PROBABILITY_DECIMALS decimals
+    (never 1e-06 beside 0.1119025065…), empty cells for what a failed upload lacks.
+
+    Example:
+        >>> predictions_csv(pd.DataFrame({"p_mel": [1e-6, 0.11190250659047866]})).decode()
+        'p_mel\\n0.0000\\n0.1119\\n'
+    """
+    return table.to_csv(index=False, float_format=f"%.{PROBABILITY_DECIMALS}f").encode()
+
+
+def table_column_config(table: pd.DataFrame) -> dict[str, Any]:
+    """`column_config` of the "All predictions" table: numbers as in the CSV, and the notes and
+    error columns wide enough for their whole text (the grid cuts a cell at its width, and
+    sizes columns to fit only so far)."""
+    import streamlit as st
+
+    config: dict[str, Any] = {
+        column: st.column_config.NumberColumn(format=f"%.{PROBABILITY_DECIMALS}f")
+        for column in table.columns
+        if column.startswith("p_") or column == "mel_threshold"
+    }
+    for column in ("notes", "error"):
+        if column in table.columns:
+            config[column] = st.column_config.TextColumn(width=text_column_width(table[column]))
+    return config
+
+
+def table_column_order(table: pd.DataFrame) -> list[str]:
+    """Display order of the "All predictions" table: a failed upload's reason right after its
+    name, where it is seen without scrolling; the other columns as in the CSV, new ones too.
+
+    Example:
+        >>> table_column_order(pd.DataFrame(columns=["image", "p_mel", "notes", "error"]))
+        ['image', 'error', 'p_mel', 'notes']
+    """
+    first = [c for c in ("image", "error") if c in table.columns]
+    return first + [c for c in table.columns if c not in first]
+
+
+def text_column_width(texts: pd.Series) -> int:
+    """Pixels a table column needs to show its longest text on one line (the header counts).
+
+    Example:
+        >>> text_column_width(pd.Series(["not an image (no known image format)", None]))
+        302
+    """
+    longest = max([len(str(texts.name or ""))] + [len(t) for t in texts if isinstance(t, str)])
+    return _CELL_PADDING_PX + math.ceil(_CHAR_PX * longest)
 
 
 def provenance_markdown(metadata: Mapping[str, Any]) -> str:
@@ -290,11 +415,23 @@ def provenance_markdown(metadata: Mapping[str, Any]) -> str:
 
 
 def engine_label(metadata: Mapping[str, Any], engine: str) -> str:
-    """Picker label of an engine: what it is, its file size and validation balanced accuracy.
+    """Picker label of an engine, short enough for the sidebar: its name and file size (what it
+    is and how it scored on validation: `engine_details`, in the picker's help).
 
     Example:
         >>> engine_label({"engines": {"tflite": {"bytes": 16e6}}}, "tflite")
-        'tflite (LiteRT float32, 16.0 MB)'
+        'tflite · 16.0 MB'
+    """
+    facts = (metadata.get("engines") or {}).get(engine) or {}
+    return f"{engine} · {facts['bytes'] / 1e6:.1f} MB" if facts.get("bytes") else engine
+
+
+def engine_details(metadata: Mapping[str, Any], engine: str) -> str:
+    """What an engine is, its file size and validation balanced accuracy.
+
+    Example:
+        >>> engine_details({"engines": {"tflite": {"bytes": 16e6}}}, "tflite")
+        'LiteRT float32, 16.0 MB'
     """
     kinds = {"savedmodel": "SavedModel", "tflite": "LiteRT float32", "tflite-int8": "LiteRT int8"}
     facts = (metadata.get("engines") or {}).get(engine) or {}
@@ -304,7 +441,20 @@ def engine_label(metadata: Mapping[str, Any], engine: str) -> str:
     balanced = (facts.get("validation") or {}).get("balanced_accuracy")
     if isinstance(balanced, int | float):
         details.append(f"val balanced accuracy {balanced:.3f}")
-    return f"{engine} ({', '.join(details)})"
+    return ", ".join(details)
+
+
+def engine_help(metadata: Mapping[str, Any], engines: Sequence[str]) -> str:
+    """The engine picker's help: every engine with `engine_details`; Grad-CAM's source.
+
+    Example:
+        >>> print(engine_help({}, ["savedmodel"]))
+        - `savedmodel`: SavedModel
+        <BLANKLINE>
+        Grad-CAM always comes from the SavedModel's explain endpoint.
+    """
+    lines = [f"- `{engine}`: {engine_details(metadata, engine)}" for engine in engines]
+    return "\n".join([*lines, "", "Grad-CAM always comes from the SavedModel's explain endpoint."])
 
 
 def engine_markdown(metadata: Mapping[str, Any], engine: str) -> str:

@@ -23,6 +23,7 @@ from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.serving import launch as launch
 from skin_tf.serving import page as support
 from skin_tf.serving import upload as analysis
+from tests.data.test_images import png_header
 
 SAMPLE_IMAGE = "ISIC_0024306.jpg"  # a real HAM10000 image (nv) of the shared 200x150 copy
 DEMO_THRESHOLD = 0.15
@@ -110,22 +111,28 @@ def sample_image(sample_bytes: bytes) -> Image.Image:
 
 def bad_upload(kind: str, sample_bytes: bytes) -> tuple[str, bytes]:
     """(file name, bytes) of a file the page must refuse with a clear message."""
+    if kind == "empty":
+        return "empty.jpg", b""
     if kind == "not_an_image":
         return "notes.jpg", b"patient notes, not a picture\n" * 20
-    if kind == "truncated_jpeg":
+    if kind == "truncated_jpeg":  # the real HAM10000 JPEG, cut in the middle of its pixel data
         return "truncated.jpg", sample_bytes[: len(sample_bytes) // 2]
     if kind == "one_pixel":
         return "dot.png", encode(Image.new("RGB", (1, 1), (200, 120, 100)), "PNG")
     if kind == "bomb":  # a real, decodable 20000x20000 PNG (48 kB compressed, 400 Mpx)
         return "huge.png", encode(Image.new("1", (20_000, 20_000)), "PNG")
+    if kind == "huge_header":  # 144 Mpx: under PIL's own limit, over skin_tf's 40
+        return "scan.png", png_header(12_000, 12_000)
     raise ValueError(kind)
 
 
-BAD_UPLOADS = {  # kind → what the message must say
-    "not_an_image": "not an image",
-    "truncated_jpeg": "truncated/corrupt JPEG",
-    "one_pixel": "too small: 1x1",
-    "bomb": "too large",
+BAD_UPLOADS = {  # kind → the message (`skin-tf predict` says the same: test_predict.py)
+    "empty": "empty file (0 bytes)",
+    "not_an_image": "not an image (no known image format)",
+    "truncated_jpeg": "truncated or damaged JPEG file: re-export or re-download it",
+    "one_pixel": "too small: 1x1 (min 32 px)",
+    "bomb": "too large: 400 megapixels (max 40 megapixels)",
+    "huge_header": "too large: 144 megapixels (max 40 megapixels)",
 }
 
 
@@ -204,7 +211,7 @@ def test_model_choices_put_the_requested_model_first(tmp_path):
 
 def test_model_label_reads_metadata_without_loading(tmp_path):
     folder = fake_export(tmp_path / "b0", run="baseline")
-    assert support.model_label(folder) == "b0 (baseline, efficientnet_b0, 224 px)"
+    assert support.model_label(folder) == "b0 · B0 224 px"
     assert support.model_label(tmp_path / "nothing") == "nothing (not an exported model)"
 
 
@@ -266,8 +273,9 @@ def test_mel_flag_uses_greater_or_equal_and_quotes_validation_figures():
     assert raised.startswith("**Melanoma flag raised**: P(mel) = 0.500 ≥ threshold 0.300")
     assert "validation sensitivity 0.861, specificity 0.702" in raised
     assert support.mel_flag_text(mel_probs(0.1), point).startswith(
-        "No melanoma flag: P(mel) = 0.100 < threshold 0.300"
-    )
+        "**Below the melanoma threshold**, which is not an all-clear: P(mel) = 0.100 < threshold "
+        "0.300"
+    )  # what else it says: test_page.py
     none = support.mel_flag_text(mel_probs(0.9), {"value": None})
     assert "no validated operating point" in none and "skin-tf threshold" in none
 
@@ -396,12 +404,14 @@ def test_real_image_gets_top_k_chart_gradcam_flag_and_csv(demo_model, sample_byt
     assert captions[0] == "Original, 200×150 px"
     assert captions[1].startswith(f"Grad-CAM for the top class ({lines[0].split('**')[1]})")
     flag_texts = [t for t in values(at.info) + values(at.warning) if "threshold 0.150" in t]
+    assert len(flag_texts) == 1
     assert (
-        len(flag_texts) == 1 and "validation sensitivity 0.900, specificity 0.500" in flag_texts[0]
+        "test sensitivity 0.800, specificity 0.500; validation sensitivity 0.900" in flag_texts[0]
     )
     table = at.dataframe[0].value
     assert table["image"].tolist() == [SAMPLE_IMAGE]
-    np.testing.assert_allclose(table[[f"p_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-4)
+    # Seven probabilities rounded to 4 decimals: the sum is off by at most 7 x 0.00005.
+    np.testing.assert_allclose(table[[f"p_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=3.5e-4)
     assert table["mel_flag"][0] == (table["p_mel"][0] >= DEMO_THRESHOLD)
     assert at.get("download_button")[0].label == "Download predictions (CSV)"
 
@@ -414,6 +424,7 @@ def test_real_image_gets_top_k_chart_gradcam_flag_and_csv(demo_model, sample_byt
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # refused anyway
 @pytest.mark.parametrize("kind", sorted(BAD_UPLOADS))
 def test_bad_upload_gets_its_message(kind, demo_model, sample_bytes, monkeypatch):
     name, data = bad_upload(kind, sample_bytes)
@@ -423,7 +434,8 @@ def test_bad_upload_gets_its_message(kind, demo_model, sample_bytes, monkeypatch
     assert "Upload a JPG or PNG photo" in message
     assert top_k_lines(at) == []
     table = at.dataframe[0].value
-    assert table["image"].tolist() == [name] and BAD_UPLOADS[kind] in table["error"][0]
+    assert table["image"].tolist() == [name] and table["error"][0] == BAD_UPLOADS[kind]
+    assert table[["mel_threshold", "mel_flag", "p_mel"]].iloc[0].isna().all()
 
 
 @pytest.mark.slow
@@ -452,12 +464,20 @@ def test_several_uploads_bad_ones_do_not_stop_the_others(
         bad_upload("not_an_image", sample_bytes),
         (second, (real_data_root / "images" / second).read_bytes()),
         bad_upload("truncated_jpeg", sample_bytes),
+        bad_upload("empty", sample_bytes),
     ]
     at = upload(page(monkeypatch, demo_model.parent), *files)
-    assert len(at.error) == 2 and len(top_k_lines(at)) == 6
+    assert len(at.error) == 3 and len(top_k_lines(at)) == 6
     table = at.dataframe[0].value
     assert table["image"].tolist() == [name for name, _ in files]
-    assert table["error"].notna().tolist() == [False, True, False, True]
+    assert table["error"].notna().tolist() == [False, True, False, True, True]
+    assert table["mel_threshold"].notna().tolist() == [True, False, True, False, False]
+    shown = at.dataframe[0].proto  # what the browser's grid is told
+    assert shown.placeholder == ""  # empty cells stay blank instead of a grey "None"
+    columns = json.loads(shown.columns)
+    assert columns["error"]["width"] >= 7 * table["error"].str.len().max()  # whole, not cut
+    assert columns["p_mel"]["type_config"]["format"] == "%.4f"
+    assert list(shown.column_order)[:2] == ["image", "error"]
 
 
 @pytest.mark.slow
@@ -471,10 +491,7 @@ def test_model_picker_offers_the_requested_model_and_the_exports(
 
     at = page(monkeypatch, demo_model.parent, model=no_threshold)  # via SKIN_TF_MODEL
     picker = at.sidebar.selectbox[0]
-    assert list(picker.options) == [
-        "no_threshold (ui-demo-untrained, efficientnet_b0, 128 px)",
-        "tiny-b0 (ui-demo-untrained, efficientnet_b0, 128 px)",
-    ]
+    assert list(picker.options) == ["no_threshold · B0 128 px", "tiny-b0 · B0 128 px"]
     assert picker.value == no_threshold
     assert "Melanoma threshold: none" in " ".join(values(at.sidebar.markdown))
     upload(at, (SAMPLE_IMAGE, sample_bytes))
@@ -528,7 +545,7 @@ def test_page_says_an_old_export_has_only_the_savedmodel(demo_model, tmp_path, m
     for name in ("model.tflite", "model_int8.tflite"):
         (old / name).unlink(missing_ok=True)
     at = page(monkeypatch, old.parent)
-    assert list(at.sidebar.selectbox[1].options) == ["savedmodel (SavedModel)"]
+    assert list(at.sidebar.selectbox[1].options) == ["savedmodel"]
     assert any("re-run `skin-tf export" in c for c in values(at.sidebar.caption))
 
 

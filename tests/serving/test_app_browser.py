@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -94,9 +94,9 @@ def running_page(
             server.wait(timeout=15)
 
 
-def screenshot_page(url: str, image: Path, out: Path) -> str:
-    """Upload `image` in Chromium, wait for the prediction, save a full-page PNG; return the
-    page's text (for assertions)."""
+def screenshot_page(url: str, images: Path | Sequence[Path], out: Path) -> str:
+    """Upload `images` (one file or several) in Chromium, wait for the predictions, save a
+    full-page PNG; return the page's text (for assertions)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -107,8 +107,10 @@ def screenshot_page(url: str, image: Path, out: Path) -> str:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             page.set_default_timeout(RESULT_S * 1000)
             page.goto(url, wait_until="domcontentloaded")
-            page.locator('input[type="file"]').set_input_files(str(image))
-            page.get_by_text(re.compile(r"melanoma flag", re.IGNORECASE)).first.wait_for()
+            files = [images] if isinstance(images, Path) else list(images)
+            page.locator('input[type="file"]').set_input_files([str(f) for f in files])
+            box = re.compile(r"melanoma (flag|threshold)", re.IGNORECASE)
+            page.get_by_text(box).first.wait_for()
             page.locator('[data-testid="stVegaLiteChart"]').first.wait_for()
             page.wait_for_function(
                 "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
@@ -145,17 +147,26 @@ def _skip_without_browser() -> None:
 
 @pytest.mark.slow
 def test_page_in_chromium_predicts_an_uploaded_real_image(real_data_root, tmp_path):
+    """A real image beside an empty file and the same JPEG cut in half: one prediction, two
+    named refusals, as a first-time user would try it."""
     _skip_without_browser()
     from tests.serving.test_app import export_demo_model
 
     model = export_demo_model(tmp_path)
+    sample = real_data_root / "images" / SAMPLE_IMAGE
+    empty, cut = tmp_path / "empty.jpg", tmp_path / "cut.jpg"
+    empty.write_bytes(b"")
+    cut.write_bytes(sample.read_bytes()[: sample.stat().st_size // 2])
     shot = tmp_path / "page.png"
     with running_page(model.parent, log=tmp_path / "streamlit.log") as url:
-        text = screenshot_page(url, real_data_root / "images" / SAMPLE_IMAGE, shot)
+        text = screenshot_page(url, [sample, empty, cut], shot)
     assert "Not medical advice" in text
     assert SAMPLE_IMAGE in text
     assert re.search(r"\b(akiec|bcc|bkl|df|mel|nv|vasc) [^\n]+: [01]\.\d{3}", text)  # top-k list
     assert re.search(r"P\(mel\) = 0\.\d{3} [<≥] threshold 0\.150", text)
+    assert re.search(r"test sensitivity 0\.800", text)  # beside validation's, in the box
+    assert "empty.jpg cannot be analysed: empty file (0 bytes)" in text
+    assert "cut.jpg cannot be analysed: truncated or damaged JPEG file" in text
     assert "Download predictions (CSV)" in text
     assert shot.stat().st_size > 50_000  # a real rendered page, not a blank one
 

@@ -14,7 +14,7 @@ from skin_tf.cli.model_commands import _predict as predict_command
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.data.pipeline import load_image
 from skin_tf.serving.predict import format_predictions, predict_files
-from tests.data.test_images import encoded, rgb
+from tests.data.test_images import encoded, png_header, rgb
 
 
 class FakeServed:
@@ -67,7 +67,7 @@ def test_bad_files_are_reported_and_the_rest_still_run(image_folder, tmp_path):
     errors = {Path(r["image"]).name: r["error"] for r in results if r["error"]}
     assert errors["fake.jpg"].startswith("not an image")
     assert errors["missing.jpg"] == "file not found"
-    assert errors["cut.jpg"].startswith("truncated/corrupt JPEG")
+    assert errors["cut.jpg"] == "truncated or damaged JPEG file: re-export or re-download it"
     good = [r for r in results if r["error"] is None]
     assert len(good) == 3 == len(served.inputs)
     assert all(x.shape == (64, 64, 3) for x in served.inputs)  # decoded by the pipeline
@@ -112,6 +112,20 @@ def test_text_and_json_output(image_folder, tmp_path):
     assert list(lines[0]["probs"]) == list(CLASSES)
     assert lines[0]["top"][0] == {"class": "mel", "p": pytest.approx(0.4)}
     assert lines[1]["error"] == "file not found" and lines[1]["probs"] is None
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # refused anyway
+def test_empty_and_huge_files_are_named_as_on_the_page(tmp_path):
+    """The same words as the Streamlit page (both read through skin_tf.data.images)."""
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header(12_000, 12_000))
+    results = predict_files(FakeServed(), [empty, huge])
+    assert format_predictions(results).splitlines() == [
+        f"{empty}: ERROR empty file (0 bytes)",
+        f"{huge}: ERROR too large: 144 megapixels (max 40 megapixels)",
+    ]
 
 
 def test_top_k_and_empty_folders_are_checked(tmp_path):
@@ -171,7 +185,7 @@ def test_real_images_through_an_exported_model(real_frame, tmp_path):
 
     assert [r["error"] is None for r in results] == [True, False, True, False, True]
     assert results[1]["error"].startswith("not an image")
-    assert results[3]["error"].startswith("truncated/corrupt JPEG")
+    assert results[3]["error"] == "truncated or damaged JPEG file: re-export or re-download it"
     # The CLI scores a file exactly as evaluation did: pipeline decode + the Keras model.
     expected = model.predict(load_image(paths[1], 64)[None].astype("float32"), verbose=0)[0]
     np.testing.assert_allclose(list(results[2]["probs"].values()), expected, atol=1e-5)
