@@ -72,7 +72,10 @@ def predict_files(
 
     Each dict has: image, probs {class: p}, top [(class, p), … top_k], top_class, mel_flag
     (P(mel) ≥ the engine's operating threshold; None when there is none, with `note` saying so),
-    engine and error (None, or why the file could not be read; then probs etc. are None).
+    ood_score and in_distribution (the export's out-of-distribution guard: False means the image
+    does not look like the training images, so its classes are no answer; both None for an
+    export without a guard), engine and error (None, or why the file could not be read; then
+    probs etc. are None).
     progress=True draws a progress bar on stderr when it is a terminal.
 
     Example:
@@ -92,9 +95,10 @@ def predict_files(
     pending: list[tuple[int, np.ndarray]] = []
 
     def score_pending() -> None:
-        probs = served.predict_many([image for _, image in pending])
-        for (i, _), row in zip(pending, probs, strict=True):
-            results[i] = _result(files[i], row, served.threshold, top_k, engine)
+        assessed = served.assess([image for _, image in pending])
+        for k, (i, _) in enumerate(pending):
+            results[i] = _result(files[i], assessed.probs[k], served.threshold, top_k, engine)
+            results[i].update(_ood_fields(assessed, k))
         pending.clear()
 
     prepared = _prepared_ahead(files, size, resize, window=2 * batch_size)
@@ -158,6 +162,16 @@ def _result(
     }
 
 
+def _ood_fields(assessed: Any, k: int) -> dict[str, Any]:
+    """ood_score and in_distribution of the k-th image (None without a guard)."""
+    if assessed.ood_score is None:
+        return {"ood_score": None, "in_distribution": None}
+    return {
+        "ood_score": float(assessed.ood_score[k]),
+        "in_distribution": bool(assessed.in_distribution[k]),
+    }
+
+
 def _error_result(path: Path, message: str) -> dict[str, Any]:
     return {
         "image": str(path),
@@ -166,6 +180,8 @@ def _error_result(path: Path, message: str) -> dict[str, Any]:
         "top_class": None,
         "mel_flag": None,
         "note": None,
+        "ood_score": None,
+        "in_distribution": None,
         "engine": None,
         "error": message,
     }
@@ -195,7 +211,13 @@ def format_predictions(
             relation = ">=" if r["mel_flag"] else "<"
             at = "" if threshold is None else f" {relation} {threshold:.3f}"
             flag = f"melanoma flag: {'YES' if r['mel_flag'] else 'no'} (P(mel) {p_mel:.3f}{at})"
-        lines.append(f"{r['image']}: {top} | {flag}")
+        ood = (
+            f" | out of distribution (ood_score {r['ood_score']:.3g}): not like the dermatoscopic "
+            "images the model was trained on, so these classes are no answer"
+            if r.get("in_distribution") is False
+            else ""
+        )
+        lines.append(f"{r['image']}: {top} | {flag}{ood}")
     return "\n".join(lines)
 
 
