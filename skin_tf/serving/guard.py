@@ -139,6 +139,8 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, layer: str | None 
     with threadpool_limits(1):
         covariance, _ = ledoit_wolf(centred, assume_centered=True)
         values, vectors = np.linalg.eigh(covariance)
+    if not values.max() > 0:
+        raise ValueError("the training features do not vary: no Gaussian can be fitted to them")
     whiten = vectors / np.sqrt(np.clip(values, values.max() * 1e-12, None))
     return OodGuard(
         "mahalanobis",

@@ -212,7 +212,13 @@ def test_export_run_writes_metadata_and_calibrated_endpoints(model, tmp_path):
     assert engines["tflite-int8"]["written"] is False
     assert "the run's images could not be read" in engines["tflite-int8"]["reason"]
     assert engines["default"] == "tflite"
+    assert meta["ood_guard"]["written"] is False  # no images to fit or threshold a guard on
+    assert "could not be read" in meta["ood_guard"]["reason"]
     served = load_served(out)
+    assert (
+        "could not be read" in served.guard_note
+        and served.assess([lesion_like(SIZE, SIZE)]).ood_score is None
+    )
     assert served.engine == "tflite" and served.threshold == 0.31 and served.temperature == 1.5
     image = lesion_like(SIZE, SIZE, seed=9)
     expected = apply_temperature(keras_probs(model, image[None]), 1.5)
@@ -283,6 +289,9 @@ def test_export_run_checks_every_engine_on_the_runs_validation_split(real_export
     )
     assert gate["passed"] == (gate["loss"] <= 0.01 and int8["mel_threshold"]["value"] is not None)
     assert block["default"] == ("tflite-int8" if gate["passed"] else "tflite")
+    thresholds = meta["ood_guard"]["thresholds"]
+    assert all(thresholds[e]["n_images"] == 150 and thresholds[e]["val_kept"] >= 0.95
+               for e in ("savedmodel", "tflite", "tflite-int8"))  # fmt: skip
 
     check = run_images(real_run, "val", 96, "squash")
     probs = load_served(real_export, engine="tflite-int8").predict_many(list(check.images))

@@ -104,5 +104,7 @@ def test_bad_inputs_are_refused():
         OodGuard("knn", {})
     with pytest.raises(ValueError, match="needs the arrays"):
         OodGuard("energy", {"kernel": np.eye(2)})
+    with pytest.raises(ValueError, match="do not vary"):
+        fit_mahalanobis(np.ones((14, 3)), np.arange(14) % 7)
     with pytest.raises(ValueError, match=r"features \(N, 3\)"):
         energy_guard(np.eye(3, 7), np.zeros(7)).score(np.zeros((2, 4)))
