@@ -16,7 +16,10 @@ model_int8.tflite, the int8 model calibrated on random images), then measures:
    EfficientNet-B0 on a 1x3xSxS tensor under `torch.no_grad()` with torch's default threads (one
    per core), timed in its own process so TensorFlow's thread pools do not touch it: the
    baseline every "× PyTorch" ratio divides by. Without torch that row is skipped and says so; no
-   ratio is then printed against a figure from elsewhere.
+   ratio is then printed against a figure from elsewhere. The out-of-distribution guard's cost:
+   a second export of the same model with a guard (Mahalanobis on the fourth stage, where the
+   demo run's export put it), and each engine's `ServedModel.assess` on one image with the guard
+   and, in the row before it, without; the ratio of their p50s is printed.
 2. A folder of --folder-images HAM10000 files (the first ones by name, linked into a temporary
    folder; --upscale: 600x450 JPEG copies, the size of the originals) through
    `skin-tf predict FOLDER --json --engine E` in a fresh process per engine: wall time end to end
@@ -69,6 +72,9 @@ LATENCY_LABELS = {
     "tflite": "LiteRT float32 (`--engine tflite`), {s}²",
     "tflite_600x450": "LiteRT float32, 600×450 (resized before the call)",
     "tflite_int8": "LiteRT int8 (`--engine tflite-int8`), {s}²",
+    "serve_guard": "SavedModel `serve` with the OOD guard, uint8 {s}²",
+    "tflite_guard": "LiteRT float32 with the OOD guard (features + numpy score), {s}²",
+    "tflite_int8_guard": "LiteRT int8 with the OOD guard, {s}²",
     "explain": "SavedModel `explain` (probs + Grad-CAM), {s}²",
     "keras_predict": "Keras `model.predict(x)`",
     "keras_call": "Keras `model(x, training=False)` (eager)",
@@ -247,8 +253,22 @@ def run(
         metadata = json.loads((model_dir / "metadata.json").read_text())["engines"]
         served = load_served(model_dir, engine="savedmodel")
         tflite, int8 = served.using("tflite"), served.using("tflite-int8")
+        guarded = load_served(
+            export_model(model, Path(tmp) / "b0_guard", calibration=calibration_images,
+                         guard=bench_guard(model, rng.integers(0, 256, (32, size, size, 3)))),
+            engine="savedmodel",
+        )  # fmt: skip
+        guarded_tflite, guarded_int8 = guarded.using("tflite"), guarded.using("tflite-int8")
         print("timing single images…", flush=True)
+        # The guard rows call `assess` (probabilities, ood_score, in_distribution) right after
+        # the same call on the export without the guard, so each ratio compares neighbours.
         calls_of = {
+            "serve_assess": lambda: served.assess([image]),
+            "serve_guard": lambda: guarded.assess([image]),
+            "tflite_assess": lambda: tflite.assess([image]),
+            "tflite_guard": lambda: guarded_tflite.assess([image]),
+            "tflite_int8_assess": lambda: int8.assess([image]),
+            "tflite_int8_guard": lambda: guarded_int8.assess([image]),
             "serve": lambda: served.predict(image),
             "serve_600x450": lambda: served.predict(full_size),
             "tflite": lambda: tflite.predict(image),
@@ -284,6 +304,26 @@ def run(
     }
 
 
+def bench_guard(model, images: np.ndarray):
+    """A Mahalanobis guard on the fourth stage of the backbone (where the demo run's export put
+    its guard), fitted on `images`: its cost does not depend on what it was fitted on."""
+    from skin_tf.serving.guard import fit_mahalanobis
+    from skin_tf.serving.guard_choice import candidate_layers, pooled_features
+
+    layer = candidate_layers(model)[3]
+    features = pooled_features(model, images, [layer])[layer]
+    return fit_mahalanobis(features, np.arange(len(features)) % 7, layer)
+
+
+def guard_cost(latency: dict) -> dict[str, float]:
+    """p50 with the guard / p50 without, per engine (both through `ServedModel.assess`)."""
+    return {
+        engine: latency[f"{engine}_guard"]["p50_ms"] / latency[f"{engine}_assess"]["p50_ms"]
+        for engine in ("serve", "tflite", "tflite_int8")
+        if f"{engine}_guard" in latency
+    }
+
+
 def table(result: dict) -> str:
     """Markdown tables; every ratio divides by a figure of this same run."""
     latency, size = result["latency"], result["image_size"]
@@ -302,6 +342,18 @@ def table(result: dict) -> str:
         rows.append(
             f"| {label.format(s=size)} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
             f"{row['p50_ms'] / serve_p50:.2f}× | {versus_torch} | {row['cpu_ms_per_call']:.1f} |"
+        )
+    cost = guard_cost(latency)
+    if cost:
+        rows.append(
+            "\nOOD guard cost, p50 with / without the guard (`ServedModel.assess`, same run, "
+            "neighbouring rows): "
+            + ", ".join(
+                f"{engine} {ratio:.3f} ({latency[f'{engine}_guard']['p50_ms']:.2f} vs "
+                f"{latency[f'{engine}_assess']['p50_ms']:.2f} ms)"
+                for engine, ratio in cost.items()
+            )
+            + "."
         )
     rows.append(f"\nPyTorch baseline: {result['torch']}.")
     sizes = result["file_bytes"]
