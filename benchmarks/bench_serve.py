@@ -104,6 +104,35 @@ def time_calls(fn: Callable[[], object], calls: int, warmup: int = 5) -> dict[st
     }
 
 
+def time_alternating(
+    fns: dict[str, Callable[[], object]], calls: int, warmup: int = 5
+) -> dict[str, dict[str, float]]:
+    """`time_calls` for several functions called in turn (A, B, A, B, …), so that load which
+    comes and goes on a shared machine falls on each of them alike: what a with/without ratio
+    needs."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu = dict.fromkeys(fns, 0.0)
+    for _ in range(calls):
+        for name, fn in fns.items():
+            cpu_start, start = time.process_time(), time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+            cpu[name] += time.process_time() - cpu_start
+    return {
+        name: {
+            "p50_ms": float(np.percentile(values, 50)),
+            "p95_ms": float(np.percentile(values, 95)),
+            "mean_ms": float(np.mean(values)),
+            "cpu_ms_per_call": cpu[name] * 1000.0 / calls,
+            "calls": calls,
+        }
+        for name, values in times.items()
+    }
+
+
 def torch_forward(size: int) -> tuple[Callable[[], object] | None, str]:
     """An eager PyTorch EfficientNet-B0 forward on one image, or (None, why it is skipped).
 
@@ -227,6 +256,7 @@ def run(
     folder_images: int,
     calibration: int,
     upscale: bool = False,
+    torch: bool = True,
 ) -> dict[str, object]:
     import keras
     import tensorflow as tf
@@ -243,8 +273,10 @@ def run(
     full_size = rng.integers(0, 256, (450, 600, 3), dtype=np.uint8)
     batch = image[None].astype(np.float32)
     calibration_images = rng.integers(0, 256, (calibration, size, size, 3), dtype=np.uint8)
-    print("timing the PyTorch baseline in its own process…", flush=True)
-    torch_row, torch_note = torch_latency(size, calls)
+    torch_row, torch_note = None, "skipped: --no-torch"
+    if torch:
+        print("timing the PyTorch baseline in its own process…", flush=True)
+        torch_row, torch_note = torch_latency(size, calls)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -260,15 +292,20 @@ def run(
         )  # fmt: skip
         guarded_tflite, guarded_int8 = guarded.using("tflite"), guarded.using("tflite-int8")
         print("timing single images…", flush=True)
-        # The guard rows call `assess` (probabilities, ood_score, in_distribution) right after
-        # the same call on the export without the guard, so each ratio compares neighbours.
+        # The guard's cost: `assess` (probabilities, ood_score, in_distribution) on the export
+        # with the guard and on the one without, called in turn.
+        pairs = {
+            "serve": (served, guarded),
+            "tflite": (tflite, guarded_tflite),
+            "tflite_int8": (int8, guarded_int8),
+        }
+        latency = {}
+        for name, (without, with_guard) in pairs.items():
+            latency.update(time_alternating({
+                f"{name}_assess": lambda s=without: s.assess([image]),
+                f"{name}_guard": lambda s=with_guard: s.assess([image]),
+            }, calls))  # fmt: skip
         calls_of = {
-            "serve_assess": lambda: served.assess([image]),
-            "serve_guard": lambda: guarded.assess([image]),
-            "tflite_assess": lambda: tflite.assess([image]),
-            "tflite_guard": lambda: guarded_tflite.assess([image]),
-            "tflite_int8_assess": lambda: int8.assess([image]),
-            "tflite_int8_guard": lambda: guarded_int8.assess([image]),
             "serve": lambda: served.predict(image),
             "serve_600x450": lambda: served.predict(full_size),
             "tflite": lambda: tflite.predict(image),
@@ -278,7 +315,7 @@ def run(
             "keras_predict": lambda: model.predict(batch, verbose=0),
             "keras_call": lambda: model(batch, training=False).numpy(),
         }
-        latency = {name: time_calls(fn, calls) for name, fn in calls_of.items()}
+        latency.update({name: time_calls(fn, calls) for name, fn in calls_of.items()})
         if torch_row is not None:
             latency["torch_eager"] = torch_row
         folder = None
@@ -346,8 +383,8 @@ def table(result: dict) -> str:
     cost = guard_cost(latency)
     if cost:
         rows.append(
-            "\nOOD guard cost, p50 with / without the guard (`ServedModel.assess`, same run, "
-            "neighbouring rows): "
+            "\nOOD guard cost, p50 with / without the guard (`ServedModel.assess` on the two "
+            "exports, called in turn): "
             + ", ".join(
                 f"{engine} {ratio:.3f} ({latency[f'{engine}_guard']['p50_ms']:.2f} vs "
                 f"{latency[f'{engine}_assess']['p50_ms']:.2f} ms)"
@@ -407,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=32, help="int8 calibration images")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves it runs")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument(
+        "--no-torch", action="store_true", help="skip the PyTorch row (minutes on busy cores)"
+    )
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.torch_only:  # the PyTorch row, in its own process (see torch_latency)
@@ -419,7 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.calls < 50:
         parser.error("--calls must be at least 50 for a meaningful p95")
     result = run(
-        args.size, args.calls, args.data_root, args.folder_images, args.calibration, args.upscale
+        args.size,
+        args.calls,
+        args.data_root,
+        args.folder_images,
+        args.calibration,
+        args.upscale,
+        torch=not args.no_torch,
     )
     print(table(result))
     if args.quick:
