@@ -323,7 +323,7 @@ def export_run(
         check, calibration, skipped = _run_images(
             run_dir, input_side(model), resize, data_root, n_calibration
         )
-    fitted, guard_skipped = None, None
+    fitted, guard_skipped = None, "not requested (guard=False / --no-guard)"
     if guard:
         fitted, guard_skipped = _fit_guard(model, run_dir, resize, data_root, check, guard_images)
     return export_model(

@@ -192,9 +192,11 @@ def format_predictions(
 ) -> str:
     """Human-readable lines per image, or (json=True) one JSON object per line.
 
-    Example of the text form (one line per image):
+    Example of the text form (one line per image; an image the guard rejects gets no answer):
         ISIC_0024306.jpg: nv 0.912 | mel 0.051 | bkl 0.020 | melanoma flag: no
         (P(mel) 0.051 < 0.312)
+        cat.png: out of distribution (ood_score 2.31): not like the dermatoscopic images the
+        model was trained on, so no answer and no melanoma flag (the model's output anyway: …)
     """
     if json:
         return "\n".join(_json_line(r) for r in results)
@@ -204,6 +206,13 @@ def format_predictions(
             lines.append(f"{r['image']}: ERROR {r['error']}")
             continue
         top = " | ".join(f"{c} {p:.3f}" for c, p in r["top"])
+        if r.get("in_distribution") is False:  # the guard rejected it: no answer, no flag
+            lines.append(
+                f"{r['image']}: out of distribution (ood_score {r['ood_score']:.3g}): not like "
+                "the dermatoscopic images the model was trained on, so no answer and no melanoma "
+                f"flag (the model's output anyway: {top})"
+            )
+            continue
         p_mel = r["probs"]["mel"]
         if r["mel_flag"] is None:
             flag = "melanoma flag: n/a (model has no operating threshold)"
@@ -211,13 +220,7 @@ def format_predictions(
             relation = ">=" if r["mel_flag"] else "<"
             at = "" if threshold is None else f" {relation} {threshold:.3f}"
             flag = f"melanoma flag: {'YES' if r['mel_flag'] else 'no'} (P(mel) {p_mel:.3f}{at})"
-        ood = (
-            f" | out of distribution (ood_score {r['ood_score']:.3g}): not like the dermatoscopic "
-            "images the model was trained on, so these classes are no answer"
-            if r.get("in_distribution") is False
-            else ""
-        )
-        lines.append(f"{r['image']}: {top} | {flag}{ood}")
+        lines.append(f"{r['image']}: {top} | {flag}")
     return "\n".join(lines)
 
 
