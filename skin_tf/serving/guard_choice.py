@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -162,24 +163,41 @@ def candidate_layers(model: keras.Model) -> list[str]:
     return [last[stage] for stage in sorted(last)]
 
 
-def pooled_features(
-    model: keras.Model, images: np.ndarray, layers: list[str | None]
-) -> dict[str | None, np.ndarray]:
-    """Each layer's mean-pooled output (None: the head's input) for images at the model's size,
-    float32 (N, d), from one forward pass per batch."""
+def features_function(
+    model: keras.Model, layers: list[str | None]
+) -> Callable[[np.ndarray], dict[str | None, np.ndarray]]:
+    """images (N, S, S, 3) at the model's size → each layer's mean-pooled output (None: the
+    head's input), float32 (N, d), from one forward pass per batch; traced once, so it can be
+    called on many image sets."""
     import keras
     import tensorflow as tf
 
     from skin_tf.serving.endpoints import pooled_output
 
     body = keras.Model(model.inputs[0], [pooled_output(model, layer) for layer in layers])
-    # A list even for one layer (a one-output Keras model returns a bare tensor).
-    forward = tf.function(lambda x: tf.nest.flatten(body(x, training=False)), reduce_retracing=True)
-    parts = [
-        [np.asarray(f) for f in forward(tf.constant(images[i : i + _BATCH], tf.float32))]
-        for i in range(0, len(images), _BATCH)
-    ]
-    return {layer: np.concatenate([p[k] for p in parts]) for k, layer in enumerate(layers)}
+    # A list even for one layer (a one-output Keras model returns a bare tensor); the batch
+    # dimension left open, so batches of any size share one trace.
+    side = int(model.input_shape[1])
+    spec = tf.TensorSpec([None, side, side, 3], tf.float32)
+    forward = tf.function(
+        lambda x: tf.nest.flatten(body(x, training=False)), input_signature=[spec]
+    )
+
+    def features(images: np.ndarray) -> dict[str | None, np.ndarray]:
+        parts = [
+            [np.asarray(f) for f in forward(tf.constant(images[i : i + _BATCH], tf.float32))]
+            for i in range(0, len(images), _BATCH)
+        ]
+        return {layer: np.concatenate([p[k] for p in parts]) for k, layer in enumerate(layers)}
+
+    return features
+
+
+def pooled_features(
+    model: keras.Model, images: np.ndarray, layers: list[str | None]
+) -> dict[str | None, np.ndarray]:
+    """`features_function(model, layers)` applied to one set of images."""
+    return features_function(model, layers)(images)
 
 
 def separation(
@@ -224,15 +242,16 @@ def fit_run_guard(
                          "validation images")  # fmt: skip
     layers: list[str | None] = [*candidate_layers(model), None]
     head = softmax_head(model)
-    train_features = pooled_features(model, train.images, layers)
+    features_of = features_function(model, layers)
+    train_features = features_of(train.images)
     candidates = {
         _name("mahalanobis", layer): fit_mahalanobis(train_features[layer], train.labels, layer)
         for layer in layers
     }
     candidates["energy"] = energy_guard(head.kernel.numpy(), head.bias.numpy())
-    val_features = pooled_features(model, val.images, layers)
+    val_features = features_of(val.images)
     ood = ood_validation_images(train.images, seed=seed)
-    ood_features = {name: pooled_features(model, images, layers) for name, images in ood.items()}
+    ood_features = {name: features_of(images) for name, images in ood.items()}
     comparison = {}
     for name, guard in candidates.items():
         val_scores = guard.score(val_features[guard.layer])
