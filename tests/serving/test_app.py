@@ -293,6 +293,8 @@ def test_predictions_frame_keeps_failed_uploads_with_their_reason():
         "top_class",
         "mel_threshold",
         "mel_flag",
+        "ood_score",
+        "in_distribution",
         "notes",
         "error",
     ]
