@@ -16,7 +16,10 @@ model_int8.tflite, the int8 model calibrated on random images), then measures:
    EfficientNet-B0 on a 1x3xSxS tensor under `torch.no_grad()` with torch's default threads (one
    per core), timed in its own process so TensorFlow's thread pools do not touch it: the
    baseline every "× PyTorch" ratio divides by. Without torch that row is skipped and says so; no
-   ratio is then printed against a figure from elsewhere.
+   ratio is then printed against a figure from elsewhere. The out-of-distribution guard's cost:
+   a second export of the same model with a guard (Mahalanobis on the fourth stage, where the
+   demo run's export put it), and each engine's `ServedModel.assess` on one image with the guard
+   and, in the row before it, without; the ratio of their p50s is printed.
 2. A folder of --folder-images HAM10000 files (the first ones by name, linked into a temporary
    folder; --upscale: 600x450 JPEG copies, the size of the originals) through
    `skin-tf predict FOLDER --json --engine E` in a fresh process per engine: wall time end to end
@@ -69,6 +72,9 @@ LATENCY_LABELS = {
     "tflite": "LiteRT float32 (`--engine tflite`), {s}²",
     "tflite_600x450": "LiteRT float32, 600×450 (resized before the call)",
     "tflite_int8": "LiteRT int8 (`--engine tflite-int8`), {s}²",
+    "serve_guard": "SavedModel `serve` with the OOD guard, uint8 {s}²",
+    "tflite_guard": "LiteRT float32 with the OOD guard (features + numpy score), {s}²",
+    "tflite_int8_guard": "LiteRT int8 with the OOD guard, {s}²",
     "explain": "SavedModel `explain` (probs + Grad-CAM), {s}²",
     "keras_predict": "Keras `model.predict(x)`",
     "keras_call": "Keras `model(x, training=False)` (eager)",
@@ -95,6 +101,35 @@ def time_calls(fn: Callable[[], object], calls: int, warmup: int = 5) -> dict[st
         "mean_ms": float(values.mean()),
         "cpu_ms_per_call": cpu_ms,
         "calls": calls,
+    }
+
+
+def time_alternating(
+    fns: dict[str, Callable[[], object]], calls: int, warmup: int = 5
+) -> dict[str, dict[str, float]]:
+    """`time_calls` for several functions called in turn (A, B, A, B, …), so that load which
+    comes and goes on a shared machine falls on each of them alike: what a with/without ratio
+    needs."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu = dict.fromkeys(fns, 0.0)
+    for _ in range(calls):
+        for name, fn in fns.items():
+            cpu_start, start = time.process_time(), time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+            cpu[name] += time.process_time() - cpu_start
+    return {
+        name: {
+            "p50_ms": float(np.percentile(values, 50)),
+            "p95_ms": float(np.percentile(values, 95)),
+            "mean_ms": float(np.mean(values)),
+            "cpu_ms_per_call": cpu[name] * 1000.0 / calls,
+            "calls": calls,
+        }
+        for name, values in times.items()
     }
 
 
@@ -221,6 +256,7 @@ def run(
     folder_images: int,
     calibration: int,
     upscale: bool = False,
+    torch: bool = True,
 ) -> dict[str, object]:
     import keras
     import tensorflow as tf
@@ -237,8 +273,10 @@ def run(
     full_size = rng.integers(0, 256, (450, 600, 3), dtype=np.uint8)
     batch = image[None].astype(np.float32)
     calibration_images = rng.integers(0, 256, (calibration, size, size, 3), dtype=np.uint8)
-    print("timing the PyTorch baseline in its own process…", flush=True)
-    torch_row, torch_note = torch_latency(size, calls)
+    torch_row, torch_note = None, "skipped: --no-torch"
+    if torch:
+        print("timing the PyTorch baseline in its own process…", flush=True)
+        torch_row, torch_note = torch_latency(size, calls)
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -247,7 +285,26 @@ def run(
         metadata = json.loads((model_dir / "metadata.json").read_text())["engines"]
         served = load_served(model_dir, engine="savedmodel")
         tflite, int8 = served.using("tflite"), served.using("tflite-int8")
+        guarded = load_served(
+            export_model(model, Path(tmp) / "b0_guard", calibration=calibration_images,
+                         guard=bench_guard(model, rng.integers(0, 256, (32, size, size, 3)))),
+            engine="savedmodel",
+        )  # fmt: skip
+        guarded_tflite, guarded_int8 = guarded.using("tflite"), guarded.using("tflite-int8")
         print("timing single images…", flush=True)
+        # The guard's cost: `assess` (probabilities, ood_score, in_distribution) on the export
+        # with the guard and on the one without, called in turn.
+        pairs = {
+            "serve": (served, guarded),
+            "tflite": (tflite, guarded_tflite),
+            "tflite_int8": (int8, guarded_int8),
+        }
+        latency = {}
+        for name, (without, with_guard) in pairs.items():
+            latency.update(time_alternating({
+                f"{name}_assess": lambda s=without: s.assess([image]),
+                f"{name}_guard": lambda s=with_guard: s.assess([image]),
+            }, calls))  # fmt: skip
         calls_of = {
             "serve": lambda: served.predict(image),
             "serve_600x450": lambda: served.predict(full_size),
@@ -258,7 +315,7 @@ def run(
             "keras_predict": lambda: model.predict(batch, verbose=0),
             "keras_call": lambda: model(batch, training=False).numpy(),
         }
-        latency = {name: time_calls(fn, calls) for name, fn in calls_of.items()}
+        latency.update({name: time_calls(fn, calls) for name, fn in calls_of.items()})
         if torch_row is not None:
             latency["torch_eager"] = torch_row
         folder = None
@@ -284,6 +341,26 @@ def run(
     }
 
 
+def bench_guard(model, images: np.ndarray):
+    """A Mahalanobis guard on the fourth stage of the backbone (where the demo run's export put
+    its guard), fitted on `images`: its cost does not depend on what it was fitted on."""
+    from skin_tf.serving.guard import fit_mahalanobis
+    from skin_tf.serving.guard_choice import candidate_layers, pooled_features
+
+    layer = candidate_layers(model)[3]
+    features = pooled_features(model, images, [layer])[layer]
+    return fit_mahalanobis(features, np.arange(len(features)) % 7, layer)
+
+
+def guard_cost(latency: dict) -> dict[str, float]:
+    """p50 with the guard / p50 without, per engine (both through `ServedModel.assess`)."""
+    return {
+        engine: latency[f"{engine}_guard"]["p50_ms"] / latency[f"{engine}_assess"]["p50_ms"]
+        for engine in ("serve", "tflite", "tflite_int8")
+        if f"{engine}_guard" in latency
+    }
+
+
 def table(result: dict) -> str:
     """Markdown tables; every ratio divides by a figure of this same run."""
     latency, size = result["latency"], result["image_size"]
@@ -302,6 +379,18 @@ def table(result: dict) -> str:
         rows.append(
             f"| {label.format(s=size)} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
             f"{row['p50_ms'] / serve_p50:.2f}× | {versus_torch} | {row['cpu_ms_per_call']:.1f} |"
+        )
+    cost = guard_cost(latency)
+    if cost:
+        rows.append(
+            "\nOOD guard cost, p50 with / without the guard (`ServedModel.assess` on the two "
+            "exports, called in turn): "
+            + ", ".join(
+                f"{engine} {ratio:.3f} ({latency[f'{engine}_guard']['p50_ms']:.2f} vs "
+                f"{latency[f'{engine}_assess']['p50_ms']:.2f} ms)"
+                for engine, ratio in cost.items()
+            )
+            + "."
         )
     rows.append(f"\nPyTorch baseline: {result['torch']}.")
     sizes = result["file_bytes"]
@@ -355,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", type=int, default=32, help="int8 calibration images")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves it runs")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument(
+        "--no-torch", action="store_true", help="skip the PyTorch row (minutes on busy cores)"
+    )
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.torch_only:  # the PyTorch row, in its own process (see torch_latency)
@@ -367,7 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.calls < 50:
         parser.error("--calls must be at least 50 for a meaningful p95")
     result = run(
-        args.size, args.calls, args.data_root, args.folder_images, args.calibration, args.upscale
+        args.size,
+        args.calls,
+        args.data_root,
+        args.folder_images,
+        args.calibration,
+        args.upscale,
+        torch=not args.no_torch,
     )
     print(table(result))
     if args.quick:

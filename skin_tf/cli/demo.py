@@ -9,7 +9,8 @@ this run (a committed results/ record of an earlier run is rewritten, not reused
     calibrate temperature scaling on validation
     threshold melanoma operating point chosen on validation, reported on test
     evaluate  metrics with lesion-bootstrap intervals, figures, results/summary_<run>.md
-    export    saved_models/demo: SavedModel (serve + explain), LiteRT models, metadata.json
+    export    saved_models/demo: SavedModel (serve + explain), LiteRT models, the
+              out-of-distribution guard, metadata.json
     report    results/README.md
     card      results/MODEL_CARD.md for the demo run
     app       the Streamlit page on 127.0.0.1 (skipped with --no-app)
@@ -177,7 +178,7 @@ def run_demo(settings: DemoSettings) -> Path:
     exported = _exported_from(settings.model_dir)
     same_run = exported is not None and Path(exported) == run.resolve()
     stages.run(
-        "export", same_run, f"SavedModel + LiteRT models to {settings.model_dir}",
+        "export", same_run, f"SavedModel + LiteRT models + OOD guard to {settings.model_dir}",
         # The demo owns saved_models/demo: a model exported from an older demo run is replaced.
         lambda: export_run(run, settings.model_dir, overwrite=exported is not None),
     )  # fmt: skip

@@ -96,12 +96,13 @@ def _export(args: argparse.Namespace) -> int:
     out = export_run(
         args.run_dir, args.out, overwrite=args.overwrite, data_root=args.data,
         litert_models=not args.no_litert, int8=not args.no_int8,
-        calibration_images=args.calibration_images,
+        calibration_images=args.calibration_images, guard=not args.no_guard,
+        guard_images=args.guard_images,
     )  # fmt: skip
     metadata = load_served_metadata(out)
     threshold = metadata.get("mel_threshold", {}).get("value")
     print(f"exported {args.run_dir} -> {out} (melanoma threshold: {threshold})")
-    for line in engine_lines(metadata):
+    for line in engine_lines(metadata) + guard_lines(metadata):
         print(line)
     return 0
 
@@ -145,8 +146,41 @@ def engine_lines(metadata: dict) -> list[str]:
     return lines
 
 
+def guard_lines(metadata: dict) -> list[str]:
+    """What an export's out-of-distribution guard is and each engine's threshold.
+
+    Example:
+        >>> guard_lines({"ood_guard": {"written": False, "reason": "--no-guard"}})
+        ['out-of-distribution guard: none (--no-guard)']
+    """
+    block = metadata.get("ood_guard") or {}
+    if not block.get("method"):
+        return [f"out-of-distribution guard: none ({block.get('reason', 'not written')})"]
+    comparison = block.get("comparison") or {}
+    chosen = (comparison.get("candidates") or {}).get(comparison.get("chosen")) or {}
+    rejected = (chosen.get("rejected") or {}).get("all")
+    lines = [
+        f"out-of-distribution guard: {block['method']} on {block['layer']}"
+        + (
+            f" (rejects {rejected:.0%} of the generated OOD validation images)"
+            if rejected is not None
+            else ""
+        )
+    ]
+    thresholds = block.get("thresholds") or {}
+    for engine in ("savedmodel", "tflite", "tflite-int8"):
+        if engine in thresholds:
+            facts = thresholds[engine]
+            lines.append(
+                f"  {engine}: threshold {facts['threshold']:.4g}, keeps "
+                f"{facts['val_kept']:.1%} of {facts['n_images']} validation images"
+            )
+    return lines
+
+
 def add_export(sub: argparse._SubParsersAction) -> None:
     from skin_tf.serving.engines import DEFAULT_CALIBRATION_IMAGES
+    from skin_tf.serving.guard_choice import DEFAULT_GUARD_IMAGES
 
     p = sub.add_parser(
         "export", help="SavedModel (serve + explain) and LiteRT models with metadata.json"
@@ -164,6 +198,15 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
         help="training images that calibrate the int8 model (default: %(default)s)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-guard",
+        action="store_true",
+        help="no out-of-distribution guard (ood_score, in_distribution) in the export",
+    )
+    p.add_argument(
+        "--guard-images", type=int, default=DEFAULT_GUARD_IMAGES,
+        help="training images the guard is fitted on (default: %(default)s)",
+    )  # fmt: skip
     p.set_defaults(func=_export)
 
 
@@ -175,6 +218,8 @@ def _predict(args: argparse.Namespace) -> int:
     served = load_served(args.model, engine=args.engine)
     print(f"engine: {served.engine}" + (f" ({served.engine_note})" if served.engine_note else ""),
           file=sys.stderr)  # fmt: skip
+    if served.guard_note:
+        print(f"note: {served.guard_note}", file=sys.stderr)
     results = predict_files(
         served, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=True
     )

@@ -1,6 +1,7 @@
-"""Serving a trained run: the export (a SavedModel with `serve` and `explain` endpoints, LiteRT
-flatbuffers and metadata.json), loading it with one engine, `predict` for files and folders, and
-the Streamlit page with its launcher. Research and teaching only: not a medical device.
+"""Serving a trained run: the export (a SavedModel with `serve` and `explain` endpoints and an
+out-of-distribution guard, LiteRT flatbuffers and metadata.json), loading it with one engine,
+`predict` for files and folders, and the Streamlit page with its launcher.
+Research and teaching only: not a medical device.
 
     >>> from skin_tf.serving import export_run, load_served  # doctest: +SKIP
     >>> served = load_served("saved_models/b0", engine="tflite")  # doctest: +SKIP
@@ -12,7 +13,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "export": ["export_model", "export_run"],
-        "served": ["ServedModel", "load_served", "available_engines"],
+        "served": ["ServedModel", "Assessment", "load_served", "available_engines"],
+        "guard": ["OodGuard", "load_guard"],
         "litert": ["LiteRTModel", "convert_float", "convert_int8", "to_model_size"],
         "engines": ["ENGINES"],
         "predict": ["predict_files"],

@@ -115,6 +115,16 @@ with st.sidebar:
     st.header("Provenance")
     st.markdown(support.provenance_markdown(served.metadata))
     st.markdown(support.engine_markdown(served.metadata, served.engine))
+    if served.guarded:
+        guard = served.metadata["ood_guard"]
+        kept = guard["thresholds"][served.engine]["val_kept"]
+        st.caption(
+            f"Out-of-distribution guard: {guard['method']} on {guard['layer']}; this engine's "
+            f"threshold {served.ood_threshold:.3g} keeps {kept:.1%} of the validation images. "
+            "Pictures unlike the training images get a notice instead of an answer."
+        )
+    else:
+        st.caption(f"Note: {served.guard_note}")
     with st.expander("metadata.json"):
         st.json(served.metadata, expanded=False)
     st.warning(served.disclaimer)
@@ -150,6 +160,19 @@ for upload in uploads:
     for note in result.notes:
         st.info(f"Note: {note}")
     width, height = result.size
+    notice = analysis.ood_notice(result)
+    if notice is not None:  # no answer: the notice, the picture, the numbers greyed and folded
+        st.info(notice)
+        image_col, rest_col = st.columns([1, 2.2])
+        image_col.image(result.display, caption=f"Original, {width}×{height} px", width="stretch")
+        with rest_col.expander("What the model computed anyway (not an answer)"):
+            top = support.top_k_frame(result.probs, top_k)
+            st.caption(
+                " · ".join(f"{row['class']} {row['probability']:.3f}" for row in
+                           top.to_dict("records"))
+                + " (no melanoma flag is given for this picture)"
+            )  # fmt: skip
+        continue
     image_col, cam_col, chart_col = st.columns([1, 1, 1.2])
     image_col.image(result.display, caption=f"Original, {width}×{height} px", width="stretch")
     cam_col.image(

@@ -1,10 +1,13 @@
 """The computations an exported model serves, as TensorFlow functions: the in-graph resize, the
-temperature-scaled probabilities, and the SavedModel's `serve` and `explain` endpoints.
+temperature-scaled probabilities, the out-of-distribution guard's score, and the SavedModel's
+`serve` and `explain` endpoints.
 
 `skin_tf.serving.export` writes `serve` and `explain` into the SavedModel and converts
 `probabilities_function` (the same network, head and temperature, on images already at the model's
 size) into the LiteRT flatbuffers (`skin_tf.serving.litert`). Both engines therefore compute the
 same probabilities; only where the resize happens differs (inside `serve`, before the LiteRT call).
+With a guard (`GuardGraph`), `serve` and `explain` add `ood_score` and `in_distribution` to what
+they return, and the LiteRT models output the penultimate features the guard reads.
 
 Example:
     >>> import numpy as np
@@ -21,6 +24,7 @@ import tensorflow as tf
 
 from skin_tf.data.pipeline import resize_rule
 from skin_tf.explain.gradcam import heatmap_to_input, normalize_heatmaps
+from skin_tf.serving.guard import OodGuard
 
 # ---------------------------------------------------------------- in-graph preprocessing
 
@@ -90,15 +94,42 @@ def _logits_function(head: keras.layers.Dense) -> Callable[[tf.Tensor], tf.Tenso
     return logits_of
 
 
+def features_model(model: keras.Model) -> keras.Model:
+    """The classifier up to its head: images → the pooled penultimate features the head reads."""
+    return keras.Model(model.inputs[0], softmax_head(model).input)
+
+
+def pooled_output(model: keras.Model, layer: str | None) -> keras.KerasTensor:
+    """The mean over height and width of `layer`'s output (None: the head's input, already
+    pooled): the features a guard reads, as a tensor of the model's graph.
+
+    Example:
+        >>> pooled_output(model, "block4c_add").shape  # doctest: +SKIP
+        (None, 80)
+    """
+    if layer is None:
+        return softmax_head(model).input
+    output = model.get_layer(layer).output
+    if len(output.shape) != 4:
+        raise ValueError(f"layer {layer!r} gives {output.shape}, not (N, H, W, C) feature maps")
+    return keras.layers.GlobalAveragePooling2D(name=f"ood_pool_{layer}")(output)
+
+
 def probabilities_function(
-    model: keras.Model, temperature: float | None = None
+    model: keras.Model,
+    temperature: float | None = None,
+    features: bool = False,
+    layer: str | None = None,
 ) -> tf.types.experimental.GenericFunction:
     """softmax(logits / T) of float32 images already at the model's size, (N, S, S, 3) → (N, 7).
 
     The body of `serve` after its resize, as its own tf.function with a fixed input signature
-    (batch left open): what `skin_tf.serving.litert` converts. Its `features_model` attribute is
-    the Keras model up to the head, the object whose variables the LiteRT converter freezes (with
-    the whole classifier as that object, int8 calibration fails on an unfrozen variable).
+    (batch left open): what `skin_tf.serving.litert` converts. features=True returns
+    (probs, features (N, d)) instead: the same probabilities plus the features the
+    out-of-distribution guard reads (`pooled_output(model, layer)`), from the same forward pass.
+    Its `features_model` attribute is the Keras model up to the head, the object whose variables
+    the LiteRT converter freezes (with the whole classifier as that object, int8 calibration
+    fails on an unfrozen variable).
 
     Example:
         >>> fn = probabilities_function(model, temperature=1.3)  # doctest: +SKIP
@@ -108,15 +139,64 @@ def probabilities_function(
     head = softmax_head(model)
     inv_t = _check_temperature(temperature)
     side = input_side(model)
-    features_model = keras.Model(model.inputs[0], head.input)
+    outputs = [head.input, pooled_output(model, layer)] if features else head.input
+    body = keras.Model(model.inputs[0], outputs)
     logits_of = _logits_function(head)
 
     @tf.function(input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32, name="images")])
     def probabilities(images):
-        return tf.nn.softmax(logits_of(features_model(images, training=False)) * inv_t)
+        if not features:
+            return tf.nn.softmax(logits_of(body(images, training=False)) * inv_t)
+        pooled, guard_features = body(images, training=False)
+        probs = tf.nn.softmax(logits_of(pooled) * inv_t)
+        return probs, tf.cast(guard_features, tf.float32)  # a tuple: LiteRT keeps its order
 
-    probabilities.features_model = features_model
+    probabilities.features_model = body
     return probabilities
+
+
+# ---------------------------------------------------------------- the out-of-distribution guard
+
+
+class GuardGraph(tf.Module):
+    """An `OodGuard` inside the SavedModel: the same score, computed in float32 from the same
+    constants (stored as variables), and the SavedModel engine's threshold.
+
+    The threshold is a variable because export chooses it from what `serve` itself scores on the
+    validation images, after the endpoints exist; until it is set (NaN) nothing is in
+    distribution, so a forgotten step shows.
+
+    Example:
+        >>> graph = GuardGraph(energy_guard(np.eye(3, 7), np.zeros(7)))  # doctest: +SKIP
+        >>> graph.threshold.assign(0.0)  # doctest: +SKIP
+        >>> graph(tf.zeros((2, 3)))["in_distribution"].numpy()  # doctest: +SKIP
+        array([ True,  True])
+    """
+
+    def __init__(self, guard: OodGuard):
+        super().__init__(name="ood_guard")
+        self.method = guard.method
+        self.layer = guard.layer
+        self.dim = guard.dim
+        self.constants = {
+            name: tf.Variable(array, trainable=False, name=name, dtype=tf.float32)
+            for name, array in guard.arrays.items()
+        }
+        self.threshold = tf.Variable(float("nan"), trainable=False, name="threshold")
+
+    def score(self, features: tf.Tensor) -> tf.Tensor:
+        """(N,) float32 scores of features (N, d): `OodGuard.score` in TensorFlow."""
+        f = tf.cast(features, tf.float32)
+        if self.method == "mahalanobis":
+            z = tf.matmul(f, self.constants["whiten"])
+            squared = tf.reduce_sum(tf.square(z[:, None, :] - self.constants["centres"]), axis=-1)
+            return tf.reduce_min(squared, axis=-1) / float(self.dim)
+        logits = tf.matmul(f, self.constants["kernel"]) + self.constants["bias"]
+        return -tf.reduce_logsumexp(logits, axis=-1)
+
+    def __call__(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
+        score = self.score(features)
+        return {"ood_score": score, "in_distribution": score <= self.threshold}
 
 
 # ---------------------------------------------------------------- endpoints
@@ -127,6 +207,7 @@ def build_endpoints(
     resize: str = "squash",
     temperature: float | None = None,
     layer: str | None = None,
+    guard: GuardGraph | None = None,
 ) -> tuple[tf.types.experimental.GenericFunction, tf.types.experimental.GenericFunction]:
     """The `serve` and `explain` tf.functions of a flat softmax classifier (traced on first use).
 
@@ -134,6 +215,10 @@ def build_endpoints(
     both Grad-CAM (tf-keras-vis' ReplaceToLinear convention) and temperature scaling need.
     One functional model with two outputs (conv activations, pre-logit features) over the same
     layers gives activations and prediction in one forward pass.
+
+    Without a guard `serve` returns the (N, 7) probabilities; with one it returns {"probs",
+    "ood_score", "in_distribution"}, and `explain` adds the same two to {"probs", "heatmap"}. The
+    guard reads the features the probabilities are computed from: it only adds outputs.
     """
     from skin_tf.models.classifier import last_conv_layer_name
 
@@ -143,21 +228,29 @@ def build_endpoints(
     resize = resize_rule(resize)
     side = input_side(model)
     size = (side, side)
-    probabilities = probabilities_function(model, temperature)
-    cam_model = keras.Model(model.inputs[0], [conv.output, head.input])
+    guard_layer = None if guard is None else guard.layer
+    probabilities = probabilities_function(model, temperature, guard is not None, guard_layer)
+    cam_outputs = [conv.output, head.input]
+    if guard is not None:
+        cam_outputs.append(pooled_output(model, guard_layer))
+    cam_model = keras.Model(model.inputs[0], cam_outputs)
     logits_of = _logits_function(head)
 
     float_batch = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 
     @tf.function(input_signature=[float_batch])
     def serve_float(images):
-        return probabilities(resize_images(images, size, resize))
+        out = probabilities(resize_images(images, size, resize))
+        if guard is None:
+            return out
+        probs, features = out
+        return {"probs": probs, **guard(features)}
 
     @tf.function(input_signature=[float_batch])
     def explain_float(images):
         x = resize_images(images, size, resize)
         with tf.GradientTape() as tape:
-            activations, features = cam_model(x, training=False)
+            activations, features, *guard_features = cam_model(x, training=False)
             tape.watch(activations)
             logits = logits_of(features)
             top_score = tf.gather(logits, tf.argmax(logits, axis=-1), batch_dims=1)
@@ -165,7 +258,8 @@ def build_endpoints(
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(tf.cast(activations, tf.float32) * weights, axis=-1))
         cam = heatmap_to_input(cam, tf.shape(images)[1:3], size, resize)
-        return {"probs": tf.nn.softmax(logits * inv_t), "heatmap": normalize_heatmaps(cam)}
+        out = {"probs": tf.nn.softmax(logits * inv_t), "heatmap": normalize_heatmaps(cam)}
+        return out if guard is None else {**out, **guard(guard_features[0])}
 
     # Public endpoints: one trace per input dtype, each a thin cast around the single float32
     # graph, so the network is traced and stored once per endpoint rather than once per dtype.

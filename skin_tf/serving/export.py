@@ -6,17 +6,23 @@ flatbuffers beside it, and metadata.json.
 writes `saved_models/b0/`:
 - the SavedModel. Both endpoints take a batch of RGB images, shape (N, H, W, 3), any H and W,
   uint8 or float32 pixels 0..255 (`skin_tf.serving.endpoints`):
-  `serve(images)` → (N, 7) class probabilities, temperature-scaled when the run has a
-  temperature; `explain(images)` → {"probs", "heatmap" (N, H, W)}: Grad-CAM of the top class,
-  computed in the graph. TF-Serving sees one signature per endpoint (float32; `serving_default`
-  is serve).
+  `serve(images)` → {"probs" (N, 7) class probabilities, temperature-scaled when the run has a
+  temperature, "ood_score" (N,), "in_distribution" (N,)}; `explain(images)` → the same plus
+  "heatmap" (N, H, W): Grad-CAM of the top class, computed in the graph. `ood_score` is the
+  out-of-distribution guard's score (`skin_tf.serving.guard`; higher: less like the training
+  images). TF-Serving sees one signature per endpoint (float32; `serving_default` is serve).
+  Exported with guard=False, `serve` returns the probabilities alone, as before the guard
+  (metadata format skin_tf.export/1).
 - `model.tflite` (LiteRT, float32) and `model_int8.tflite` (int8 backbone calibrated on the run's
-  training images), the same probabilities for images already resized to the model's size
-  (`skin_tf.serving.litert`);
+  training images), the same probabilities for images already resized to the model's size, and
+  the penultimate features the guard scores (`skin_tf.serving.litert`);
+- `ood_guard.npz`: the guard's constants, which the LiteRT engines score features with;
 - `metadata.json`: classes, input size, resize rule, melanoma threshold with its validation
   sensitivity/specificity, temperature, the run's test metrics, provenance, and under `engines`
   each engine's file, size, quantisation, validation metrics, agreement with `serve` and its own
-  melanoma threshold, plus the default engine (`skin_tf.serving.engines`).
+  melanoma threshold, plus the default engine (`skin_tf.serving.engines`); under `ood_guard` the
+  guard's method, how it was fitted and chosen (`skin_tf.serving.guard_choice`) and each
+  engine's threshold, chosen on the validation split.
 
 Clients load it with `skin_tf.serving.served.load_served`, never the Keras training model.
 
@@ -43,8 +49,15 @@ from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.data.pipeline import resize_rule
 from skin_tf.runs import json_ready, read_json
 from skin_tf.serving import engines, litert
-from skin_tf.serving.endpoints import build_endpoints, input_side
-from skin_tf.serving.served import DISCLAIMER, FORMAT, METADATA_FILE
+from skin_tf.serving.endpoints import GuardGraph, build_endpoints, input_side
+from skin_tf.serving.guard import GUARD_FILE, OodGuard, keep_threshold
+from skin_tf.serving.guard_choice import (
+    DEFAULT_GUARD_IMAGES,
+    FittedGuard,
+    fit_run_guard,
+    metadata_block,
+)
+from skin_tf.serving.served import DISCLAIMER, FORMAT, FORMAT_V1, METADATA_FILE
 
 INPUT_DTYPES = (tf.float32, tf.uint8)  # float32 first: it is the TF-Serving signature
 _CHECK_BATCH = 32
@@ -62,6 +75,8 @@ def export_model(
     check: engines.CheckImages | None = None,
     calibration: np.ndarray | None = None,
     int8_skipped: str | None = None,
+    guard: OodGuard | FittedGuard | None = None,
+    guard_skipped: str | None = None,
 ) -> Path:
     """Write `model` as a SavedModel with `serve` and `explain`, LiteRT flatbuffers and
     metadata.json to `out`.
@@ -69,7 +84,10 @@ def export_model(
     litert_models=False writes the SavedModel alone. `check`: images every engine scores (the
     run's validation split; default: synthetic probe images, which show agreement but give no
     metrics). `calibration`: training images for `model_int8.tflite`; without them no int8 model
-    is written and `int8_skipped` (or a default reason) is recorded.
+    is written and `int8_skipped` (or a default reason) is recorded. `guard`: the
+    out-of-distribution guard (`skin_tf.serving.guard_choice.fit_run_guard` fits one for a run):
+    every engine then also returns `ood_score` and `in_distribution`, with its own threshold
+    chosen on `check` to keep 95 % of those images; without one, `guard_skipped` says why.
 
     Refuses an existing non-empty `out` unless overwrite=True, and even then only replaces a
     folder that holds an exported model. Everything is written beside `out` first and moved
@@ -80,10 +98,22 @@ def export_model(
     """
     out = Path(out)
     _check_destination(out, overwrite)
-    serve, explain = build_endpoints(model, resize=resize, temperature=temperature)
+    fitted = guard if isinstance(guard, FittedGuard) else None
+    guard = fitted.guard if fitted is not None else guard
+    guard_graph = None if guard is None else GuardGraph(guard)
+    serve, explain = build_endpoints(
+        model, resize=resize, temperature=temperature, guard=guard_graph
+    )
     for fn in (serve, explain):  # ExportArchive stores the traces a tf.function already has
         for dtype in INPUT_DTYPES:
             fn.get_concrete_function(tf.TensorSpec([None, None, None, 3], dtype, name="images"))
+    if check is None and (litert_models or guard is not None):
+        check = engines.probe_images(input_side(model))
+    served_check = None if check is None else _served_outputs(serve, check.images)
+    scores = {}
+    if guard_graph is not None:  # the threshold of what `serve` itself scores, before saving
+        scores["savedmodel"] = served_check["ood_score"]
+        guard_graph.threshold.assign(keep_threshold(scores["savedmodel"]))
     # No archive.track(model): the endpoints' variables are tracked automatically, and leaving
     # the Keras layer objects out of the SavedModel makes writing it ~1.5x faster.
     archive = keras.export.ExportArchive()
@@ -97,26 +127,28 @@ def export_model(
         options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
         archive.write_out(str(staging), verbose=False, options=options)
         info = {
-            "format": FORMAT,
+            "format": FORMAT if guard is not None else FORMAT_V1,
             "classes": list(CLASSES),
             "class_names": dict(CLASS_NAMES),
             "mel_index": MEL_INDEX,
             "input_size": [int(d) for d in model.input_shape[1:3]],
             "resize": resize_rule(resize),
             "input": "RGB images (N, H, W, 3), uint8 or float32 pixels 0..255, any H and W",
-            "endpoints": {
-                "serve": "images -> (N, 7) class probabilities (temperature-scaled if any)",
-                "explain": "images -> {probs (N, 7), heatmap (N, H, W) Grad-CAM of the top "
-                "class on the input pixels, 0..1}",
-            },
+            "endpoints": _endpoint_notes(guard is not None),
             "temperature": temperature,
             **(metadata or {}),
         }
         if litert_models:
-            info["engines"] = _write_litert(
-                model, staging, serve, info["resize"], temperature, info.get("mel_threshold"),
-                check, calibration, int8_skipped,
+            info["engines"], litert_scores = _write_litert(
+                model, staging, served_check["probs"], info["resize"], temperature,
+                info.get("mel_threshold"), check, calibration, int8_skipped, guard,
             )  # fmt: skip
+            scores.update(litert_scores)
+        if guard is not None:
+            guard.save(staging / GUARD_FILE)
+            info["ood_guard"] = metadata_block(guard, fitted, check.source, scores)
+        elif guard_skipped:
+            info["ood_guard"] = {"written": False, "reason": guard_skipped}
         info["exported_utc"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         info["disclaimer"] = DISCLAIMER
         (staging / METADATA_FILE).write_text(
@@ -130,32 +162,70 @@ def export_model(
     return out
 
 
+def _endpoint_notes(guarded: bool) -> dict[str, str]:
+    if not guarded:
+        return {
+            "serve": "images -> (N, 7) class probabilities (temperature-scaled if any)",
+            "explain": "images -> {probs (N, 7), heatmap (N, H, W) Grad-CAM of the top "
+            "class on the input pixels, 0..1}",
+        }
+    guard = (
+        "ood_score (N,) (higher: less like the training images) and in_distribution (N,) "
+        "(ood_score <= the savedmodel threshold of ood_guard)"
+    )
+    return {
+        "serve": "images -> {probs (N, 7) class probabilities (temperature-scaled if any), "
+        f"{guard}}}",
+        "explain": "images -> {probs (N, 7), heatmap (N, H, W) Grad-CAM of the top class on the "
+        f"input pixels, 0..1, {guard}}}",
+    }
+
+
+def _served_outputs(serve: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+    """`serve` on images in batches: {"probs"} and, with a guard, "ood_score", "in_distribution"."""
+    parts = []
+    for i in range(0, len(images), _CHECK_BATCH):
+        out = serve(images[i : i + _CHECK_BATCH])
+        out = out if isinstance(out, dict) else {"probs": out}
+        parts.append({key: value.numpy() for key, value in out.items()})
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
 def _write_litert(
     model: keras.Model,
     folder: Path,
-    serve: Any,
+    serve_probs: np.ndarray,
     resize: str,
     temperature: float | None,
     mel_point: dict[str, Any] | None,
-    check: engines.CheckImages | None,
+    check: engines.CheckImages,
     calibration: np.ndarray | None,
     int8_skipped: str | None,
-) -> dict[str, Any]:
-    """Convert, write and check the LiteRT models; the `engines` block of metadata.json."""
+    guard: OodGuard | None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Convert, write and check the LiteRT models: the `engines` block of metadata.json, and each
+    engine's guard scores on the check images (none without a guard)."""
     side = input_side(model)
-    check = check or engines.probe_images(side)
+    features, layer = guard is not None, None if guard is None else guard.layer
     files = {"tflite": folder / litert.FLOAT_FILE}
-    files["tflite"].write_bytes(litert.convert_float(model, temperature))
+    files["tflite"].write_bytes(litert.convert_float(model, temperature, features, layer))
     skipped = {}
     if calibration is not None:
         files["tflite-int8"] = folder / litert.INT8_FILE
-        files["tflite-int8"].write_bytes(litert.convert_int8(model, calibration, temperature))
+        blob = litert.convert_int8(model, calibration, temperature, features, layer)
+        files["tflite-int8"].write_bytes(blob)
     else:
         skipped["tflite-int8"] = int8_skipped or "no calibration images were given"
-    probs = {"savedmodel": _batched(lambda x: serve(x).numpy(), check.images)}
+    probs, scores = {"savedmodel": serve_probs}, {}
     for engine, path in files.items():
         runner = litert.LiteRTModel(path)
-        probs[engine] = _batched(runner.predict, check.images.astype(np.float32))
+        outputs = [
+            runner.predict_with_features(check.images[i : i + _CHECK_BATCH].astype(np.float32))
+            for i in range(0, len(check.images), _CHECK_BATCH)
+        ]
+        probs[engine] = np.concatenate([p for p, _ in outputs])
+        if guard is not None:
+            scores[engine] = guard.score(np.concatenate([f for _, f in outputs]))
     report = engines.engine_report(probs, check, files, mel_point, skipped)
     if calibration is not None:
         report["tflite-int8"]["quantization"] = {
@@ -168,13 +238,7 @@ def _write_litert(
         f"float32 (N, {side}, {side}, 3) pixels 0..255, resized with the `{resize}` "
         "rule exactly as serve does (skin_tf.serving.litert.to_model_size)"
     )
-    return report
-
-
-def _batched(fn, images: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [fn(images[i : i + _CHECK_BATCH]) for i in range(0, len(images), _CHECK_BATCH)]
-    )
+    return report, scores
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
@@ -206,6 +270,8 @@ def export_run(
     litert_models: bool = True,
     int8: bool = True,
     calibration_images: int = engines.DEFAULT_CALIBRATION_IMAGES,
+    guard: bool = True,
+    guard_images: int = DEFAULT_GUARD_IMAGES,
 ) -> Path:
     """Export a run's best.keras with its temperature, threshold, test metrics and provenance.
 
@@ -214,6 +280,11 @@ def export_run(
     `data_root` (default: the run's own data folder). When those images cannot be read, the float
     model is checked on synthetic probe images instead and no int8 model is written; metadata.json
     says why. int8=False or litert_models=False leave the int8 model or both out.
+
+    The out-of-distribution guard (`skin_tf.serving.guard_choice`) is fitted on `guard_images`
+    of the training split (drawn in turn from each class) and its thresholds are chosen on the
+    validation split; guard=False leaves it out, and unreadable images leave it out with the
+    reason in metadata.json.
 
     Example:
         >>> export_run("runs/20250101T120000Z__baseline", "saved_models/b0")  # doctest: +SKIP
@@ -247,15 +318,37 @@ def export_run(
     model = keras.models.load_model(model_path, compile=False)
     resize = resize_rule(str(config.get("resize", "squash")))
     check, calibration, skipped = None, None, None
-    if litert_models:
+    if litert_models or guard:
+        n_calibration = calibration_images if int8 and litert_models else 0
         check, calibration, skipped = _run_images(
-            run_dir, input_side(model), resize, data_root, calibration_images if int8 else 0
+            run_dir, input_side(model), resize, data_root, n_calibration
         )
+    fitted, guard_skipped = None, "not requested (guard=False / --no-guard)"
+    if guard:
+        fitted, guard_skipped = _fit_guard(model, run_dir, resize, data_root, check, guard_images)
     return export_model(
         model, out, resize=resize, temperature=temperature, metadata=metadata,
         overwrite=overwrite, litert_models=litert_models, check=check,
-        calibration=calibration, int8_skipped=skipped,
+        calibration=calibration, int8_skipped=skipped, guard=fitted, guard_skipped=guard_skipped,
     )  # fmt: skip
+
+
+def _fit_guard(
+    model: keras.Model,
+    run_dir: Path,
+    resize: str,
+    data_root: str | os.PathLike | None,
+    check: engines.CheckImages | None,
+    n_images: int,
+) -> tuple[FittedGuard | None, str | None]:
+    """The run's out-of-distribution guard, or (None, why there is none)."""
+    if check is None or check.labels is None:
+        return None, "the run's validation images could not be read: no threshold to choose"
+    try:
+        train = engines.run_images(run_dir, "train", input_side(model), resize, data_root, n_images)
+    except (ValueError, OSError) as err:  # DataError is a ValueError
+        return None, f"the run's training images could not be read ({err})"
+    return fit_run_guard(model, train, check), None
 
 
 def _run_images(

@@ -9,6 +9,8 @@
 Both take float32 images already at the model's size, (N, S, S, 3) with pixels 0..255, and return
 (N, 7) probabilities. `serve` resizes inside its graph; here `to_model_size` runs that very resize
 (`skin_tf.serving.endpoints.resize_images`) before the call, so the two engines see the same pixels.
+An export with the out-of-distribution guard gives both models a second output, the penultimate
+features, which `skin_tf.serving.served` scores with the guard's constants.
 
 Which runtime: the converter is `tf.lite.TFLiteConverter`, still TensorFlow 2.21's supported (and
 only) Keras → LiteRT path; the interpreter is `ai_edge_litert.interpreter.Interpreter` from the
@@ -51,22 +53,36 @@ class LiteRTError(ValueError):
 # ---------------------------------------------------------------- conversion
 
 
-def convert_float(model: keras.Model, temperature: float | None = None) -> bytes:
-    """The float32 LiteRT flatbuffer of `probabilities_function(model, temperature)`.
+def convert_float(
+    model: keras.Model,
+    temperature: float | None = None,
+    features: bool = False,
+    layer: str | None = None,
+) -> bytes:
+    """The float32 LiteRT flatbuffer of `probabilities_function(model, temperature, features,
+    layer)`.
+
+    features=True adds a second output (N, d): the mean-pooled output of `layer` (None: the
+    penultimate features), which the out-of-distribution guard scores (`skin_tf.serving.guard`).
 
     Example:
         >>> Path("model.tflite").write_bytes(convert_float(model, 1.2))  # doctest: +SKIP
     """
-    converter = _converter(model, temperature)
+    converter = _converter(model, temperature, features, layer)
     return _quietly(converter.convert)
 
 
 def convert_int8(
-    model: keras.Model, calibration: np.ndarray, temperature: float | None = None
+    model: keras.Model,
+    calibration: np.ndarray,
+    temperature: float | None = None,
+    features: bool = False,
+    layer: str | None = None,
 ) -> bytes:
     """The int8 LiteRT flatbuffer: weights and activations of the backbone in int8, calibrated on
     `calibration` (uint8 or float images (N, S, S, 3) at the model's size, e.g. training images);
     the head (FULLY_CONNECTED) and softmax stay float32, and so do input and output.
+    features=True outputs the (int8, dequantised) guard features too, as `convert_float`.
 
     Selective quantisation goes through `tf.lite.experimental.QuantizationDebugger`, TensorFlow's
     documented way to keep named ops in float.
@@ -84,7 +100,7 @@ def convert_int8(
         for image in images:
             yield [image[None]]
 
-    converter = _converter(model, temperature)
+    converter = _converter(model, temperature, features, layer)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS_IN_INT8))
@@ -97,12 +113,14 @@ def convert_int8(
     return _quietly(debugger.get_nondebug_quantized_model)
 
 
-def _converter(model: keras.Model, temperature: float | None):
+def _converter(
+    model: keras.Model, temperature: float | None, features: bool = False, layer: str | None = None
+):
     import tensorflow as tf
 
     from skin_tf.serving.endpoints import probabilities_function
 
-    probabilities = probabilities_function(model, temperature)
+    probabilities = probabilities_function(model, temperature, features, layer)
     return tf.lite.TFLiteConverter.from_concrete_functions(
         [probabilities.get_concrete_function()], probabilities.features_model
     )
@@ -153,15 +171,18 @@ def to_model_size(image: np.ndarray, side: int, resize: str = "squash") -> np.nd
 
 
 class LiteRTModel:
-    """One .tflite classifier under the LiteRT interpreter: (N, S, S, 3) images → (N, 7) probs.
+    """One .tflite classifier under the LiteRT interpreter: (N, S, S, 3) images → (N, 7) probs,
+    and, from a model exported with the out-of-distribution guard, the (N, d) penultimate
+    features beside them (`predict_with_features`).
 
     Calls are serialised with a lock (an interpreter is not thread-safe, and the Streamlit page
-    shares one per process); the batch dimension is resized when N changes.
+    shares one per process); the batch dimension is resized when N changes. A model written
+    before the guard has one output, the probabilities: it still runs, with no features.
 
     Example:
         >>> runner = LiteRTModel("saved_models/b0/model_int8.tflite")  # doctest: +SKIP
-        >>> runner.image_size  # doctest: +SKIP
-        224
+        >>> runner.image_size, runner.has_features  # doctest: +SKIP
+        (224, True)
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
@@ -177,13 +198,13 @@ class LiteRTModel:
         try:
             self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
             self._interpreter.allocate_tensors()
+            self._probs, self._features = self._outputs()
         except (RuntimeError, ValueError) as err:
             raise LiteRTError(
                 f"{self.path} is not a readable LiteRT model ({err}); re-run `skin-tf export "
                 "RUN_DIR --out FOLDER --overwrite`, or choose --engine savedmodel"
             ) from None
         (self._input,) = self._interpreter.get_input_details()
-        (self._output,) = self._interpreter.get_output_details()
         shape = self._input["shape_signature"]
         if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
             raise LiteRTError(f"{self.path} takes {list(shape)}, not square RGB image batches")
@@ -191,8 +212,27 @@ class LiteRTModel:
         self._batch = int(self._input["shape"][0])
         self._lock = threading.Lock()
 
+    def _outputs(self) -> tuple[int, int | None]:
+        """Tensor indices of the probabilities and (None when absent) the features: the export's
+        function returns (probs, features) as a tuple, whose order the converter keeps."""
+        outputs = self._interpreter.get_output_details()
+        if len(outputs) == 1:
+            return int(outputs[0]["index"]), None
+        if len(outputs) != 2:
+            raise ValueError(f"{len(outputs)} outputs, expected probabilities [+ features]")
+        return int(outputs[0]["index"]), int(outputs[1]["index"])
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the model outputs the penultimate features (exported with the guard)."""
+        return self._features is not None
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """(N, 7) float32 probabilities of images (N, S, S, 3) or one image (S, S, 3)."""
+        return self.predict_with_features(images)[0]
+
+    def predict_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N, 7), features (N, d) or None for a model without them), float32."""
         batch = np.asarray(images, np.float32)
         if batch.ndim == 3:
             batch = batch[None]
@@ -202,9 +242,9 @@ class LiteRTModel:
                 f"{self.path.name} takes images of {side}x{side}x3, got {batch.shape}: resize "
                 "them with skin_tf.serving.litert.to_model_size"
             )
-        if len(batch) == 0:
-            return np.zeros((0, self._output["shape_signature"][-1]), np.float32)
         with self._lock:
+            if len(batch) == 0:
+                return self._empty(self._probs), self._empty(self._features)
             if len(batch) != self._batch:
                 shape = [len(batch), side, side, 3]
                 self._interpreter.resize_tensor_input(self._input["index"], shape)
@@ -212,4 +252,13 @@ class LiteRTModel:
                 self._batch = len(batch)
             self._interpreter.set_tensor(self._input["index"], batch)
             self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output["index"]).copy()
+            probs = self._interpreter.get_tensor(self._probs).copy()
+            if self._features is None:
+                return probs, None
+            return probs, self._interpreter.get_tensor(self._features).copy()
+
+    def _empty(self, index: int | None) -> np.ndarray | None:
+        if index is None:
+            return None
+        details = next(d for d in self._interpreter.get_output_details() if d["index"] == index)
+        return np.zeros((0, details["shape_signature"][-1]), np.float32)

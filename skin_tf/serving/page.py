@@ -29,6 +29,10 @@ from skin_tf.serving.launch import PageSettings, is_exported_model
 from skin_tf.serving.upload import UploadResult
 
 PROBABILITY_DECIMALS = 4  # the table and CSV: enough to rank and threshold, none of float noise
+OOD_ROW_NOTE = (
+    "out of distribution: not like the dermatoscopic images the model was trained on, so these "
+    "probabilities are no answer and no melanoma flag is given."
+)
 # The table's text: about 6 px a character on average in the grid's 14 px sans-serif (7.5 leaves
 # room for wide letters), plus the cell's padding.
 _CHAR_PX = 7.5
@@ -276,8 +280,11 @@ def predictions_frame(
     engine: str = "savedmodel",
 ) -> pd.DataFrame:
     """One row per upload: image, model, engine, p_<class>…, top_class, mel_threshold, mel_flag,
-    notes, error. Probabilities are rounded to PROBABILITY_DECIMALS; a failed upload keeps its
-    row with the reason and nothing else (no probabilities, threshold or flag).
+    ood_score, in_distribution, notes, error. Probabilities are rounded to PROBABILITY_DECIMALS;
+    a failed upload keeps its row with the reason and nothing else (no probabilities, threshold
+    or flag). An upload the out-of-distribution guard rejected keeps what the model computed, but
+    no melanoma threshold or flag (no answer), and a note saying why; ood_score and
+    in_distribution are empty for an export without a guard.
 
     Example:
         >>> predictions_frame([UploadResult("x.jpg", error="not an image")], 0.3, "b0").error[0]
@@ -292,9 +299,15 @@ def predictions_frame(
                 None if probs is None else round(float(probs[i]), PROBABILITY_DECIMALS)
             )
         row["top_class"] = result.top_class
-        row["mel_threshold"] = None if probs is None else threshold
-        row["mel_flag"] = None if probs is None else mel_flag(probs, threshold)
-        row["notes"] = " ".join(result.notes) or None
+        answered = probs is not None and not result.rejected
+        row["mel_threshold"] = threshold if answered else None
+        row["mel_flag"] = mel_flag(probs, threshold) if answered else None
+        row["ood_score"] = result.ood_score
+        row["in_distribution"] = result.in_distribution
+        notes = list(result.notes)
+        if result.rejected:
+            notes.insert(0, OOD_ROW_NOTE)
+        row["notes"] = " ".join(notes) or None
         row["error"] = result.error
         rows.append(row)
     return pd.DataFrame(rows)
@@ -320,7 +333,7 @@ def table_column_config(table: pd.DataFrame) -> dict[str, Any]:
     config: dict[str, Any] = {
         column: st.column_config.NumberColumn(format=f"%.{PROBABILITY_DECIMALS}f")
         for column in table.columns
-        if column.startswith("p_") or column == "mel_threshold"
+        if column.startswith("p_") or column in ("mel_threshold", "ood_score")
     }
     for column in ("notes", "error"):
         if column in table.columns:

@@ -72,7 +72,10 @@ def predict_files(
 
     Each dict has: image, probs {class: p}, top [(class, p), … top_k], top_class, mel_flag
     (P(mel) ≥ the engine's operating threshold; None when there is none, with `note` saying so),
-    engine and error (None, or why the file could not be read; then probs etc. are None).
+    ood_score and in_distribution (the export's out-of-distribution guard: False means the image
+    does not look like the training images, so its classes are no answer; both None for an
+    export without a guard), engine and error (None, or why the file could not be read; then
+    probs etc. are None).
     progress=True draws a progress bar on stderr when it is a terminal.
 
     Example:
@@ -92,9 +95,10 @@ def predict_files(
     pending: list[tuple[int, np.ndarray]] = []
 
     def score_pending() -> None:
-        probs = served.predict_many([image for _, image in pending])
-        for (i, _), row in zip(pending, probs, strict=True):
-            results[i] = _result(files[i], row, served.threshold, top_k, engine)
+        assessed = served.assess([image for _, image in pending])
+        for k, (i, _) in enumerate(pending):
+            results[i] = _result(files[i], assessed.probs[k], served.threshold, top_k, engine)
+            results[i].update(_ood_fields(assessed, k))
         pending.clear()
 
     prepared = _prepared_ahead(files, size, resize, window=2 * batch_size)
@@ -158,6 +162,16 @@ def _result(
     }
 
 
+def _ood_fields(assessed: Any, k: int) -> dict[str, Any]:
+    """ood_score and in_distribution of the k-th image (None without a guard)."""
+    if assessed.ood_score is None:
+        return {"ood_score": None, "in_distribution": None}
+    return {
+        "ood_score": float(assessed.ood_score[k]),
+        "in_distribution": bool(assessed.in_distribution[k]),
+    }
+
+
 def _error_result(path: Path, message: str) -> dict[str, Any]:
     return {
         "image": str(path),
@@ -166,6 +180,8 @@ def _error_result(path: Path, message: str) -> dict[str, Any]:
         "top_class": None,
         "mel_flag": None,
         "note": None,
+        "ood_score": None,
+        "in_distribution": None,
         "engine": None,
         "error": message,
     }
@@ -176,9 +192,11 @@ def format_predictions(
 ) -> str:
     """Human-readable lines per image, or (json=True) one JSON object per line.
 
-    Example of the text form (one line per image):
+    Example of the text form (one line per image; an image the guard rejects gets no answer):
         ISIC_0024306.jpg: nv 0.912 | mel 0.051 | bkl 0.020 | melanoma flag: no
         (P(mel) 0.051 < 0.312)
+        cat.png: out of distribution (ood_score 2.31): not like the dermatoscopic images the
+        model was trained on, so no answer and no melanoma flag (the model's output anyway: …)
     """
     if json:
         return "\n".join(_json_line(r) for r in results)
@@ -188,6 +206,13 @@ def format_predictions(
             lines.append(f"{r['image']}: ERROR {r['error']}")
             continue
         top = " | ".join(f"{c} {p:.3f}" for c, p in r["top"])
+        if r.get("in_distribution") is False:  # the guard rejected it: no answer, no flag
+            lines.append(
+                f"{r['image']}: out of distribution (ood_score {r['ood_score']:.3g}): not like "
+                "the dermatoscopic images the model was trained on, so no answer and no melanoma "
+                f"flag (the model's output anyway: {top})"
+            )
+            continue
         p_mel = r["probs"]["mel"]
         if r["mel_flag"] is None:
             flag = "melanoma flag: n/a (model has no operating threshold)"

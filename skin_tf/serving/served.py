@@ -6,18 +6,27 @@ probabilities, the SavedModel's `explain` endpoint for Grad-CAM.
     ('tflite-int8', 'the default of this export: ...')
     >>> served.predict(image_uint8).shape, served.explain(image_uint8)[1].shape  # doctest: +SKIP
     ((1, 7), (1, 450, 600))
+    >>> served.assess([image_uint8]).in_distribution  # doctest: +SKIP
+    array([ True])
 
 The engine is the export's default (`skin_tf.serving.engines`: the fastest one that passed its
 checks) unless one is asked for. An export written before the LiteRT models existed has only the
 SavedModel: it loads with engine "savedmodel" and a note saying how to add them. Asking for an
 engine an export lacks, or a missing or damaged .tflite file, raises an error naming the fix.
 The SavedModel itself is loaded on first use, so a LiteRT engine starts without it.
+
+Every engine gives the out-of-distribution guard's `ood_score` and `in_distribution` beside the
+probabilities (`ServedModel.assess`): the SavedModel computes them in its graph, the LiteRT
+engines from the features their models output, with the guard's constants (`ood_guard.npz`) and
+the engine's own threshold from metadata.json. An export without a guard (made before it existed,
+or with guard=False) still loads: its ood fields are None and `guard_note` says how to add one.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +34,13 @@ import numpy as np
 
 from skin_tf.runs import read_json
 from skin_tf.serving.engines import ENGINES
-from skin_tf.serving.litert import FLOAT_FILE, INT8_FILE
+from skin_tf.serving.guard import GUARD_FILE, OodGuard, load_guard
+from skin_tf.serving.litert import FLOAT_FILE, INT8_FILE, LiteRTError
 
 METADATA_FILE = "metadata.json"
-FORMAT = "skin_tf.export/1"
+FORMAT = "skin_tf.export/2"  # serve returns {probs, ood_score, in_distribution}
+FORMAT_V1 = "skin_tf.export/1"  # serve returns the probabilities (an export without the guard)
+READABLE_FORMATS = (FORMAT_V1, FORMAT)
 DISCLAIMER = (
     "Research and teaching use only: not a medical device, not validated for clinical use, "
     "and not medical advice."
@@ -44,6 +56,7 @@ class _Loaded:
         self.path = path
         self._saved_model: Any = None
         self._runners: dict[str, Any] = {}
+        self._guard: OodGuard | None = None
         self._lock = threading.Lock()
 
     def saved_model(self) -> Any:
@@ -59,6 +72,37 @@ class _Loaded:
             if engine not in self._runners:
                 self._runners[engine] = LiteRTModel(self.path / LITERT_FILES[engine])
             return self._runners[engine]
+
+    def guard(self) -> OodGuard:
+        with self._lock:
+            if self._guard is None:
+                self._guard = load_guard(self.path / GUARD_FILE)
+            return self._guard
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What an engine says about N images: probabilities and, when the export has a guard, each
+    image's ood_score (higher: less like the training images) and in_distribution (its score is
+    at most the engine's threshold); both None without a guard.
+
+    Example:
+        >>> Assessment(np.eye(7)[:2]).in_distribution is None
+        True
+    """
+
+    probs: np.ndarray
+    ood_score: np.ndarray | None = None
+    in_distribution: np.ndarray | None = None
+
+    @staticmethod
+    def concatenate(parts: list[Assessment]) -> Assessment:
+        guarded = all(p.ood_score is not None for p in parts)
+        return Assessment(
+            np.concatenate([p.probs for p in parts]),
+            np.concatenate([p.ood_score for p in parts]) if guarded else None,
+            np.concatenate([p.in_distribution for p in parts]) if guarded else None,
+        )
 
 
 class ServedModel:
@@ -134,42 +178,116 @@ class ServedModel:
             self._loaded.runner(engine)  # a missing or damaged file fails here, not mid-run
         return ServedModel(self.path, self.metadata, engine, None, self._loaded)
 
+    @property
+    def guarded(self) -> bool:
+        """Whether this export has the out-of-distribution guard."""
+        return bool((self.metadata.get("ood_guard") or {}).get("method"))
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """This engine's guard threshold (in_distribution when ood_score <= it), or None."""
+        if not self.guarded:
+            return None
+        return self.metadata["ood_guard"]["thresholds"][self.engine]["threshold"]
+
+    @property
+    def guard_note(self) -> str | None:
+        """None for an export with the guard; otherwise why it has none and how to add it."""
+        if self.guarded:
+            return None
+        block = self.metadata.get("ood_guard") or {}
+        why = (
+            f"it was exported without one ({block['reason']})"
+            if block.get("reason")
+            else "it was exported before skin-tf added one"
+        )
+        return (
+            f"this export has no out-of-distribution guard: {why}, so images unlike the training "
+            "images get an answer too; re-run `skin-tf export RUN_DIR --out FOLDER --overwrite` "
+            "to add it"
+        )
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """(N, 7) probabilities of an image (H, W, 3) or a batch (N, H, W, 3), uint8 or float."""
         batch = _as_batch(images)
         if self.engine == "savedmodel":
-            import tensorflow as tf
-
-            return self._loaded.saved_model().serve(tf.convert_to_tensor(batch)).numpy()
+            return self._serve(batch).probs
         return self.predict_many(list(batch))
 
     def predict_many(self, images: list[np.ndarray]) -> np.ndarray:
-        """(N, 7) probabilities of N images (H, W, 3), each of any size.
+        """(N, 7) probabilities of N images (H, W, 3), each of any size (see `assess`)."""
+        return self.assess(images).probs
 
-        SavedModel: one `serve` call per image, as `predict` always did. LiteRT: each image is
-        resized like `serve` would (`skin_tf.serving.litert.to_model_size`) and they are scored
-        in batches of BATCH_SIZE.
+    def assess(self, images: list[np.ndarray]) -> Assessment:
+        """Probabilities, ood_score and in_distribution of N images (H, W, 3), each of any size.
+
+        SavedModel: one `serve` call per image, as `predict` always did; the guard runs in its
+        graph. LiteRT: each image is resized like `serve` would
+        (`skin_tf.serving.litert.to_model_size`), they are scored in batches of BATCH_SIZE, and
+        the guard scores the features the model outputs beside the probabilities.
+
+        Example:
+            >>> out = load_served("saved_models/demo").assess([photo])  # doctest: +SKIP
+            >>> out.ood_score, out.in_distribution  # doctest: +SKIP
+            (array([41.7]), array([False]))
         """
+        images = list(images)
         if not images:
-            return np.zeros((0, len(self.classes)), np.float32)
+            empty = np.zeros(0, np.float32) if self.guarded else None
+            return Assessment(
+                np.zeros((0, len(self.classes)), np.float32),
+                empty,
+                None if empty is None else empty.astype(bool),
+            )
         if self.engine == "savedmodel":
-            return np.concatenate([self.predict(image) for image in images])
+            return Assessment.concatenate([self._serve(_as_batch(image)) for image in images])
         from skin_tf.serving.litert import to_model_size
 
         side = self.image_size[0]
         runner = self._loaded.runner(self.engine)
         batch = np.stack([to_model_size(image, side, self.resize) for image in images])
-        return np.concatenate(
-            [runner.predict(batch[i : i + BATCH_SIZE]) for i in range(0, len(batch), BATCH_SIZE)]
-        )
+        outputs = [runner.predict_with_features(batch[i : i + BATCH_SIZE])
+                   for i in range(0, len(batch), BATCH_SIZE)]  # fmt: skip
+        probs = np.concatenate([p for p, _ in outputs])
+        if not self.guarded:
+            return Assessment(probs)
+        if not runner.has_features:
+            raise LiteRTError(
+                f"{runner.path} has no features output although metadata.json describes a guard: "
+                "re-run `skin-tf export RUN_DIR --out FOLDER --overwrite`"
+            )
+        scores = self._loaded.guard().score(np.concatenate([f for _, f in outputs]))
+        return Assessment(probs, scores, scores <= self.ood_threshold)
+
+    def _serve(self, batch: np.ndarray) -> Assessment:
+        import tensorflow as tf
+
+        return _assessment(self._loaded.saved_model().serve(tf.convert_to_tensor(batch)))
 
     def explain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probs (N, 7), heatmaps (N, H, W) in 0..1 for each image's top class), both from the
         SavedModel's `explain` endpoint whatever the engine."""
+        assessed, heatmaps = self.explain_assessed(images)
+        return assessed.probs, heatmaps
+
+    def explain_assessed(self, images: np.ndarray) -> tuple[Assessment, np.ndarray]:
+        """`explain` with the guard: (the SavedModel's Assessment, heatmaps (N, H, W))."""
         import tensorflow as tf
 
         out = self._loaded.saved_model().explain(tf.convert_to_tensor(_as_batch(images)))
-        return out["probs"].numpy(), out["heatmap"].numpy()
+        return _assessment(out), out["heatmap"].numpy()
+
+
+def _assessment(out: Any) -> Assessment:
+    """An Assessment of what `serve` or `explain` returned: a dict with the guard (probs,
+    ood_score, in_distribution), the probabilities alone from `serve` without it."""
+    if not isinstance(out, dict):
+        return Assessment(out.numpy())
+    if "ood_score" not in out:
+        return Assessment(out["probs"].numpy())
+    return Assessment(
+        out["probs"].numpy(), out["ood_score"].numpy(), out["in_distribution"].numpy()
+    )
 
 
 def _as_batch(images: np.ndarray) -> np.ndarray:
@@ -269,8 +387,11 @@ def load_served(path: str | os.PathLike, engine: str | None = None) -> ServedMod
             f"`skin-tf export RUN_DIR --out {path}`"
         )
     metadata = read_json(path / METADATA_FILE)
-    if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path / METADATA_FILE} is not a {FORMAT} metadata file: re-export")
+    if metadata.get("format") not in READABLE_FORMATS:
+        raise ValueError(
+            f"{path / METADATA_FILE} is not a {' or '.join(READABLE_FORMATS)} metadata file: "
+            "re-export"
+        )
     note = None
     if engine is None:
         engine, note = default_engine(metadata)

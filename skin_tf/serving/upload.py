@@ -68,6 +68,14 @@ class UploadResult:
     heatmap_class: str | None = None  # the class the Grad-CAM is for (the SavedModel's top class)
     size: tuple[int, int] | None = None  # original (width, height)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    ood_score: float | None = None  # the engine's out-of-distribution score (None: no guard)
+    in_distribution: bool | None = None  # False: not like the training images, no answer
+    ood_threshold: float | None = None  # the engine's threshold on ood_score
+
+    @property
+    def rejected(self) -> bool:
+        """Whether the guard called this image out of distribution (never without a guard)."""
+        return self.in_distribution is False
 
     @property
     def top_class(self) -> str | None:
@@ -77,8 +85,9 @@ class UploadResult:
 def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
     """Validate, predict and explain one upload; an unreadable file gives `error`, not a raise.
 
-    The probabilities come from the served engine; the Grad-CAM map from the SavedModel's
-    `explain` endpoint, for its own top class (which a LiteRT engine almost always shares).
+    The probabilities and the guard's verdict come from the served engine (`ServedModel.assess`);
+    the Grad-CAM map from the SavedModel's `explain` endpoint, for its own top class (which a
+    LiteRT engine almost always shares).
 
     Example:
         >>> analyse_upload(served, "a.jpg", b"hello").error  # doctest: +SKIP
@@ -96,10 +105,8 @@ def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
         prepared = prepare_image(data, int(height), served.resize)
     except ImageError as err:
         return UploadResult(name=name, error=str(err))
-    explained, heatmaps = served.explain(prepared.model_input)
-    probs = (
-        explained if served.engine == "savedmodel" else served.predict_many([prepared.model_input])
-    )
+    explained, heatmaps = served.explain_assessed(prepared.model_input)
+    assessed = explained if served.engine == "savedmodel" else served.assess([prepared.model_input])
     original = prepared.original
     display = _fit_side(original, MAX_DISPLAY_SIDE)
     heatmap = heatmaps[0]
@@ -108,12 +115,38 @@ def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
         heatmap = _resize_float(heatmap, display.shape[:2])
     return UploadResult(
         name=name,
-        probs=probs[0],
+        probs=assessed.probs[0],
         display=display,
         heatmap=heatmap,
-        heatmap_class=CLASSES[int(np.argmax(explained[0]))],
+        heatmap_class=CLASSES[int(np.argmax(explained.probs[0]))],
         size=(original.shape[1], original.shape[0]),
         notes=tuple(conversion_notes(data)),
+        ood_score=None if assessed.ood_score is None else float(assessed.ood_score[0]),
+        in_distribution=(
+            None if assessed.in_distribution is None else bool(assessed.in_distribution[0])
+        ),
+        ood_threshold=served.ood_threshold,
+    )
+
+
+def ood_notice(result: UploadResult) -> str | None:
+    """What the page says about an upload the guard rejected (None when it did not): plainly,
+    without alarm, and why its class probabilities are no answer.
+
+    Example:
+        >>> ood_notice(UploadResult("cat.jpg", ood_score=41.7, in_distribution=False,
+        ...                         ood_threshold=2.01))[:58]
+        'This does not look like a dermatoscopic image of a skin le'
+    """
+    if not result.rejected:
+        return None
+    return (
+        "This does not look like a dermatoscopic image of a skin lesion, so the model gives no "
+        "answer for it. It was trained only on dermatoscopic close-ups of skin lesions, and "
+        "this picture is unlike them (out-of-distribution score "
+        f"{result.ood_score:.3g}, above this model's threshold {result.ood_threshold:.3g}). "
+        "If it is a lesion, try a dermatoscopic photo of it; what the model computed anyway is "
+        "below, greyed, and is not a result."
     )
 
 

@@ -131,6 +131,7 @@ def test_make_demo_from_a_clean_checkout_makes_every_promised_artifact(real_data
     metadata = json.loads((model / "metadata.json").read_text())
     assert metadata["run_dir"] == str(run.resolve())
     assert metadata["mel_threshold"]["value"] is not None
+    assert "ood_guard" in metadata  # the guard, or why there is none
     results = checkout / "results"
     for name in (
         "README.md", "MODEL_CARD.md", "summary_demo-smoke.md", "mel_threshold_demo-smoke.md",

@@ -1,8 +1,10 @@
 """Exports shared by the serving tests, each made once per session.
 
 - `tiny_export`: an untrained small CNN at 32 px (`tiny_model`), temperature 1.5, exported with
-  both LiteRT models (int8 calibrated on synthetic images) but no run, so no validation metrics.
-  Fast tier.
+  both LiteRT models (int8 calibrated on synthetic images) and an out-of-distribution guard
+  (Mahalanobis on its penultimate features, fitted on 64 synthetic images) but no run, so no
+  validation metrics. `tiny_export_plain`: the same without the guard, as exports were before it
+  (metadata format skin_tf.export/1). Fast tier.
 - `real_export`: a real run in miniature on the HAM10000 copy: EfficientNet-Lite0 with its offline
   ImageNet weights at 96 px and a linear head fitted on 280 training images (a linear probe, no
   training run), temperature 1.3, a melanoma threshold chosen on its 150 validation images; then
@@ -64,7 +66,34 @@ def tiny_export(tiny_model, tmp_path_factory) -> Path:
         temperature=1.5,
         metadata={"run": "tiny", "mel_threshold": {"value": 0.2, "target_sensitivity": 0.85}},
         calibration=calibration,
+        guard=tiny_guard(tiny_model),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_export_plain(tiny_model, tmp_path_factory) -> Path:
+    from skin_tf.serving.engines import probe_images
+    from skin_tf.serving.export import export_model
+
+    calibration = probe_images(TINY_SIZE, n=16, seed=3).images
+    return export_model(
+        tiny_model,
+        tmp_path_factory.mktemp("tiny_plain") / "tiny-b0",
+        temperature=1.5,
+        metadata={"run": "tiny", "mel_threshold": {"value": 0.2, "target_sensitivity": 0.85}},
+        calibration=calibration,
+    )
+
+
+def tiny_guard(model):
+    """A Mahalanobis guard of the tiny model's penultimate features on 64 synthetic images."""
+    from skin_tf.serving.engines import probe_images
+    from skin_tf.serving.guard import fit_mahalanobis
+    from skin_tf.serving.guard_choice import pooled_features
+
+    train = probe_images(TINY_SIZE, n=64, seed=5).images
+    features = pooled_features(model, train, [None])[None]
+    return fit_mahalanobis(features, np.arange(len(train)) % 7)
 
 
 # ---------------------------------------------------------------- a real run in miniature

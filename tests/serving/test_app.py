@@ -293,6 +293,8 @@ def test_predictions_frame_keeps_failed_uploads_with_their_reason():
         "top_class",
         "mel_threshold",
         "mel_flag",
+        "ood_score",
+        "in_distribution",
         "notes",
         "error",
     ]
@@ -393,6 +395,8 @@ def top_k_lines(at) -> list[str]:
 @pytest.mark.slow
 def test_real_image_gets_top_k_chart_gradcam_flag_and_csv(demo_model, sample_bytes, monkeypatch):
     at = page(monkeypatch, demo_model.parent)
+    # This export has no guard (its fake run has no images to fit one on): the sidebar says so.
+    assert any("no out-of-distribution guard" in c for c in values(at.sidebar.caption))
     assert "ui-demo-untrained" in " ".join(values(at.sidebar.markdown))  # provenance
     assert any("not medical advice" in w for w in values(at.sidebar.warning))
     upload(at, (SAMPLE_IMAGE, sample_bytes))
@@ -561,3 +565,32 @@ def test_page_with_a_damaged_tflite_names_the_fix_and_offers_the_other_engines(
     assert "Pick another engine" in message and "savedmodel" in at.sidebar.selectbox[1].options[-1]
     at.sidebar.selectbox[1].set_value("savedmodel").run()
     assert not at.exception and not at.error and at.file_uploader
+
+
+@pytest.mark.slow
+def test_an_upload_that_is_no_lesion_image_gets_a_notice_not_an_answer(
+    real_export, sample_bytes, monkeypatch
+):
+    """With a guarded export (the real miniature run's, tests/serving/conftest.py): a photo of a
+    cat gets the notice, its numbers folded away and no melanoma box; the real lesion beside it
+    is answered as before; the table (and so its CSV) carries ood_score and in_distribution."""
+    import skimage.data
+
+    cat = encode(Image.fromarray(skimage.data.chelsea()), "PNG")
+    at = page(monkeypatch, real_export.parent)
+    assert any("Out-of-distribution guard" in c for c in values(at.sidebar.caption))
+    upload(at, (SAMPLE_IMAGE, sample_bytes), ("cat.png", cat))
+    assert not at.error
+    (notice,) = [t for t in values(at.info) if "does not look like a dermatoscopic image" in t]
+    assert "no answer" in notice and "not a result" in notice
+    assert len(top_k_lines(at)) == 3  # the lesion's top-k list only
+    assert len([t for t in values(at.info) + values(at.warning) if "P(mel)" in t]) == 1
+    folded = [e.label for e in at.expander if "not an answer" in e.label]
+    assert folded == ["What the model computed anyway (not an answer)"]  # the cat's only
+    assert "no melanoma flag" in " ".join(values(at.caption))
+    table = at.dataframe[0].value
+    assert table["image"].tolist() == [SAMPLE_IMAGE, "cat.png"]
+    assert table["in_distribution"].tolist() == [True, False]
+    assert table["ood_score"][1] > table["ood_score"][0]
+    assert pd.isna(table["mel_flag"][1]) and not pd.isna(table["mel_flag"][0])
+    assert table["notes"][1] == support.OOD_ROW_NOTE

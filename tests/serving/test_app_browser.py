@@ -7,6 +7,8 @@ The committed screenshot is made with the same code:
 
     python -m tests.serving.test_app_browser --model saved_models/NAME \\
         --image ../shared/data/ham10000/images/ISIC_0024306.jpg --out results/streamlit_demo.png
+
+(several --image files are uploaded together, e.g. a lesion and a photo that is no lesion)
 """
 
 from __future__ import annotations
@@ -171,10 +173,33 @@ def test_page_in_chromium_predicts_an_uploaded_real_image(real_data_root, tmp_pa
     assert shot.stat().st_size > 50_000  # a real rendered page, not a blank one
 
 
+@pytest.mark.slow
+def test_page_in_chromium_says_when_an_upload_is_no_lesion_image(
+    real_export, real_data_root, tmp_path
+):
+    """With a guarded export (the real miniature run's): a photo of a cat beside a real lesion
+    gets the out-of-distribution notice and no melanoma box of its own; the lesion is answered."""
+    _skip_without_browser()
+    import skimage.data
+    from PIL import Image
+
+    sample = real_data_root / "images" / SAMPLE_IMAGE
+    cat = tmp_path / "cat.png"
+    Image.fromarray(skimage.data.chelsea()).save(cat)
+    shot = tmp_path / "page.png"
+    with running_page(real_export.parent, log=tmp_path / "streamlit.log") as url:
+        text = screenshot_page(url, [sample, cat], shot)
+    assert "This does not look like a dermatoscopic image of a skin lesion" in text
+    assert "What the model computed anyway (not an answer)" in text
+    assert len(re.findall(r"P\(mel\) = 0\.\d{3}", text)) == 1  # the lesion's box only
+    assert "Out-of-distribution guard" in text  # the sidebar
+    assert shot.stat().st_size > 50_000
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Screenshot the page with a model and image")
     parser.add_argument("--model", type=Path, required=True, help="exported model folder")
-    parser.add_argument("--image", type=Path, required=True, help="image to upload")
+    parser.add_argument("--image", type=Path, required=True, nargs="+", help="image(s) to upload")
     parser.add_argument("--out", type=Path, default=Path("results/streamlit_demo.png"))
     args = parser.parse_args(argv)
     with running_page(args.model.parent, model=args.model) as url:

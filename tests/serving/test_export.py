@@ -212,7 +212,13 @@ def test_export_run_writes_metadata_and_calibrated_endpoints(model, tmp_path):
     assert engines["tflite-int8"]["written"] is False
     assert "the run's images could not be read" in engines["tflite-int8"]["reason"]
     assert engines["default"] == "tflite"
+    assert meta["ood_guard"]["written"] is False  # no images to fit or threshold a guard on
+    assert "could not be read" in meta["ood_guard"]["reason"]
     served = load_served(out)
+    assert (
+        "could not be read" in served.guard_note
+        and served.assess([lesion_like(SIZE, SIZE)]).ood_score is None
+    )
     assert served.engine == "tflite" and served.threshold == 0.31 and served.temperature == 1.5
     image = lesion_like(SIZE, SIZE, seed=9)
     expected = apply_temperature(keras_probs(model, image[None]), 1.5)
@@ -283,6 +289,9 @@ def test_export_run_checks_every_engine_on_the_runs_validation_split(real_export
     )
     assert gate["passed"] == (gate["loss"] <= 0.01 and int8["mel_threshold"]["value"] is not None)
     assert block["default"] == ("tflite-int8" if gate["passed"] else "tflite")
+    thresholds = meta["ood_guard"]["thresholds"]
+    assert all(thresholds[e]["n_images"] == 150 and thresholds[e]["val_kept"] >= 0.95
+               for e in ("savedmodel", "tflite", "tflite-int8"))  # fmt: skip
 
     check = run_images(real_run, "val", 96, "squash")
     probs = load_served(real_export, engine="tflite-int8").predict_many(list(check.images))
@@ -295,3 +304,38 @@ def test_export_run_checks_every_engine_on_the_runs_validation_split(real_export
         f"(gate {gate['why']}), int8 file {int8['size_vs_float']:.0%} of float, default "
         f"{block['default']}"
     )
+
+
+# ---------------------------------------------------------------- the out-of-distribution guard
+
+
+def test_the_guard_only_adds_outputs(tiny_export, tiny_export_plain):
+    """serve and explain of a guarded export give the probabilities (and heatmaps) of an export
+    without the guard bit for bit, plus ood_score and in_distribution; metadata.json says how
+    the threshold was chosen and keeps at least 95 % of the images it was chosen on."""
+    guarded = tf.saved_model.load(str(tiny_export))
+    plain = tf.saved_model.load(str(tiny_export_plain))
+    rng = np.random.default_rng(0)
+    for images in (
+        rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
+        rng.integers(0, 256, (2, 150, 200, 3), dtype=np.uint8).astype(np.float32),
+    ):
+        served = guarded.serve(images)
+        assert set(served) == {"probs", "ood_score", "in_distribution"}
+        np.testing.assert_array_equal(served["probs"].numpy(), plain.serve(images).numpy())
+        explained, before = guarded.explain(images), plain.explain(images)
+        for key in ("probs", "heatmap"):
+            np.testing.assert_array_equal(explained[key].numpy(), before[key].numpy())
+        np.testing.assert_array_equal(explained["ood_score"], served["ood_score"])
+        assert served["in_distribution"].dtype == tf.bool
+    meta = json.loads((tiny_export / METADATA_FILE).read_text())
+    assert meta["format"] == "skin_tf.export/2" and "ood_score" in meta["endpoints"]["serve"]
+    block = meta["ood_guard"]
+    assert block["method"] == "mahalanobis" and block["file"] == "ood_guard.npz"
+    assert block["layer"].startswith("penultimate") and block["feature_dim"] == 32
+    assert (tiny_export / "ood_guard.npz").is_file()
+    for engine in ("savedmodel", "tflite", "tflite-int8"):
+        assert block["thresholds"][engine]["val_kept"] >= 0.95
+        assert block["thresholds"][engine]["n_images"] == 8  # the synthetic probe images
+    plain_meta = json.loads((tiny_export_plain / METADATA_FILE).read_text())
+    assert plain_meta["format"] == "skin_tf.export/1" and "ood_guard" not in plain_meta

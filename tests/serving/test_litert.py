@@ -145,3 +145,28 @@ def test_int8_agreement_is_measured_and_reported(real_export, real_frame, capsys
     # Quantisation changes the numbers, yet the model is the same model: a broken calibration
     # (or a quantised softmax) would disagree on many images.
     assert max_diff > 0.0 and top1 >= 0.7 and recorded["top1_agreement"] >= 0.7
+
+
+# ---------------------------------------------------------------- with the guard
+
+
+def test_a_guarded_export_gives_the_same_probabilities_and_the_guards_features(
+    tiny_export, tiny_export_plain, tiny_model
+):
+    """The guard only adds an output: both LiteRT models give the probabilities of an export
+    without it, bit for bit, plus the features the guard reads."""
+    from skin_tf.serving.guard_choice import pooled_features
+
+    images = probe_images(TINY_SIZE, n=6, seed=12).images.astype(np.float32)
+    for name in (FLOAT_FILE, INT8_FILE):
+        guarded, plain = LiteRTModel(tiny_export / name), LiteRTModel(tiny_export_plain / name)
+        assert guarded.has_features and not plain.has_features
+        probs, features = guarded.predict_with_features(images)
+        np.testing.assert_array_equal(probs, plain.predict(images))
+        assert plain.predict_with_features(images)[1] is None
+        assert features.shape == (6, 32)
+        if name == FLOAT_FILE:  # the float model's features are the Keras model's
+            expected = pooled_features(tiny_model, images, [None])[None]
+            np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
+    empty_probs, empty_features = guarded.predict_with_features(images[:0])
+    assert empty_probs.shape == (0, 7) and empty_features.shape == (0, 32)

@@ -115,6 +115,29 @@ def test_the_table_shows_a_failure_s_reason_next_to_its_name_and_every_column(ta
     assert order[:2] == ["image", "error"] and sorted(order) == sorted(table.columns)
 
 
+def test_a_rejected_upload_keeps_its_numbers_but_no_flag_and_says_why():
+    """The guard's verdict in the table and its CSV: ood_score and in_distribution on every
+    row; an upload it rejected has no melanoma threshold or flag, and a note saying why."""
+    probs = np.array([0.05, 0.05, 0.1, 0.0, 0.7, 0.1, 0.0])
+    kept = analysis.UploadResult("lesion.jpg", probs=probs, ood_score=1.2, in_distribution=True,
+                                 ood_threshold=2.0)  # fmt: skip
+    cat = analysis.UploadResult("cat.jpg", probs=probs, ood_score=41.7, in_distribution=False,
+                                ood_threshold=2.0)  # fmt: skip
+    frame = support.predictions_frame([kept, cat], 0.3, "demo", "tflite")
+    assert frame["in_distribution"].tolist() == [True, False]
+    assert frame["ood_score"].tolist() == [1.2, 41.7]
+    assert frame["mel_flag"][0] is True and frame["mel_flag"][1] is None
+    assert pd.isna(frame["mel_threshold"][1]) and frame["p_mel"][1] == 0.7  # numbers kept
+    assert frame["notes"][1] == support.OOD_ROW_NOTE and pd.isna(frame["notes"][0])
+    back = pd.read_csv(io.StringIO(support.predictions_csv(frame).decode()), dtype=str,
+                       keep_default_na=False)  # fmt: skip
+    assert back["ood_score"].tolist() == ["1.2000", "41.7000"]
+    assert back["in_distribution"].tolist() == ["True", "False"]
+    assert support.table_column_config(frame)["ood_score"]["type_config"]["format"] == "%.4f"
+    unguarded = support.predictions_frame([analysis.UploadResult("a.jpg", probs=probs)], 0.3, "x")
+    assert unguarded[["ood_score", "in_distribution"]].iloc[0].isna().all()
+
+
 def test_text_column_width_counts_the_header_and_skips_empty_cells():
     assert support.text_column_width(pd.Series([None, None], name="error")) == 32 + 38
     assert support.text_column_width(pd.Series(["x" * 100, None], name="notes")) == 32 + 750

@@ -14,6 +14,7 @@ from skin_tf.cli.model_commands import _predict as predict_command
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.data.pipeline import load_image
 from skin_tf.serving.predict import format_predictions, predict_files
+from skin_tf.serving.served import Assessment
 from tests.data.test_images import encoded, png_header, rgb
 
 
@@ -26,17 +27,27 @@ class FakeServed:
     engine = "tflite"
     engine_note = "the fake's default"
 
-    def __init__(self, threshold: float | None = 0.3, p_mel: float = 0.4):
+    guard_note = None
+
+    def __init__(
+        self, threshold: float | None = 0.3, p_mel: float = 0.4, ood: list[float] | None = None
+    ):
         self.threshold = threshold
+        self.ood = ood  # ood_score per image in call order (> 1.0: out of distribution)
         self.probs = np.full(len(CLASSES), (1 - p_mel - 0.35) / 5)
         self.probs[[MEL_INDEX, CLASSES.index("nv")]] = p_mel, 0.35
         self.inputs: list[np.ndarray] = []
         self.batches: list[int] = []
 
-    def predict_many(self, images: list[np.ndarray]) -> np.ndarray:
+    def assess(self, images: list[np.ndarray]) -> Assessment:
+        start = len(self.inputs)
         self.inputs.extend(images)
         self.batches.append(len(images))
-        return np.stack([self.probs for _ in images])
+        probs = np.stack([self.probs for _ in images])
+        if self.ood is None:
+            return Assessment(probs)
+        scores = np.array(self.ood[start : start + len(images)])
+        return Assessment(probs, scores, scores <= 1.0)
 
 
 # ---------------------------------------------------------------- predict_files / formatting
@@ -112,6 +123,24 @@ def test_text_and_json_output(image_folder, tmp_path):
     assert list(lines[0]["probs"]) == list(CLASSES)
     assert lines[0]["top"][0] == {"class": "mel", "p": pytest.approx(0.4)}
     assert lines[1]["error"] == "file not found" and lines[1]["probs"] is None
+    assert lines[0]["ood_score"] is None and lines[0]["in_distribution"] is None  # no guard
+
+
+def test_the_guards_verdict_is_in_every_result(image_folder, tmp_path):
+    """ood_score and in_distribution per image (JSON), and a plain-words line for an image the
+    guard rejects (text); files that fail have neither."""
+    missing = tmp_path / "gone.png"
+    served = FakeServed(ood=[0.4, 7.5])
+    results = predict_files(served, [image_folder / "a.png", missing, image_folder / "b.jpg"])
+    lines = [json.loads(line) for line in format_predictions(results, json=True).splitlines()]
+    assert (lines[0]["ood_score"], lines[0]["in_distribution"]) == (0.4, True)
+    assert (lines[2]["ood_score"], lines[2]["in_distribution"]) == (7.5, False)
+    assert lines[1]["ood_score"] is None and lines[1]["in_distribution"] is None
+    text = format_predictions(results, threshold=0.3).splitlines()
+    assert "out of distribution" not in text[0]
+    assert text[2].startswith(f"{image_folder / 'b.jpg'}: out of distribution (ood_score 7.5): not")
+    assert "no answer and no melanoma flag (the model's output anyway: mel 0.400" in text[2]
+    assert "melanoma flag: YES" not in text[2]
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # refused anyway
@@ -214,6 +243,7 @@ def test_predict_over_a_real_folder_with_each_engine(real_export, real_frame, tm
         stated = engine or metadata["engines"]["default"]
         assert f"engine: {stated}" in err and {r["engine"] for r in runs[engine]} == {stated}
         assert ("default of this export" in err) == (engine is None)
+        assert all(isinstance(r["in_distribution"], bool) for r in runs[engine])  # guarded
 
     def probs(engine):
         return np.array([list(r["probs"].values()) for r in runs[engine]])

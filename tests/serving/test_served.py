@@ -83,3 +83,60 @@ def test_available_and_default_engines_of_metadata():
     assert available_engines({"engines": block}) == ["tflite", "savedmodel"]
     engine, why = default_engine({"engines": block})
     assert engine == "tflite" and "LiteRT float32" in why
+
+
+# ---------------------------------------------------------------- the out-of-distribution guard
+
+
+def test_every_engine_assesses_with_its_own_threshold(tiny_export):
+    """ood_score and in_distribution from every engine: the SavedModel's from its graph, the
+    LiteRT engines' from their features; the float engines agree, each uses its own threshold."""
+    metadata = json.loads((tiny_export / "metadata.json").read_text())
+    thresholds = metadata["ood_guard"]["thresholds"]
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(3)]
+    images += [np.full((32, 32, 3), 200, np.uint8)]
+    served = load_served(tiny_export, engine="savedmodel")
+    results = {}
+    for engine in ("savedmodel", "tflite", "tflite-int8"):
+        engine_served = served.using(engine)
+        assert engine_served.guarded and engine_served.guard_note is None
+        assert engine_served.ood_threshold == thresholds[engine]["threshold"]
+        out = engine_served.assess(images)
+        assert out.probs.shape == (4, 7) and out.ood_score.shape == (4,)
+        np.testing.assert_array_equal(out.in_distribution, out.ood_score <= thresholds[engine][
+            "threshold"])  # fmt: skip
+        results[engine] = out
+    np.testing.assert_allclose(results["tflite"].ood_score, results["savedmodel"].ood_score,
+                               rtol=1e-4)  # fmt: skip
+    explained, heatmaps = served.explain_assessed(images[0])
+    np.testing.assert_allclose(explained.ood_score, results["savedmodel"].ood_score[:1], rtol=1e-5)
+    assert explained.in_distribution.dtype == bool and heatmaps.shape == (1, 40, 50)
+    empty = served.using("tflite").assess([])
+    assert empty.probs.shape == (0, 7) and empty.ood_score.shape == (0,)
+
+
+def test_an_export_without_the_guard_loads_with_a_note(tiny_export_plain, tmp_path):
+    for engine in ("savedmodel", "tflite", "tflite-int8"):
+        served = load_served(tiny_export_plain, engine=engine)
+        out = served.assess([np.zeros((32, 32, 3), np.uint8)])
+        assert out.ood_score is None and out.in_distribution is None and out.probs.shape == (1, 7)
+        assert served.ood_threshold is None and not served.guarded
+        assert "no out-of-distribution guard" in served.guard_note
+        assert "skin-tf export" in served.guard_note and "--overwrite" in served.guard_note
+    assert json.loads((tiny_export_plain / "metadata.json").read_text())["format"].endswith("/1")
+
+    def skipped(metadata):
+        metadata["ood_guard"] = {"written": False, "reason": "the run's images could not be read"}
+
+    folder = copy_export(tiny_export_plain, tmp_path, edit=skipped)
+    assert "could not be read" in load_served(folder).guard_note
+
+
+def test_a_guard_without_features_in_the_litert_model_names_the_fix(
+    tiny_export, tiny_export_plain, tmp_path
+):
+    folder = copy_export(tiny_export, tmp_path)
+    shutil.copy(tiny_export_plain / FLOAT_FILE, folder / FLOAT_FILE)  # a model without features
+    with pytest.raises(LiteRTError, match="no features output.*skin-tf export"):
+        load_served(folder, engine="tflite").assess([np.zeros((32, 32, 3), np.uint8)])

@@ -1,4 +1,5 @@
-"""One upload: the notes on what reading it changed, and the Grad-CAM caption (the page around it:
+"""One upload: the notes on what reading it changed, the Grad-CAM caption and the notice for a
+picture the guard rejects (the page around it:
 test_app.py, which also holds the upload files these tests reuse)."""
 
 from __future__ import annotations
@@ -38,3 +39,16 @@ def test_gradcam_caption_names_the_class_the_map_is_for():
     text = analysis.gradcam_caption(other)
     assert text.startswith("Grad-CAM for nv, the SavedModel's top class")
     assert "this engine's top class is mel" in text
+
+
+def test_a_rejected_upload_gets_a_plain_notice_and_the_others_none():
+    UploadResult, ood_notice = analysis.UploadResult, analysis.ood_notice
+    rejected = UploadResult("cat.jpg", probs=np.eye(7)[4], ood_score=41.7, in_distribution=False,
+                            ood_threshold=2.01)  # fmt: skip
+    notice = ood_notice(rejected)
+    assert notice.startswith("This does not look like a dermatoscopic image of a skin lesion")
+    assert "41.7" in notice and "2.01" in notice and "not a result" in notice
+    assert rejected.rejected
+    kept = UploadResult("a.jpg", probs=np.eye(7)[5], ood_score=1.0, in_distribution=True)
+    assert ood_notice(kept) is None and ood_notice(UploadResult("b.jpg")) is None
+    assert not UploadResult("b.jpg", probs=np.eye(7)[5]).rejected  # no guard: never rejected
