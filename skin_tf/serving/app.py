@@ -18,6 +18,7 @@ import streamlit as st
 
 from skin_tf.data.images import MAX_PIXELS, MIN_SIDE
 from skin_tf.serving import page as support
+from skin_tf.serving import table as predictions
 from skin_tf.serving import upload as analysis
 from skin_tf.serving.launch import page_settings
 from skin_tf.serving.served import default_engine
@@ -194,22 +195,24 @@ for upload in uploads:
         text = support.mel_flag_text(
             result.probs, served.mel_point, served.metadata.get("mel_threshold")
         )
-        flagged = support.mel_flag(result.probs, served.threshold)
+        flagged = predictions.mel_flag(result.probs, served.threshold)
         (st.warning if flagged else st.info)(text)
 
 st.divider()
-table = support.predictions_frame(results, served.threshold, Path(str(chosen)).name, served.engine)
+table = predictions.predictions_frame(
+    results, served.threshold, Path(str(chosen)).name, served.engine
+)
 st.subheader("All predictions")
 st.dataframe(
     table,
     hide_index=True,
     placeholder="",
-    column_config=support.table_column_config(table),
-    column_order=support.table_column_order(table),
+    column_config=predictions.table_column_config(table),
+    column_order=predictions.table_column_order(table),
 )
 st.download_button(
     "Download predictions (CSV)",
-    support.predictions_csv(table),
+    predictions.predictions_csv(table),
     file_name="skin_tf_predictions.csv",
     mime="text/csv",
 )

@@ -22,7 +22,7 @@ from PIL import Image
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.serving import launch as launch
 from skin_tf.serving import page as support
-from skin_tf.serving import upload as analysis
+from skin_tf.serving import table as predictions
 from tests.data.test_images import png_header
 
 SAMPLE_IMAGE = "ISIC_0024306.jpg"  # a real HAM10000 image (nv) of the shared 200x150 copy
@@ -265,9 +265,9 @@ METADATA = {
 
 
 def test_mel_flag_uses_greater_or_equal_and_quotes_validation_figures():
-    assert support.mel_flag(mel_probs(0.3), 0.3) is True  # the exported rule is P >= t
-    assert support.mel_flag(mel_probs(0.29), 0.3) is False
-    assert support.mel_flag(mel_probs(0.9), None) is None
+    assert predictions.mel_flag(mel_probs(0.3), 0.3) is True  # the exported rule is P >= t
+    assert predictions.mel_flag(mel_probs(0.29), 0.3) is False
+    assert predictions.mel_flag(mel_probs(0.9), None) is None
     point = METADATA["mel_threshold"]
     raised = support.mel_flag_text(mel_probs(0.5), point)
     assert raised.startswith("**Melanoma flag raised**: P(mel) = 0.500 ≥ threshold 0.300")
@@ -278,34 +278,6 @@ def test_mel_flag_uses_greater_or_equal_and_quotes_validation_figures():
     )  # what else it says: test_page.py
     none = support.mel_flag_text(mel_probs(0.9), {"value": None})
     assert "no validated operating point" in none and "skin-tf threshold" in none
-
-
-def test_predictions_frame_keeps_failed_uploads_with_their_reason():
-    good = analysis.UploadResult("a.jpg", probs=mel_probs(0.5), notes=("greyscale image",))
-    low = analysis.UploadResult("b.png", probs=mel_probs(0.1))
-    bad = analysis.UploadResult("c.jpg", error="not an image (no known image format)")
-    table = support.predictions_frame([good, low, bad], 0.3, "b0", "tflite-int8")
-    assert table.columns.tolist() == [
-        "image",
-        "model",
-        "engine",
-        *[f"p_{c}" for c in CLASSES],
-        "top_class",
-        "mel_threshold",
-        "mel_flag",
-        "ood_score",
-        "in_distribution",
-        "notes",
-        "error",
-    ]
-    back = pd.read_csv(io.StringIO(table.to_csv(index=False)))
-    assert back["image"].tolist() == ["a.jpg", "b.png", "c.jpg"]
-    assert back["mel_flag"].tolist()[:2] == [True, False] and pd.isna(back["mel_flag"][2])
-    assert back["p_mel"].tolist()[:2] == [0.5, 0.1] and pd.isna(back["p_mel"][2])
-    assert back["top_class"].tolist()[:2] == ["mel", "akiec"]
-    assert back["error"].tolist()[2].startswith("not an image")
-    assert back["notes"][0] == "greyscale image"
-    assert back["engine"].tolist() == ["tflite-int8"] * 3
 
 
 def test_provenance_markdown_shows_threshold_calibration_and_test_figures():
@@ -593,4 +565,4 @@ def test_an_upload_that_is_no_lesion_image_gets_a_notice_not_an_answer(
     assert table["in_distribution"].tolist() == [True, False]
     assert table["ood_score"][1] > table["ood_score"][0]
     assert pd.isna(table["mel_flag"][1]) and not pd.isna(table["mel_flag"][0])
-    assert table["notes"][1] == support.OOD_ROW_NOTE
+    assert table["notes"][1] == predictions.OOD_ROW_NOTE

@@ -1,0 +1,129 @@
+"""The page's "All predictions" table and its CSV download: one row per upload, with the
+engine's probabilities, the melanoma flag at the exported threshold and the guard's verdict;
+failed uploads keep their row with the reason, rejected ones their numbers but no flag.
+
+`skin_tf.serving.page` writes the rest of the page's text; `skin_tf.serving.upload` analyses one
+upload into the `UploadResult` read here.
+
+Example:
+    >>> predictions_frame([UploadResult("x.jpg", error="not an image")], 0.3, "b0").error[0]
+    'not an image'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
+from skin_tf.serving.upload import UploadResult
+
+PROBABILITY_DECIMALS = 4  # the table and CSV: enough to rank and threshold, none of float noise
+OOD_ROW_NOTE = (
+    "out of distribution: not like the dermatoscopic images the model was trained on, so these "
+    "probabilities are no answer and no melanoma flag is given."
+)
+# The table's text: about 6 px a character on average in the grid's 14 px sans-serif (7.5 leaves
+# room for wide letters), plus the cell's padding.
+_CHAR_PX = 7.5
+_CELL_PADDING_PX = 32
+
+
+def mel_flag(probs: np.ndarray, threshold: float | None) -> bool | None:
+    """P(mel) >= threshold (the exported rule); None when the model has no operating point."""
+    return None if threshold is None else bool(float(probs[MEL_INDEX]) >= threshold)
+
+
+def predictions_frame(
+    results: Sequence[UploadResult],
+    threshold: float | None,
+    model_name: str,
+    engine: str = "savedmodel",
+) -> pd.DataFrame:
+    """One row per upload: image, model, engine, p_<class>…, top_class, mel_threshold, mel_flag,
+    ood_score, in_distribution, notes, error. Probabilities are rounded to PROBABILITY_DECIMALS;
+    a failed upload keeps its row with the reason and nothing else (no probabilities, threshold
+    or flag). An upload the out-of-distribution guard rejected keeps what the model computed, but
+    no melanoma threshold or flag (no answer), and a note saying why; ood_score and
+    in_distribution are empty for an export without a guard.
+
+    Example:
+        >>> predictions_frame([UploadResult("x.jpg", error="not an image")], 0.3, "b0").error[0]
+        'not an image'
+    """
+    rows = []
+    for result in results:
+        row: dict[str, Any] = {"image": result.name, "model": model_name, "engine": engine}
+        probs = result.probs
+        for i, code in enumerate(CLASSES):
+            row[f"p_{code}"] = (
+                None if probs is None else round(float(probs[i]), PROBABILITY_DECIMALS)
+            )
+        row["top_class"] = result.top_class
+        answered = probs is not None and not result.rejected
+        row["mel_threshold"] = threshold if answered else None
+        row["mel_flag"] = mel_flag(probs, threshold) if answered else None
+        row["ood_score"] = result.ood_score
+        row["in_distribution"] = result.in_distribution
+        notes = list(result.notes)
+        if result.rejected:
+            notes.insert(0, OOD_ROW_NOTE)
+        row["notes"] = " ".join(notes) or None
+        row["error"] = result.error
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def predictions_csv(table: pd.DataFrame) -> bytes:
+    """The CSV download of `predictions_frame`: every number with PROBABILITY_DECIMALS decimals
+    (never 1e-06 beside 0.1119025065…), empty cells for what a failed upload lacks.
+
+    Example:
+        >>> predictions_csv(pd.DataFrame({"p_mel": [1e-6, 0.11190250659047866]})).decode()
+        'p_mel\\n0.0000\\n0.1119\\n'
+    """
+    return table.to_csv(index=False, float_format=f"%.{PROBABILITY_DECIMALS}f").encode()
+
+
+def table_column_config(table: pd.DataFrame) -> dict[str, Any]:
+    """`column_config` of the "All predictions" table: numbers as in the CSV, and the notes and
+    error columns wide enough for their whole text (the grid cuts a cell at its width, and
+    sizes columns to fit only so far)."""
+    import streamlit as st
+
+    config: dict[str, Any] = {
+        column: st.column_config.NumberColumn(format=f"%.{PROBABILITY_DECIMALS}f")
+        for column in table.columns
+        if column.startswith("p_") or column in ("mel_threshold", "ood_score")
+    }
+    for column in ("notes", "error"):
+        if column in table.columns:
+            config[column] = st.column_config.TextColumn(width=text_column_width(table[column]))
+    return config
+
+
+def table_column_order(table: pd.DataFrame) -> list[str]:
+    """Display order of the "All predictions" table: a failed upload's reason right after its
+    name, where it is seen without scrolling; the other columns as in the CSV, new ones too.
+
+    Example:
+        >>> table_column_order(pd.DataFrame(columns=["image", "p_mel", "notes", "error"]))
+        ['image', 'error', 'p_mel', 'notes']
+    """
+    first = [c for c in ("image", "error") if c in table.columns]
+    return first + [c for c in table.columns if c not in first]
+
+
+def text_column_width(texts: pd.Series) -> int:
+    """Pixels a table column needs to show its longest text on one line (the header counts).
+
+    Example:
+        >>> text_column_width(pd.Series(["not an image (no known image format)", None]))
+        302
+    """
+    longest = max([len(str(texts.name or ""))] + [len(t) for t in texts if isinstance(t, str)])
+    return _CELL_PADDING_PX + math.ceil(_CHAR_PX * longest)
