@@ -135,7 +135,7 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, layer: str | None 
     means = np.stack([f[labels == c].mean(axis=0) for c in classes])
     centred = f - means[np.searchsorted(classes, labels)]
     # One BLAS thread: on two cores shared with TensorFlow or another job, OpenBLAS' threads
-    # made this 15x slower for d = 1280 (13.3 s against 0.9 s, measured on the dev machine).
+    # oversubscribe the cores and the d x d covariance fit slows down many times over.
     with threadpool_limits(1):
         covariance, _ = ledoit_wolf(centred, assume_centered=True)
         values, vectors = np.linalg.eigh(covariance)

@@ -56,32 +56,26 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_model, tmp_path_factory) -> Path:
-    from skin_tf.serving.engines import probe_images
-    from skin_tf.serving.export import export_model
-
-    calibration = probe_images(TINY_SIZE, n=16, seed=3).images
-    return export_model(
-        tiny_model,
-        tmp_path_factory.mktemp("tiny") / "tiny-b0",
-        temperature=1.5,
-        metadata={"run": "tiny", "mel_threshold": {"value": 0.2, "target_sensitivity": 0.85}},
-        calibration=calibration,
-        guard=tiny_guard(tiny_model),
-    )
+    return _export_tiny(tiny_model, tmp_path_factory.mktemp("tiny"), tiny_guard(tiny_model))
 
 
 @pytest.fixture(scope="session")
 def tiny_export_plain(tiny_model, tmp_path_factory) -> Path:
+    """The same export without the out-of-distribution guard."""
+    return _export_tiny(tiny_model, tmp_path_factory.mktemp("tiny_plain"), None)
+
+
+def _export_tiny(model, folder: Path, guard) -> Path:
     from skin_tf.serving.engines import probe_images
     from skin_tf.serving.export import export_model
 
-    calibration = probe_images(TINY_SIZE, n=16, seed=3).images
     return export_model(
-        tiny_model,
-        tmp_path_factory.mktemp("tiny_plain") / "tiny-b0",
+        model,
+        folder / "tiny-b0",
         temperature=1.5,
         metadata={"run": "tiny", "mel_threshold": {"value": 0.2, "target_sensitivity": 0.85}},
-        calibration=calibration,
+        calibration=probe_images(TINY_SIZE, n=16, seed=3).images,
+        guard=guard,
     )
 
 
