@@ -35,6 +35,7 @@ import pandas as pd
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.evaluation import plots
+from skin_tf.evaluation.compare import paired_difference
 from skin_tf.evaluation.metrics import (
     PROB_COLUMNS,
     bootstrap_ci,
@@ -63,6 +64,7 @@ TTA_VIEWS = (
     "rot270+flip",
 )
 DEFAULT_N_BOOT = 1000
+TTA_GAIN_METRICS = ("balanced_accuracy", "mel_roc_auc")
 
 
 # ---------------------------------------------------------------- metrics
@@ -278,9 +280,17 @@ def evaluate_run(
     if tta:
         write_tta_predictions(run_dir, bases, data_root, batch_size)
     if all(tta_predictions_path(run_dir, split).is_file() for split in EVAL_SPLITS):
+        tta_frames = {
+            split: read_tta_predictions(run_dir, split, base) for split, base in bases.items()
+        }
         block: dict[str, Any] = {
-            split: evaluate_frame(read_tta_predictions(run_dir, split, base), n_boot, seed)
-            for split, base in bases.items()
+            split: evaluate_frame(frame, n_boot, seed) for split, frame in tta_frames.items()
+        }
+        # The same images with and without TTA: the paired interval says whether averaging
+        # helped, on val (where adopting it would be decided) as well as on test.
+        block["gain"] = {
+            split: paired_difference(bases[split], frame, TTA_GAIN_METRICS, n_boot, seed)
+            for split, frame in tta_frames.items()
         }
         block["views"] = list(TTA_VIEWS)
         block["method"] = (

@@ -26,6 +26,7 @@ from skin_tf.evaluation.metrics import PROB_COLUMNS, read_predictions
 from skin_tf.evaluation.run_summary import (
     DISCLAIMER,
     fmt,
+    fmt_change,
     fmt_ci,
     headline,
     operating_point,
@@ -91,7 +92,10 @@ def write_run_record(
         "ci_method": metrics["test"].get("ci_method"),
         "metrics": {split: headline(metrics[split]) for split in ("val", "test")},
         "tta": (
-            {split: headline(metrics["tta"][split]) for split in ("val", "test")}
+            {
+                **{split: headline(metrics["tta"][split]) for split in ("val", "test")},
+                "gain": metrics["tta"].get("gain"),
+            }
             if "tta" in metrics
             else None
         ),
@@ -182,7 +186,9 @@ def build_results_index(
                 "## With test-time augmentation",
                 "",
                 "The same runs with predictions averaged over 8 flips/90° rotations "
-                "(`skin-tf evaluate --tta`), test split.",
+                "(`skin-tf evaluate --tta`), test split; the last two columns are TTA minus the "
+                "plain prediction on the same images (paired lesion bootstrap). TTA is worth "
+                "adopting for a run only where it helps on val.",
                 "",
                 *_tta_table(with_tta),
             ]
@@ -262,7 +268,7 @@ def _paired_gains(
                 read_committed_predictions(results_dir, name),
                 ("balanced_accuracy", "mel_roc_auc"),
             )
-            cells = [f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in diff.values()]
+            cells = [fmt_change(*change) for change in diff.values()]
         rows.append(
             f"| {name} | {by_name[name]['model']} → {record['model']} | " + " | ".join(cells) + " |"
         )
@@ -330,11 +336,17 @@ def _index_table(
 def _tta_table(records: list[dict[str, Any]]) -> list[str]:
     keys = ("accuracy", "macro_f1", "balanced_accuracy", "mel_sensitivity", "mel_specificity")
     rows = [
-        "| run | accuracy | macro-F1 | balanced accuracy | mel sensitivity | mel specificity |",
-        "|---|---|---|---|---|---|",
+        "| run | accuracy | macro-F1 | balanced accuracy | mel sensitivity | mel specificity "
+        "| Δ balanced accuracy, val | Δ balanced accuracy, test |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        test = r["tta"]["test"]
+        test, gain = r["tta"]["test"], r["tta"].get("gain")
+        changes = (
+            [fmt_change(*gain[split]["balanced_accuracy"]) for split in ("val", "test")]
+            if gain
+            else ["—", "—"]
+        )
         cells = [r["run_name"], *(fmt_ci(test[k]["value"], test[k]["ci"]) for k in keys)]
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append("| " + " | ".join([*cells, *changes]) + " |")
     return rows

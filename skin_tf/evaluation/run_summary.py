@@ -59,6 +59,13 @@ def fmt_ci(value: float | None, interval: list[float | None] | None) -> str:
     return f"{fmt(value)} [{fmt(interval[0])}, {fmt(interval[1])}]"
 
 
+def fmt_change(value: float, low: float | None, high: float | None) -> str:
+    """ "+0.043 [+0.012, +0.073]": a signed difference and its interval (bare without one)."""
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f"{value:+.3f}"
+    return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def relative_link(path: Path | str, folder: Path) -> str:
     """`path` as a link from a file in `folder` (POSIX, relative when inside it)."""
     path = Path(path)
@@ -225,6 +232,8 @@ def write_summary(
             "",
             *_headline_table(tta["val"], tta["test"]),
         ]
+        if "gain" in tta:
+            lines += ["", *_tta_gain_lines(tta["gain"])]
     lines += ["", "## Per class (test; recall also on val)", "", *_per_class_table(metrics)]
     lines += ["", "## Melanoma", "", *_melanoma_lines(run_dir, metrics, results_dir, name)]
     lines += ["", "## Figures", ""]
@@ -251,6 +260,21 @@ def _headline_table(val: dict[str, Any], test: dict[str, Any]) -> list[str]:
     for key, label in HEADLINE:
         cells = [fmt_ci(m.get(key), m.get("ci", {}).get(key)) for m in (val, test)]
         rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return rows
+
+
+def _tta_gain_lines(gain: dict[str, dict[str, list[float]]]) -> list[str]:
+    labels = dict(HEADLINE)
+    rows = [
+        "TTA minus the plain prediction on the same images (paired lesion bootstrap). Adopt TTA "
+        "for a run only if it helps on **val**; a gain on test alone is not a reason to.",
+        "",
+        "| change with TTA | val | test |",
+        "|---|---|---|",
+    ]
+    for key in gain["val"]:
+        cells = [fmt_change(*gain[split][key]) for split in ("val", "test")]
+        rows.append(f"| {labels.get(key, key)} | {cells[0]} | {cells[1]} |")
     return rows
 
 

@@ -247,7 +247,16 @@ def test_existing_tta_predictions_give_a_separate_block(fake_run, tmp_path):
     )
     assert metrics["tta"]["views"] == list(TTA_VIEWS)
     assert "ci" in metrics["tta"]["val"]
-    assert "With test-time augmentation" in (tmp_path / "results/summary_unit-b0.md").read_text()
+    # The paired change is TTA minus plain on the same images, per split.
+    for split, (labels, probs, _) in splits.items():
+        change, low, high = metrics["tta"]["gain"][split]["balanced_accuracy"]
+        expected = balanced_accuracy_score(labels, tta_probs[split].argmax(1)) - (
+            balanced_accuracy_score(labels, probs.argmax(1))
+        )
+        assert change == pytest.approx(expected) and low <= change <= high
+    summary = (tmp_path / "results/summary_unit-b0.md").read_text()
+    assert "With test-time augmentation" in summary
+    assert "| balanced accuracy (ISIC 2018 metric) | " in summary.split("TTA minus the plain")[1]
 
 
 def test_tta_predictions_of_other_images_are_refused(fake_run, tmp_path):

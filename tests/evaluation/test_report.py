@@ -91,6 +91,8 @@ def test_tta_results_get_their_own_table(two_runs, tmp_path):
     assert "## With test-time augmentation" in readme
     tta_rows = [r for r in readme.split("## With test-time")[1].splitlines() if r.startswith("| ")]
     assert len(tta_rows) == 2 and tta_rows[1].startswith("| a-older |")  # header, one run
+    # The same predictions with and without TTA: no change, on either split.
+    assert tta_rows[1].endswith("| +0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |")
 
 
 def test_a_second_run_with_the_same_name_replaces_the_record_with_a_warning(two_runs, tmp_path):
