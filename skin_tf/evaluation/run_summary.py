@@ -59,8 +59,14 @@ def fmt_ci(value: float | None, interval: list[float | None] | None) -> str:
     return f"{fmt(value)} [{fmt(interval[0])}, {fmt(interval[1])}]"
 
 
-def fmt_change(value: float, low: float | None, high: float | None) -> str:
-    """ "+0.043 [+0.012, +0.073]": a signed difference and its interval (bare without one)."""
+def fmt_change(value: float | None, low: float | None, high: float | None) -> str:
+    """ "+0.043 [+0.012, +0.073]": a signed difference and its interval (bare without one).
+
+    >>> fmt_change(0.0431, 0.012, None), fmt_change(None, None, None)
+    ('+0.043', 'n/a')
+    """
+    if value is None or math.isnan(value):
+        return "n/a"  # undefined, e.g. melanoma AUC on a split without melanoma
     if low is None or high is None or math.isnan(low) or math.isnan(high):
         return f"{value:+.3f}"
     return f"{value:+.3f} [{low:+.3f}, {high:+.3f}]"

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from skin_tf.evaluation.run_summary import fmt, fmt_ci, kept_epoch, relative_link
+from skin_tf.evaluation.run_summary import fmt, fmt_change, fmt_ci, kept_epoch, relative_link
 
 
 def test_number_formatting():
     assert fmt(None) == "n/a" and fmt(float("nan")) == "n/a" and fmt(0.12345) == "0.123"
     assert fmt_ci(0.5, [0.4, 0.6]) == "0.500 [0.400, 0.600]"
     assert fmt_ci(0.5, None) == "0.500" and fmt_ci(0.5, [None, None]) == "0.500"
+    assert fmt_change(-0.0241, -0.058, 0.0204) == "-0.024 [-0.058, +0.020]"
+    assert fmt_change(0.05, None, None) == fmt_change(0.05, float("nan"), 1) == "+0.050"
+    assert fmt_change(None, None, None) == "n/a"  # undefined (stored as JSON null)
 
 
 def test_relative_link():
