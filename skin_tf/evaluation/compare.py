@@ -42,6 +42,7 @@ def paired_difference(
 ) -> dict[str, tuple[float, float, float]]:
     """(B − A, low, high) per metric: the point difference and its paired 95% lesion interval.
 
+    n_boot=0 gives the differences only, with (nan, nan) intervals (`bootstrap: 0` in a config).
     Both frames need image_id, lesion_id, label and p_<class> columns for the same images (any
     order); raises ValueError naming the images that differ otherwise.
 
@@ -75,7 +76,10 @@ def paired_difference(
 
     stats = {name: change(SPLIT_STATS[name]) for name in metrics}
     labels = a["label"].to_numpy(dtype=int)
-    intervals = bootstrap_ci(labels, both, a["lesion_id"].to_numpy(), stats, n_boot, seed)
+    if n_boot == 0:
+        intervals = {name: (np.nan, np.nan) for name in stats}
+    else:
+        intervals = bootstrap_ci(labels, both, a["lesion_id"].to_numpy(), stats, n_boot, seed)
     return {name: (float(fn(labels, both)), *intervals[name]) for name, fn in stats.items()}
 
 

@@ -58,6 +58,14 @@ def test_pairing_follows_image_ids_not_row_order(pair):
     )
 
 
+def test_no_resamples_gives_the_differences_without_intervals(pair):
+    weak, strong = pair
+    bare = paired_difference(weak, strong, n_boot=0)  # a config with `bootstrap: 0`
+    for name, (point, low, high) in bare.items():
+        assert point == paired_difference(weak, strong, n_boot=20)[name][0]
+        assert np.isnan(low) and np.isnan(high)
+
+
 def test_a_run_compared_with_itself_differs_by_exactly_zero(pair):
     weak, _ = pair
     for point, low, high in paired_difference(weak, weak, n_boot=50).values():

@@ -259,6 +259,18 @@ def test_existing_tta_predictions_give_a_separate_block(fake_run, tmp_path):
     assert "| balanced accuracy (ISIC 2018 metric) | " in summary.split("TTA minus the plain")[1]
 
 
+def test_tta_predictions_without_resamples_give_bare_changes(fake_run, tmp_path):
+    run_dir, _ = fake_run
+    for split in ("val", "test"):
+        pd.read_csv(run_dir / f"predictions_{split}.csv").to_csv(
+            tta_predictions_path(run_dir, split), index=False
+        )
+    metrics = evaluate_run(run_dir, results_dir=tmp_path / "results", n_boot=0)["metrics"]
+    assert metrics["tta"]["gain"]["test"]["balanced_accuracy"] == [0.0, None, None]
+    summary = (tmp_path / "results/summary_unit-b0.md").read_text()
+    assert "| balanced accuracy (ISIC 2018 metric) | +0.000 | +0.000 |" in summary
+
+
 def test_tta_predictions_of_other_images_are_refused(fake_run, tmp_path):
     run_dir, _ = fake_run
     for split in ("val", "test"):
