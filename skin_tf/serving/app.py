@@ -21,7 +21,7 @@ from skin_tf.serving import page as support
 from skin_tf.serving import table as predictions
 from skin_tf.serving import upload as analysis
 from skin_tf.serving.launch import page_settings
-from skin_tf.serving.served import default_engine
+from skin_tf.serving.served import default_engine, mel_flag
 
 st.set_page_config(page_title="skin_tf · HAM10000 lesion classifier", layout="wide")
 
@@ -195,7 +195,7 @@ for upload in uploads:
         text = support.mel_flag_text(
             result.probs, served.mel_point, served.metadata.get("mel_threshold")
         )
-        flagged = predictions.mel_flag(result.probs, served.threshold)
+        flagged = mel_flag(result.probs, served.threshold)
         (st.warning if flagged else st.info)(text)
 
 st.divider()

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
+from skin_tf.data.ham10000 import CLASSES
 from skin_tf.data.images import IMAGE_SUFFIXES, ImageError, prepare_image
+from skin_tf.serving.served import mel_flag
 
 if TYPE_CHECKING:
     from skin_tf.serving.served import ServedModel
@@ -149,13 +150,12 @@ def _result(
     path: Path, probs: np.ndarray, threshold: float | None, top_k: int, engine: str
 ) -> dict[str, Any]:
     order = np.argsort(-probs, kind="stable")[:top_k]
-    p_mel = float(probs[MEL_INDEX])
     return {
         "image": str(path),
         "probs": {c: float(p) for c, p in zip(CLASSES, probs, strict=True)},
         "top": [(CLASSES[i], float(probs[i])) for i in order],
         "top_class": CLASSES[int(order[0])],
-        "mel_flag": None if threshold is None else bool(p_mel >= threshold),
+        "mel_flag": mel_flag(probs, threshold),
         "note": None if threshold is not None else "model has no melanoma operating threshold",
         "engine": engine,
         "error": None,

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from skin_tf.data.ham10000 import MEL_INDEX
 from skin_tf.runs import read_json
 from skin_tf.serving.engines import ENGINES
 from skin_tf.serving.guard import GUARD_FILE, OodGuard, load_guard
@@ -300,6 +301,11 @@ def _as_batch(images: np.ndarray) -> np.ndarray:
             "read files with skin_tf.data.images.read_rgb_image"
         )
     return array if array.dtype == np.uint8 else array.astype(np.float32)
+
+
+def mel_flag(probs: np.ndarray, threshold: float | None) -> bool | None:
+    """P(mel) >= threshold (the exported rule); None when the model has no operating point."""
+    return None if threshold is None else bool(float(probs[MEL_INDEX]) >= threshold)
 
 
 # ---------------------------------------------------------------- engines of an export

@@ -16,10 +16,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
+from skin_tf.data.ham10000 import CLASSES
+from skin_tf.serving.served import mel_flag
 from skin_tf.serving.upload import UploadResult
 
 PROBABILITY_DECIMALS = 4  # the table and CSV: enough to rank and threshold, none of float noise
@@ -31,11 +31,6 @@ OOD_ROW_NOTE = (
 # room for wide letters), plus the cell's padding.
 _CHAR_PX = 7.5
 _CELL_PADDING_PX = 32
-
-
-def mel_flag(probs: np.ndarray, threshold: float | None) -> bool | None:
-    """P(mel) >= threshold (the exported rule); None when the model has no operating point."""
-    return None if threshold is None else bool(float(probs[MEL_INDEX]) >= threshold)
 
 
 def predictions_frame(
