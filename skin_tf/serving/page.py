@@ -26,6 +26,7 @@ import pandas as pd
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.serving.launch import PageSettings, is_exported_model
+from skin_tf.serving.served import mel_flag
 
 # ---------------------------------------------------------------- model discovery
 
@@ -210,7 +211,7 @@ def mel_flag_text(
         + f"; validation sensitivity {_number(point.get('val_sensitivity'))}, "
         f"specificity {_number(point.get('val_specificity'))}"
     )
-    if p_mel >= threshold:
+    if mel_flag(probs, threshold):  # the exported rule, as predict and the table apply it
         return (
             f"**Melanoma flag raised**: P(mel) = {p_mel:.3f} ≥ threshold {threshold:.3f} "
             f"({figures}). Not a diagnosis: have this lesion looked at by a doctor."
