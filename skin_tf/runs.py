@@ -158,7 +158,11 @@ def package_versions() -> dict[str, str | None]:
 
 
 def hardware() -> str:
-    """ "CPU (N cores)", or the GPU names TensorFlow sees (e.g. "GPU: NVIDIA A100")."""
+    """ "CPU (N cores, <model name>)", or the GPU names TensorFlow sees ("GPU: NVIDIA A100").
+
+    The processor's name is there because a wall time means little without the machine that
+    produced it, and "2 cores" does not tell two such machines apart.
+    """
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -169,7 +173,21 @@ def hardware() -> str:
             names.append(details.get("device_name", gpu.name))
         return "GPU: " + ", ".join(names)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU ({cores} cores)"
+    name = cpu_model_name()
+    return f"CPU ({cores} cores, {name})" if name else f"CPU ({cores} cores)"
+
+
+def cpu_model_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The processor's model name ("AMD EPYC", "Intel(R) Xeon(R) …"): Linux's cpuinfo, else
+    platform.processor(); None when neither says."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def source_image_size(paths: list[str], sample: int = SOURCE_SIZE_SAMPLE) -> str | None:

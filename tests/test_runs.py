@@ -17,6 +17,7 @@ from skin_tf.runs import (
     best_so_far,
     collect_meta,
     completed_epochs,
+    cpu_model_name,
     create_run_dir,
     json_ready,
     provenance,
@@ -102,7 +103,7 @@ def test_collect_meta_fields(fake_root: Path):
     assert set(meta["versions"]) == {"python", "tensorflow", "keras", "numpy", "skin_tf"}
     assert meta["versions"]["tensorflow"] and meta["versions"]["keras"]
     assert meta["seed"] == 42 and meta["host"]
-    assert re.match(r"^(CPU \(\d+ cores\)|GPU: .+)$", meta["hardware"])
+    assert re.match(r"^(CPU \(\d+ cores(, .+)?\)|GPU: .+)$", meta["hardware"])
     assert meta["weights"] == "imagenet" and meta["precision"] == "float32"  # the cpu profile
     assert meta["image_size"] == config.image_size and meta["epochs"] == 10
     assert meta["data"] == {
@@ -110,6 +111,21 @@ def test_collect_meta_fields(fake_root: Path):
         "source_size": "200x150",
         "n_images": len(frame),
     }
+
+
+def test_cpu_model_name_reads_linux_cpuinfo(tmp_path: Path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n\n")
+    assert cpu_model_name(cpuinfo) == "AMD EPYC"
+
+
+def test_cpu_model_name_falls_back_to_platform(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("platform.processor", lambda: "arm")
+    assert cpu_model_name(tmp_path / "missing") == "arm"
+    (tmp_path / "empty").write_text("processor\t: 0\n")
+    assert cpu_model_name(tmp_path / "empty") == "arm"
+    monkeypatch.setattr("platform.processor", lambda: "")
+    assert cpu_model_name(tmp_path / "missing") is None
 
 
 def _write_meta(run_dir: Path, **changes) -> None:
