@@ -505,7 +505,9 @@ def test_page_scores_with_the_chosen_engine_and_explains_with_the_savedmodel(
     assert table_saved["mel_threshold"][0] == metadata["mel_threshold"]["value"]
     columns = [f"p_{c}" for c in CLASSES]
     diff = np.abs(table_saved[columns].to_numpy() - table[columns].to_numpy()).max()
-    assert 0 < diff < 0.5  # another engine, the same model
+    assert diff < 0.5  # another engine, the same model
+    if default == "tflite-int8":  # the float LiteRT model can match to the table's 4 decimals
+        assert diff > 0
 
     monkeypatch.setenv(launch.ENV_ENGINE, "tflite")
     at = upload(page(monkeypatch, real_export.parent), (SAMPLE_IMAGE, sample_bytes))
