@@ -52,6 +52,8 @@ def test_predict_probs_keeps_order_and_averages_the_eight_views_for_tta():
     turns = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
     views = turns + [t[:, :, ::-1] for t in turns]  # the 8 flips/rotations
     expected = np.mean([model.predict(v, verbose=0) for v in views], axis=0)
+    rotations_only = np.mean([model.predict(t, verbose=0) for t in turns], axis=0)
+    assert np.abs(rotations_only - expected).max() > 1e-3  # atol below would catch lost flips
     np.testing.assert_allclose(
         predict_probs(model, dataset, tta=True), expected, rtol=1e-5, atol=1e-5
     )
