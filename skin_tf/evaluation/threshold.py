@@ -43,6 +43,8 @@ DECISION_RULE = "mel if P(mel) >= threshold, else the argmax of the other six cl
 # Thresholds shown in the markdown sweep table (besides the chosen ones).
 TABLE_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _RATES = ("sensitivity", "specificity", "precision", "npv")
+# The default target: the validation melanoma sensitivity the operating point must reach.
+TARGET_SENSITIVITY = 0.85
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def sweep_thresholds(is_mel: np.ndarray, p_mel: np.ndarray) -> pd.DataFrame:
 
 
 def choose_operating_point(
-    is_mel: np.ndarray, p_mel: np.ndarray, min_sensitivity: float = 0.85
+    is_mel: np.ndarray, p_mel: np.ndarray, min_sensitivity: float = TARGET_SENSITIVITY
 ) -> OperatingPoint:
     """Max specificity (ties: precision, then sensitivity) with sensitivity >= min_sensitivity.
 
@@ -148,13 +150,12 @@ def choose_operating_point(
             f"choosing a melanoma threshold needs both melanoma and other images; got {n_pos} "
             f"melanoma and {n_neg} others: use a split that has both"
         )
-    candidates = sweep[sweep["specificity"] > 0]
+    candidates, meets = _reaching_target(sweep, min_sensitivity)
     if candidates.empty:
         raise ValueError(
             "every threshold flags all non-melanoma images (the scores do not separate the "
             "classes at all), so there is no operating point to choose"
         )
-    meets = candidates[candidates["sensitivity"] >= min_sensitivity - 1e-12]
     if not meets.empty:
         # Precision cannot separate points with no false positive (it is 1 for all of them), so
         # sensitivity breaks the remaining ties: the lower of such thresholds finds more melanoma
@@ -185,6 +186,36 @@ def choose_operating_point(
         **{name: int(best[name]) for name in ("tp", "fp", "tn", "fn")},
         note=note,
     )
+
+
+def specificity_at_target(
+    is_mel: np.ndarray, p_mel: np.ndarray, min_sensitivity: float = TARGET_SENSITIVITY
+) -> float:
+    """The specificity of the operating point `choose_operating_point` would pick: 0.0 when no
+    threshold reaches the target, NaN without both melanoma and other images.
+
+    As a checkpoint score (`val_mel_spec_at_sens85`) it asks of each epoch what the threshold
+    step will ask of the kept one: how few false alarms at the sensitivity we will demand.
+    Melanoma recall at the argmax rewards an epoch for calling many lesions melanoma instead.
+
+    Example:
+        >>> specificity_at_target(np.array([1, 1, 0, 0]), np.array([0.9, 0.6, 0.5, 0.1]))
+        1.0
+    """
+    is_mel, p_mel = _check_binary(is_mel, p_mel)
+    if is_mel.all() or not is_mel.any():
+        return math.nan
+    _, meets = _reaching_target(sweep_thresholds(is_mel, p_mel), min_sensitivity)
+    return float(meets["specificity"].max()) if not meets.empty else 0.0
+
+
+def _reaching_target(
+    sweep: pd.DataFrame, min_sensitivity: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The candidate thresholds (specificity > 0: one that flags every other lesion ignores the
+    model) and those of them whose sensitivity reaches min_sensitivity."""
+    candidates = sweep[sweep["specificity"] > 0]
+    return candidates, candidates[candidates["sensitivity"] >= min_sensitivity - 1e-12]
 
 
 def binary_metrics_at(is_mel: np.ndarray, p_mel: np.ndarray, t: float) -> dict[str, Any]:
@@ -265,7 +296,7 @@ def binary_stat_fns(t: float) -> dict[str, Any]:
 
 def threshold_run(
     run_dir: str | Path,
-    min_sensitivity: float = 0.85,
+    min_sensitivity: float = TARGET_SENSITIVITY,
     results_dir: Path = Path("results"),
     n_boot: int = 1000,
     seed: int = 0,

@@ -58,7 +58,14 @@ MODELS = (  # skin_tf.models.classifier's registry (a test keeps the two equal)
     *("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
     *("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
 )
-SELECT_METRICS = ("val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_mel_recall")
+SELECT_METRICS = (
+    "val_loss",
+    "val_acc",
+    "val_macro_f1",
+    "val_balanced_acc",
+    "val_mel_recall",
+    "val_mel_spec_at_sens85",
+)  # skin_tf.training.selection.validation_logs
 STRATEGIES = (
     "auto",
     "mirrored",
@@ -148,7 +155,12 @@ class TrainConfig:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test, split by lesion
     subset_per_class: int | None = None  # keep whole lesions, >= this many images per class
     select_metric: Literal[
-        "val_loss", "val_acc", "val_macro_f1", "val_balanced_acc", "val_mel_recall"
+        "val_loss",
+        "val_acc",
+        "val_macro_f1",
+        "val_balanced_acc",
+        "val_mel_recall",
+        "val_mel_spec_at_sens85",
     ] = "val_loss"  # which epoch's checkpoint becomes best.keras
     tta: bool = False  # test-time augmentation: average over the 8 flips/90° rotations
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals in metrics.json

@@ -188,15 +188,16 @@ def prepare_data(
 
 
 def check_split(frame: pd.DataFrame, config: TrainConfig) -> None:
-    """Every split non-empty, and melanoma in val when checkpoints are chosen by its recall."""
+    """Every split non-empty, and melanoma in val when checkpoints are chosen by a melanoma
+    metric."""
     for split in ("train", "val", "test"):
         if not (frame["split"] == split).any():
             raise ValueError(f"the {split} split is empty: use more data or other fractions")
     val = frame[frame["split"] == "val"]
-    if config.select_metric == "val_mel_recall" and not (val["label"] == MEL_INDEX).any():
+    if config.select_metric.startswith("val_mel_") and not (val["label"] == MEL_INDEX).any():
         raise ConfigError(
-            "select_metric='val_mel_recall' but the val split holds no melanoma: choose "
-            "another select_metric or a larger subset"
+            f"select_metric={config.select_metric!r} but the val split holds no melanoma: "
+            "choose another select_metric or a larger subset"
         )
 
 

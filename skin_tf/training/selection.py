@@ -1,10 +1,10 @@
 """Checkpoint selection on validation: the per-epoch val metrics and which epoch was kept.
 
 Each epoch `validation_callback` predicts the val set once (`predict_probs`) and adds
-`validation_logs` (val_loss, val_acc, val_macro_f1, val_balanced_acc, val_mel_recall) to the
-Keras epoch logs, where ModelCheckpoint (monitoring the config's `select_metric`) and CSVLogger
-(history.csv) read them. After training, `selection_summary` reads history.csv back into the
-select_metric / best_epoch / best_value block of metrics.json.
+`validation_logs` (val_loss, val_acc, val_macro_f1, val_balanced_acc, val_mel_recall,
+val_mel_spec_at_sens85) to the Keras epoch logs, where ModelCheckpoint (monitoring the config's
+`select_metric`) and CSVLogger (history.csv) read them. After training, `selection_summary`
+reads history.csv back into the select_metric / best_epoch / best_value block of metrics.json.
 
 skin_tf.training.fit wires these into `model.fit` and writes the files; nothing here writes one.
 """
@@ -38,19 +38,23 @@ def predict_probs(model: keras.Model, dataset: tf.data.Dataset, tta: bool = Fals
 
 def validation_logs(labels: np.ndarray, probs: np.ndarray, loss_fn: Any) -> dict[str, float]:
     """The per-epoch selection metrics: val_loss, val_acc, val_macro_f1, val_balanced_acc,
-    val_mel_recall (NaN when the val split has no melanoma).
+    val_mel_recall (at the argmax) and val_mel_spec_at_sens85 (the specificity of the melanoma
+    threshold that reaches sensitivity 0.85, `threshold.specificity_at_target`); the last two are
+    NaN when the val split has no melanoma.
 
     >>> from skin_tf.models.losses import build_loss
     >>> logs = validation_logs(np.array([4, 5]), np.eye(7)[[4, 5]], build_loss())
     >>> float(logs["val_acc"]), float(logs["val_mel_recall"])
     (1.0, 1.0)
     """
+    from skin_tf.data.ham10000 import MEL_INDEX
     from skin_tf.evaluation.metrics import (
         fast_accuracy,
         fast_balanced_accuracy,
         fast_macro_f1,
         fast_mel_sensitivity,
     )
+    from skin_tf.evaluation.threshold import specificity_at_target
 
     loss = loss_fn(labels.astype(np.int32), probs.astype(np.float32))
     return {
@@ -59,6 +63,9 @@ def validation_logs(labels: np.ndarray, probs: np.ndarray, loss_fn: Any) -> dict
         "val_macro_f1": fast_macro_f1(labels, probs),
         "val_balanced_acc": fast_balanced_accuracy(labels, probs),
         "val_mel_recall": fast_mel_sensitivity(labels, probs),
+        "val_mel_spec_at_sens85": specificity_at_target(
+            labels == MEL_INDEX, probs[:, MEL_INDEX], min_sensitivity=0.85
+        ),
     }
 
 

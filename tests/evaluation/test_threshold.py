@@ -17,6 +17,7 @@ from skin_tf.evaluation.threshold import (
     binary_stat_fns,
     choose_operating_point,
     decide_with_threshold,
+    specificity_at_target,
     sweep_thresholds,
     threshold_run,
 )
@@ -112,6 +113,32 @@ def test_unreachable_target_falls_back_to_the_highest_sensitivity_point():
 def test_scores_that_separate_nothing_are_refused():
     with pytest.raises(ValueError, match="do not separate"):
         choose_operating_point(np.array([1, 0, 0], bool), np.full(3, 0.4))
+
+
+def test_specificity_at_target_is_the_chosen_points_specificity():
+    rng = np.random.default_rng(3)
+    is_mel = rng.random(400) < 0.15
+    scores = np.clip(rng.normal(0.3 + 0.3 * is_mel, 0.15), 0, 1)
+    point = choose_operating_point(is_mel, scores, min_sensitivity=0.85)
+    assert point.reached and 0 < point.specificity < 1
+    assert specificity_at_target(is_mel, scores, 0.85) == point.specificity
+
+
+def test_specificity_at_target_prefers_ranking_over_calling_everything_melanoma():
+    # An epoch that calls every lesion melanoma has argmax recall 1 but nothing to offer at the
+    # operating point; one that ranks melanoma first scores 1.
+    is_mel = np.array([1, 1, 0, 0, 0], bool)
+    assert specificity_at_target(is_mel, np.full(5, 0.9)) == 0.0
+    assert specificity_at_target(is_mel, np.array([0.4, 0.3, 0.2, 0.1, 0.1])) == 1.0
+    # Sensitivity 0.85 needs both melanomas: the best threshold flags one benign lesion of three.
+    assert specificity_at_target(is_mel, np.array([0.9, 0.5, 0.6, 0.1, 0.2])) == pytest.approx(
+        2 / 3
+    )
+
+
+def test_specificity_at_target_without_both_classes_is_nan():
+    assert np.isnan(specificity_at_target(np.zeros(4, bool), np.linspace(0, 1, 4)))
+    assert np.isnan(specificity_at_target(np.ones(4, bool), np.linspace(0, 1, 4)))
 
 
 def test_binary_metrics_at_counts_and_nnb():

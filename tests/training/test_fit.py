@@ -20,6 +20,7 @@ from skin_tf.training.config import MODELS, TrainConfig, load_config
 from skin_tf.training.fit import (
     BACKUP_DIR,
     RUN_FILES,
+    check_split,
     class_weight_for,
     plan_phases,
     train,
@@ -36,6 +37,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------ fast
+
+
+@pytest.mark.parametrize("metric", ["val_mel_recall", "val_mel_spec_at_sens85"])
+def test_a_melanoma_select_metric_needs_melanoma_in_val(metric):
+    frame = pd.DataFrame(
+        {"split": ["train", "train", "val", "test"], "label": [MEL_INDEX, 5, 5, MEL_INDEX]}
+    )
+    check_split(frame, TrainConfig(select_metric="val_loss"))
+    with pytest.raises(ConfigError, match=f"select_metric='{metric}' but the val split"):
+        check_split(frame, TrainConfig(select_metric=metric))
 
 
 def test_plan_phases():

@@ -25,9 +25,13 @@ def test_validation_logs():
         "val_macro_f1",
         "val_balanced_acc",
         "val_mel_recall",
+        "val_mel_spec_at_sens85",
     }
     assert logs["val_acc"] == 0.75
     assert logs["val_mel_recall"] == 0.5
+    # P(mel) is 0.94 and 0.01 for the two melanomas, 0.01 for both nevi: reaching both
+    # melanomas flags every lesion, so no threshold reaches 0.85 and the score is 0.
+    assert logs["val_mel_spec_at_sens85"] == 0.0
     assert logs["val_balanced_acc"] == 0.75
     expected_loss = -np.mean(np.log([0.94, 0.01, 0.94, 0.94]))
     assert logs["val_loss"] == pytest.approx(expected_loss, rel=1e-4)
