@@ -87,7 +87,6 @@ def test_baseline_hyper_parameters_are_the_dataclass_defaults():
                 "batch_size": 24,
                 "learning_rate": 2e-4,
                 "mel_multiplier": 2.0,
-                "select_metric": "val_mel_recall",
             },
         ),
         (
@@ -109,7 +108,6 @@ def test_baseline_hyper_parameters_are_the_dataclass_defaults():
                 "class_weights": True,
                 "mel_multiplier": 3.0,
                 "label_smoothing": 0.05,
-                "select_metric": "val_mel_recall",
             },
         ),
         (
@@ -122,6 +120,27 @@ def test_baseline_hyper_parameters_are_the_dataclass_defaults():
 def test_reference_hyper_parameters(name, expected):
     config = load_config(name)
     assert {key: getattr(config, key) for key in expected} == expected
+
+
+MELANOMA_SELECTING = [
+    "effnetb2_mel_select",
+    "effnetb2_260_mel_sampler_select",
+    "long_mel_select",
+    "tuned_mel_recall",
+]
+
+
+@pytest.mark.parametrize("name", MELANOMA_SELECTING)
+def test_melanoma_configs_keep_the_epoch_with_the_best_operating_point(name):
+    # The reference kept the best argmax melanoma recall; one override restores it.
+    assert load_config(name).select_metric == "val_mel_spec_at_sens85"
+    restored = load_config(name, overrides=["select_metric=val_mel_recall"])
+    assert restored.select_metric == "val_mel_recall"
+
+
+def test_only_the_melanoma_configs_select_by_a_melanoma_metric():
+    by_melanoma = [n for n in config_names() if load_config(n).select_metric.startswith("val_mel")]
+    assert sorted(by_melanoma) == sorted(MELANOMA_SELECTING)
 
 
 def test_random_resized_crop_only_where_the_reference_used_it():
