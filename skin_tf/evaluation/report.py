@@ -227,9 +227,11 @@ def refresh_records(runs_dir: str | os.PathLike, results_dir: str | os.PathLike)
 
 FROM_SCRATCH_INTRO = """## From scratch: the comparison
 
-Runs of the same configs trained from random weights (no ImageNet), the `cpu` recipe before the
-pretrained EfficientNet-Lite backbones: a labelled comparison, never the project's result. Their
-files are in `from_scratch/`."""
+Runs of the same configs trained from random weights (no ImageNet): a labelled comparison, never
+the project's result. Rows on an `efficientnet_lite` model are the `cpu` recipe itself with
+`--set weights=null` (same network, size and schedule) and kept their test predictions, so their
+gain below is paired; rows on an `efficientnet_b` model are the `cpu` recipe before the pretrained
+backbones (B0/B2 at 112 px), until each is retrained. Their files are in `from_scratch/`."""
 
 
 def _from_scratch_section(records: list[dict[str, Any]], results_dir: Path) -> list[str]:
