@@ -110,7 +110,7 @@ def write_run_record(
         if previous not in (None, facts["run_id"]):
             warnings.warn(
                 f"{path} described run {previous}; it now describes {facts['run_id']} (same run "
-                "name). Give runs distinct names (--name) to keep both in results/.",
+                "name). Give runs distinct names (train --run-name) to keep both in results/.",
                 UserWarning,
                 stacklevel=2,
             )
