@@ -58,14 +58,17 @@ MODELS = (  # skin_tf.models.classifier's registry (a test keeps the two equal)
     *("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
     *("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
 )
-SELECT_METRICS = (
+# What validation_logs (skin_tf.training.selection) logs each epoch; one list for the field's type
+# and the constant.
+SelectMetric = Literal[
     "val_loss",
     "val_acc",
     "val_macro_f1",
     "val_balanced_acc",
     "val_mel_recall",
     "val_mel_spec_at_sens85",
-)  # skin_tf.training.selection.validation_logs
+]
+SELECT_METRICS: tuple[str, ...] = typing.get_args(SelectMetric)
 STRATEGIES = (
     "auto",
     "mirrored",
@@ -155,14 +158,7 @@ class TrainConfig:
     # Data split and evaluation
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/val/test, split by lesion
     subset_per_class: int | None = None  # keep whole lesions, >= this many images per class
-    select_metric: Literal[
-        "val_loss",
-        "val_acc",
-        "val_macro_f1",
-        "val_balanced_acc",
-        "val_mel_recall",
-        "val_mel_spec_at_sens85",
-    ] = "val_loss"  # which epoch's checkpoint becomes best.keras
+    select_metric: SelectMetric = "val_loss"  # which epoch's checkpoint becomes best.keras
     tta: bool = False  # test-time augmentation: average over the 8 flips/90° rotations
     bootstrap: int = 1000  # bootstrap resamples for the 95% intervals in metrics.json
 
