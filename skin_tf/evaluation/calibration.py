@@ -22,6 +22,7 @@ from scipy.special import log_softmax, softmax
 
 from skin_tf.evaluation import plots
 from skin_tf.evaluation.metrics import PROB_COLUMNS, frame_arrays, read_predictions
+from skin_tf.evaluation.report import warn_if_replacing
 from skin_tf.runs import run_caption, run_name_of, write_json
 
 TEMPERATURE_FILE = "temperature.json"
@@ -124,7 +125,8 @@ def calibrate_run(run_dir: str | Path, results_dir: Path = Path("results")) -> d
     """Fit T on the run's validation predictions, report NLL/ECE before/after on val and test.
 
     Writes `<run_dir>/temperature.json` (re-running rewrites it with the same deterministic fit) and
-    `<results_dir>/figures/reliability_<run_name>.png`; returns the JSON content plus `figure`.
+    `<results_dir>/figures/reliability_<run_name>.png`, with a warning when that folder holds
+    another run of the same name; returns the JSON content plus `figure`.
 
     Example:
         >>> calibrate_run("runs/b0_smoke")["temperature"]  # doctest: +SKIP
@@ -169,6 +171,7 @@ def calibrate_run(run_dir: str | Path, results_dir: Path = Path("results")) -> d
         caption=run_caption(run_dir, "skin_tf.evaluation.calibration.calibrate_run, test split"),
     )
     figure_path = results_dir / "figures" / f"reliability_{run_name}.png"
+    warn_if_replacing(run_dir, results_dir)
     plots.save_figure(figure, figure_path)
     return {**summary, "figure": str(figure_path)}
 

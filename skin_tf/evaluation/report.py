@@ -51,6 +51,23 @@ def record_path(results_dir: str | os.PathLike, run_name: str) -> Path:
     return Path(results_dir) / RECORDS_DIR / f"{run_name}.json"
 
 
+def warn_if_replacing(run_dir: str | os.PathLike, results_dir: str | os.PathLike) -> None:
+    """Warn when `results_dir` holds the record of another run with this run's name: its record,
+    figures and reports there are about to be replaced by this run's (`evaluate`, `calibrate`
+    and `threshold` all write files named after the run)."""
+    run_id = Path(run_dir).name
+    path = record_path(results_dir, run_name_of(run_dir))
+    previous = read_json(path).get("run_id") if path.is_file() else None
+    if previous not in (None, run_id):
+        warnings.warn(
+            f"{path} describes run {previous}; its files in {results_dir} are being replaced by "
+            f"run {run_id}'s (same run name). To keep both, give runs distinct names "
+            "(train --run-name) or write to another folder (--results).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def committed_predictions_path(results_dir: str | os.PathLike, run_name: str) -> Path:
     """`<results_dir>/runs/<run-name>_test.csv`: the run's test predictions with lesion ids, kept
     beside its record so runs can be compared pairwise (`skin_tf.evaluation.compare`) after
@@ -105,15 +122,7 @@ def write_run_record(
         "figures": {name: relative_link(p, results_dir) for name, p in figures.items()},
         "test_predictions": relative_link(predictions, results_dir),
     }
-    if path.is_file():
-        previous = read_json(path).get("run_id")
-        if previous not in (None, facts["run_id"]):
-            warnings.warn(
-                f"{path} described run {previous}; it now describes {facts['run_id']} (same run "
-                "name). Give runs distinct names (train --run-name) to keep both in results/.",
-                UserWarning,
-                stacklevel=2,
-            )
+    warn_if_replacing(run_dir, results_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = ["image_id", "lesion_id", "dx", "label", *PROB_COLUMNS]
     test = read_predictions(run_dir, "test")[columns]

@@ -35,6 +35,7 @@ from skin_tf.evaluation.metrics import (
     frame_arrays,
     read_predictions,
 )
+from skin_tf.evaluation.report import warn_if_replacing
 from skin_tf.evaluation.threshold_report import threshold_figures, threshold_markdown
 from skin_tf.runs import run_caption, run_name_of, write_json
 
@@ -305,7 +306,8 @@ def threshold_run(
 
     Uses temperature-scaled probabilities when `<run_dir>/temperature.json` exists. Writes
     `<run_dir>/operating_point.json`, `<results_dir>/mel_threshold_<run>.md` and two figures in
-    `<results_dir>/figures/`; returns the JSON content plus the output paths.
+    `<results_dir>/figures/`, with a warning when that folder holds another run of the same name;
+    returns the JSON content plus the output paths.
 
     Example:
         >>> threshold_run("runs/b0_smoke")["test"]["sensitivity"]  # doctest: +SKIP
@@ -371,6 +373,7 @@ def threshold_run(
         "probabilities; threshold chosen on val)",
     )
     sweeps = {split: sweep_thresholds(*binary[split]) for split in ("val", "test")}
+    warn_if_replacing(run_dir, results_dir)
     paths = threshold_figures(result, sweeps, run_name, results_dir, caption)
     report_path = results_dir / f"mel_threshold_{run_name}.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from skin_tf.cli.main import main
+from skin_tf.evaluation.calibration import calibrate_run
 from skin_tf.evaluation.evaluate import evaluate_run
 from skin_tf.evaluation.metrics import PROB_COLUMNS, classification_metrics
 from skin_tf.evaluation.report import build_results_index, read_run_records, record_path
+from skin_tf.evaluation.threshold import threshold_run
 from tests.evaluation.test_evaluate import write_fake_run
 
 
@@ -99,10 +103,19 @@ def test_a_second_run_with_the_same_name_replaces_the_record_with_a_warning(two_
     results = two_runs["results"]
     again, _ = write_fake_run(tmp_path / "other", "a-older", seed=9)
     renamed = again.rename(again.with_name("20250301T000000Z__a-older"))  # a later run
-    with pytest.warns(UserWarning, match="same run name"):
-        evaluate_run(renamed, results_dir=results, n_boot=10)
+    # calibrate and threshold write figures named after the run, before evaluate replaces the record
+    for writes_results in (calibrate_run, partial(threshold_run, n_boot=10), evaluate_run):
+        with pytest.warns(UserWarning, match="20250101T000000Z__a-older.*same run name"):
+            writes_results(renamed, results_dir=results)
     assert json.loads(record_path(results, "a-older").read_text())["run_id"] == renamed.name
     assert len(read_run_records(results)) == 2
+
+
+def test_the_run_a_record_describes_rewrites_its_files_without_a_warning(two_runs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        calibrate_run(two_runs["older"], results_dir=two_runs["results"])
+        threshold_run(two_runs["older"], results_dir=two_runs["results"], n_boot=10)
 
 
 def test_empty_and_broken_results_folders(tmp_path):
