@@ -104,7 +104,8 @@ def test_a_second_run_with_the_same_name_replaces_the_record_with_a_warning(two_
     again, _ = write_fake_run(tmp_path / "other", "a-older", seed=9)
     renamed = again.rename(again.with_name("20250301T000000Z__a-older"))  # a later run
     # calibrate and threshold write figures named after the run, before evaluate replaces the record
-    for writes_results in (calibrate_run, partial(threshold_run, n_boot=10), evaluate_run):
+    stages = (calibrate_run, partial(threshold_run, n_boot=10), partial(evaluate_run, n_boot=10))
+    for writes_results in stages:
         with pytest.warns(UserWarning, match="20250101T000000Z__a-older.*same run name"):
             writes_results(renamed, results_dir=results)
     assert json.loads(record_path(results, "a-older").read_text())["run_id"] == renamed.name
