@@ -97,12 +97,9 @@ CPU_PROFILE_MEASUREMENT = (
     "(the previous cpu recipe) reached neither in 6 epochs (23.7 min, test 0.400)."
 )
 # A pretrained backbone converges in a few epochs: the 6-epoch Lite0 run above gained 0.014 in
-# its last three. 10 epochs (the baseline's own length) keeps a Lite0 run near 45 min on that
-# Xeon (a Lite2 run near 70 min: 327-476 s per epoch; on an idle 2-core AMD EPYC, AVX2 only,
-# effnetb2_mel_select took 98.5 min at 539-651 s per epoch; on a 2-core AMD EPYC with AVX-512,
-# long_mel_select took 34.8 min at 180-245 s per epoch, the three Lite2 configs 38.5-44.1 min
-# at 203-301 s); longer configs are cut to it, and
-# their cosine decay follows the shorter run.
+# its last three. 10 epochs (the baseline's own length) keeps a run between 35 and 99 min on the
+# 2-core machines measured (the README's profiles paragraph has the times per machine); longer
+# configs are cut to it, and their cosine decay follows the shorter run.
 CPU_PROFILE_MAX_EPOCHS = 10
 # With 20 (143 images) every class reaches every split of the seed-42 80/10/10 split; 10 is too few.
 SMOKE_IMAGES_PER_CLASS = 20
