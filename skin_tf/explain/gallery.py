@@ -128,7 +128,8 @@ def gradcam_run(
     Without `image_paths`, takes from predictions_test.csv, for each class, the `per_class`
     most confident correct and the `per_class` most confident wrong test images (the images
     are found under the run's data root from meta.json, or `data_root`). With `image_paths`,
-    explains those files. Returns the written paths.
+    explains those files. Returns the written paths. Overlays an earlier call wrote for the
+    same gallery (run name, method, image choice) are removed first, so the folder matches it.
 
     Example:
         >>> gradcam_run("runs/20250101T120000Z__baseline", per_class=2)["gallery"]  # doctest: +SKIP
@@ -170,6 +171,10 @@ def gradcam_run(
     tag += "" if class_index is None else f"_{CLASSES[class_index]}"
     figure_dir = out_dir / _safe(run_name)
     figure_dir.mkdir(parents=True, exist_ok=True)
+    # This gallery's overlays from an earlier call (e.g. a retrained run of the same name) show
+    # other images and another model: remove them so the folder matches the gallery it sits beside.
+    for stale in figure_dir.glob(f"*_{tag}.png"):
+        stale.unlink()
     examples: list[tuple[Example, str | None]] = []
     written: list[str] = []
     for (image_id, path, true_class, kind), p, heat in zip(picks, probs, maps, strict=True):

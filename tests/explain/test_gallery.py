@@ -96,6 +96,13 @@ def test_gradcam_run_writes_overlays_gallery_and_readme(model, fake_root, tmp_pa
     assert Path(again["gallery"]).is_file() and Path(result["gallery"]).is_file()
     assert again["overlays"][0].endswith("_gradcampp_images.png")
 
+    # A later call replaces this gallery's overlays; the other gallery's stay.
+    stale = out / "tiny-run" / "ISIC_9999999_gradcam.png"
+    stale.write_bytes(b"an overlay of an earlier model")
+    redone = gradcam_run(run_dir, out_dir=out, per_class=1)
+    assert sorted(map(str, (out / "tiny-run").glob("*_gradcam.png"))) == sorted(redone["overlays"])
+    assert all(Path(path).is_file() for path in again["overlays"])
+
 
 def test_readme_sections_are_replaced_not_repeated(tmp_path):
     def write(method: str, caption: str) -> str:
