@@ -252,11 +252,18 @@ _FULL_SIZE = "600x450"  # the size of the original HAM10000 images
 def provenance(run_dir: str | os.PathLike) -> str:
     """One-line caption of what produced a run's figures, from its meta.json (and history.csv).
 
+    The run is named by its folder (`<UTC time>__<name>`) when the folder carries the name, so a
+    retrained run's figures are told apart from the run it replaced.
+
     >>> provenance("runs/20250101T120000Z__baseline-cpu")  # doctest: +SKIP
-    'HAM10000 200x150 copy · weights: none · B0 112 px · 10 epochs · CPU (2 cores) · run b0-cpu'
+    'HAM10000 200x150 copy · weights: imagenet · LITE0 128 px · 10 epochs · CPU (2 cores) · run …'
+    >>> provenance("runs/20250101T120000Z__baseline-cpu").split(" · ")[-1]  # doctest: +SKIP
+    'run 20250101T120000Z__baseline-cpu'
     """
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "meta.json")
+    name = str(meta.get("run_name"))
+    run_id = run_dir.name if run_dir.name.endswith(f"__{name}") else name
     size = meta.get("data", {}).get("source_size")
     data = data_label(size)
     model = str(meta.get("model", "?"))
@@ -275,7 +282,7 @@ def provenance(run_dir: str | os.PathLike) -> str:
             f"{short_model} {meta.get('image_size')} px",
             epochs_text,
             str(meta.get("hardware")),
-            f"run {meta.get('run_name')}",
+            f"run {run_id}",
         ]
     )
 

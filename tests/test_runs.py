@@ -162,6 +162,15 @@ def test_provenance_caption(tmp_path: Path):
     assert caption.startswith("HAM10000 full-size · weights: imagenet · B2 96 px · 3 epochs")
 
 
+def test_provenance_names_a_run_by_its_folder_so_a_retrained_run_is_told_apart(tmp_path: Path):
+    first, second = tmp_path / "20250101T120000Z__b0-cpu", tmp_path / "20250102T090000Z__b0-cpu"
+    for run_dir in (first, second):
+        run_dir.mkdir()
+        _write_meta(run_dir)
+    assert provenance(first).endswith("· run 20250101T120000Z__b0-cpu")
+    assert provenance(first) != provenance(second)
+
+
 def test_run_name_of_prefers_meta_json(tmp_path: Path):
     run_dir = tmp_path / "20250101T120000Z__folder-name"
     run_dir.mkdir()
