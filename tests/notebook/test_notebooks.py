@@ -324,7 +324,7 @@ def test_runs_caption_says_what_the_runs_share_then_what_differs(tmp_path):
     runs = [make_run(tmp_path, f"2025010{index}T000000Z__r{index}", {}) for index in (0, 1)]
     caption = notebook.runs_caption("a test", runs)
     assert caption.startswith("a test · HAM10000 200x150 copy · weights: none")
-    assert caption.endswith("runs: run r0; run r1")
+    assert caption.endswith("runs: run 20250100T000000Z__r0; run 20250101T000000Z__r1")
 
 
 def test_data_caption_names_the_copy_and_counts(fake_root):
