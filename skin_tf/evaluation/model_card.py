@@ -119,6 +119,7 @@ def model_card_text(run_dir: str | os.PathLike) -> str:
             f"{metrics.get('select_metric')} (epoch {metrics.get('best_epoch')}). Code: git "
             f"{meta.get('git_sha') or 'unknown'}.",
             "",
+            *([f"Recipe: {config['description']}", ""] if config.get("description") else []),
             "## Data and splits",
             "",
             f"HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0), {splits.get('n_images')} images "
