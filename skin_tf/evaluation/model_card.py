@@ -95,6 +95,19 @@ def _calibration(run_dir: Path) -> str:
     )
 
 
+def _recipe(description: str | None, profile: str | None) -> list[str]:
+    """The config's own description; under another profile than `full` it was written for the
+    config as shipped, so it is labelled as such (the Model line says what was trained)."""
+    if not description:
+        return []
+    if profile in (None, "full"):
+        return [f"Recipe: {description}", ""]
+    return [
+        f"Recipe, as the config describes itself before the `{profile}` profile: {description}",
+        "",
+    ]
+
+
 def model_card_text(run_dir: str | os.PathLike) -> str:
     """The model card's markdown for the run in `run_dir`."""
     run_dir = Path(run_dir)
@@ -119,7 +132,7 @@ def model_card_text(run_dir: str | os.PathLike) -> str:
             f"{metrics.get('select_metric')} (epoch {metrics.get('best_epoch')}). Code: git "
             f"{meta.get('git_sha') or 'unknown'}.",
             "",
-            *([f"Recipe: {config['description']}", ""] if config.get("description") else []),
+            *_recipe(config.get("description"), meta.get("profile")),
             "## Data and splits",
             "",
             f"HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0), {splits.get('n_images')} images "
