@@ -237,10 +237,9 @@ def refresh_records(runs_dir: str | os.PathLike, results_dir: str | os.PathLike)
 FROM_SCRATCH_INTRO = """## From scratch: the comparison
 
 Runs of the same configs trained from random weights (no ImageNet): a labelled comparison, never
-the project's result. Rows on an `efficientnet_lite` model are the `cpu` recipe itself with
-`--set weights=null` (same network, size and schedule) and kept their test predictions, so their
-gain below is paired; rows on an `efficientnet_b` model are the `cpu` recipe before the pretrained
-backbones (B0/B2 at 112 px), until each is retrained. Their files are in `from_scratch/`."""
+the project's result. Each is its namesake's recipe with `--set weights=null` (same network, image
+size, schedule, selection rule, seed and lesion split) and kept its test predictions, so the gain
+below is paired on the same test images. Their files are in `from_scratch/`."""
 
 
 def _from_scratch_section(records: list[dict[str, Any]], results_dir: Path) -> list[str]:
