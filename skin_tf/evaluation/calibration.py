@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ from skin_tf.evaluation.report import warn_if_replacing
 from skin_tf.runs import run_caption, run_name_of, write_json
 
 TEMPERATURE_FILE = "temperature.json"
-# Bounds for the search on log T: T in [0.05, 20] covers every network we have seen by far.
+# Bounds for the search on log T: T in [0.05, 20] covers every trained network we have seen; a fit
+# that ends on a bound (a from-scratch twin did, at 20) means no temperature calibrates the model.
 _LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
 _EPS = 1e-12  # clip before log so a stored 0.0 does not become -inf
 
@@ -58,7 +60,8 @@ def negative_log_likelihood(probs: np.ndarray, y: np.ndarray) -> float:
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The T > 0 minimising the NLL of softmax(logits / T) on (logits, y); log-probs work too.
 
-    The search is over log T (bounded to T in [0.05, 20]) with scipy's bounded Brent method.
+    The search is over log T (bounded to T in [0.05, 20]) with scipy's bounded Brent method; a
+    fit that ends on a bound warns, since the NLL was still falling there.
 
     Example:
         >>> T = fit_temperature(np.log(val_probs), val_labels)  # doctest: +SKIP
@@ -77,7 +80,15 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         return float(-np.mean(log_softmax(logits / math.exp(log_t), axis=1)[rows, y]))
 
     result = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
-    return float(math.exp(result.x))
+    temperature = float(math.exp(result.x))
+    if min(abs(result.x - bound) for bound in _LOG_T_BOUNDS) < 1e-3:
+        warnings.warn(
+            f"the fitted temperature {temperature:.3g} is at the end of the search range "
+            "[0.05, 20]: no single temperature calibrates these predictions (at 20 they are "
+            "nearly uniform, at 0.05 nearly one-hot); check the model before trusting them",
+            stacklevel=2,
+        )
+    return temperature
 
 
 def reliability_table(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> pd.DataFrame:

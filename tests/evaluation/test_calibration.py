@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -61,7 +62,18 @@ def test_reliability_bins_are_right_closed():
 @pytest.mark.parametrize("t_true", [0.6, 2.0])
 def test_fit_recovers_a_known_temperature(t_true):
     logits, labels = logits_with_temperature(20_000, t_true, seed=1)
-    assert fit_temperature(logits, labels) == pytest.approx(t_true, rel=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an interior optimum: no warning about the range
+        assert fit_temperature(logits, labels) == pytest.approx(t_true, rel=0.05)
+
+
+def test_a_fit_that_ends_on_the_bound_warns():
+    """Labels unrelated to the logits: the NLL falls all the way to uniform, past T = 20."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(scale=3.0, size=(2_000, N_CLASSES))
+    labels = rng.integers(0, N_CLASSES, size=2_000)
+    with pytest.warns(UserWarning, match="end of the search range"):
+        assert fit_temperature(logits, labels) == pytest.approx(20.0, rel=1e-3)
 
 
 def test_log_probabilities_work_as_logits():
