@@ -223,7 +223,7 @@ def _predict(args: argparse.Namespace) -> int:
     results = predict_files(
         served, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=True
     )
-    print(format_predictions(results, json=args.json, threshold=served.threshold))
+    print(format_predictions(results, json=args.json))
     if not args.json:
         print(f"({served.disclaimer})", file=sys.stderr)
     return 1 if any(r["error"] is not None for r in results) else 0

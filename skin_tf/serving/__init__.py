@@ -13,7 +13,14 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "export": ["export_model", "export_run"],
-        "served": ["ServedModel", "Assessment", "load_served", "available_engines"],
+        "served": [
+            "ServedModel",
+            "Assessment",
+            "Verdict",
+            "load_served",
+            "available_engines",
+            "verdict",
+        ],
         "guard": ["OodGuard", "load_guard"],
         "litert": ["LiteRTModel", "convert_float", "convert_int8", "to_model_size"],
         "engines": ["ENGINES"],

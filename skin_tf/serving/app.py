@@ -21,7 +21,7 @@ from skin_tf.serving import page as support
 from skin_tf.serving import table as predictions
 from skin_tf.serving import upload as analysis
 from skin_tf.serving.launch import page_settings
-from skin_tf.serving.served import default_engine, mel_flag
+from skin_tf.serving.served import FAILED, REJECTED, default_engine
 
 st.set_page_config(page_title="skin_tf · HAM10000 lesion classifier", layout="wide")
 
@@ -151,7 +151,10 @@ for upload in uploads:
     except Exception as err:  # one failing file must not take the page or the others down
         result = analysis.UploadResult(upload.name, error=f"unexpected error: {err}")
     results.append(result)
-    if result.error is not None:
+    # What may be shown (an answer, the melanoma flag) is the upload's verdict: the rule
+    # `skin-tf predict` and the table below follow too.
+    answer = result.verdict(served.threshold)
+    if answer.status == FAILED:
         st.error(
             f"**{upload.name}** cannot be analysed: {result.error}. Upload a JPG or PNG photo "
             f"of the lesion, at least {MIN_SIDE}×{MIN_SIDE} px and at most "
@@ -161,9 +164,8 @@ for upload in uploads:
     for note in result.notes:
         st.info(f"Note: {note}")
     width, height = result.size
-    notice = analysis.ood_notice(result)
-    if notice is not None:  # no answer: the notice, the picture, the numbers greyed and folded
-        st.info(notice)
+    if answer.status == REJECTED:  # no answer: the notice, the picture, the numbers greyed
+        st.info(analysis.ood_notice(result))
         image_col, rest_col = st.columns([1, 2.2])
         image_col.image(result.display, caption=f"Original, {width}×{height} px", width="stretch")
         with rest_col.expander("What the model computed anyway (not an answer)"):
@@ -193,10 +195,12 @@ for upload in uploads:
             )
         )
         text = support.mel_flag_text(
-            result.probs, served.mel_point, served.metadata.get("mel_threshold")
+            result.probs,
+            served.mel_point,
+            served.metadata.get("mel_threshold"),
+            result.in_distribution,
         )
-        flagged = mel_flag(result.probs, served.threshold)
-        (st.warning if flagged else st.info)(text)
+        (st.warning if answer.mel_flag else st.info)(text)
 
 st.divider()
 table = predictions.predictions_frame(

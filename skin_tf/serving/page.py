@@ -26,7 +26,7 @@ import pandas as pd
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.serving.launch import PageSettings, is_exported_model
-from skin_tf.serving.served import mel_flag
+from skin_tf.serving.served import verdict
 
 # ---------------------------------------------------------------- model discovery
 
@@ -176,10 +176,15 @@ def chart_height(k: int) -> int:
 
 
 def mel_flag_text(
-    probs: np.ndarray, point: Mapping[str, Any], run_point: Mapping[str, Any] | None = None
+    probs: np.ndarray,
+    point: Mapping[str, Any],
+    run_point: Mapping[str, Any] | None = None,
+    in_distribution: bool | None = None,
 ) -> str:
     """One markdown paragraph: P(mel) against the engine's validated threshold
     (`ServedModel.mel_point`), with that threshold's test figures beside its validation ones.
+    Whether the flag is raised is the image's `verdict` (the rule `skin-tf predict` and the
+    table follow): never for an image the guard rejected (`in_distribution` False).
 
     Below the threshold it says how many melanomas the threshold misses (from the test
     sensitivity), so that it does not read as an all-clear. `run_point` (metadata.json's
@@ -194,7 +199,10 @@ def mel_flag_text(
     point = point or {}
     threshold = point.get("value")
     p_mel = float(probs[MEL_INDEX])
-    if threshold is None:
+    answer = verdict(probs, threshold, in_distribution)
+    if not answer.answered:
+        return f"**No melanoma flag**: this picture is {answer.reason}."
+    if answer.mel_flag is None:
         return (
             f"P(mel) = {p_mel:.3f}. **No melanoma flag**: this model has no validated operating "
             "point (run `skin-tf threshold` on its run, then export it again)."
@@ -211,7 +219,7 @@ def mel_flag_text(
         + f"; validation sensitivity {_number(point.get('val_sensitivity'))}, "
         f"specificity {_number(point.get('val_specificity'))}"
     )
-    if mel_flag(probs, threshold):  # the exported rule, as predict and the table apply it
+    if answer.mel_flag:
         return (
             f"**Melanoma flag raised**: P(mel) = {p_mel:.3f} ≥ threshold {threshold:.3f} "
             f"({figures}). Not a diagnosis: have this lesion looked at by a doctor."

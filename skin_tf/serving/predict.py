@@ -33,7 +33,7 @@ import numpy as np
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.data.images import IMAGE_SUFFIXES, ImageError, prepare_image
-from skin_tf.serving.served import mel_flag
+from skin_tf.serving.served import FAILED, REJECTED, verdict
 
 if TYPE_CHECKING:
     from skin_tf.serving.served import ServedModel
@@ -71,12 +71,15 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """Predict every image file (folders expand to their images); one dict per file, in order.
 
-    Each dict has: image, probs {class: p}, top [(class, p), … top_k], top_class, mel_flag
-    (P(mel) ≥ the engine's operating threshold; None when there is none, with `note` saying so),
+    Each dict has: image, probs {class: p} and top [(class, p), … top_k] (what the engine
+    computed), then the verdict (`skin_tf.serving.served.verdict`, the rule the page follows
+    too): top_class, mel_flag (P(mel) ≥ mel_threshold, the engine's operating threshold),
+    mel_threshold, verdict ("answer", "out_of_distribution" or "error") and reason; then
     ood_score and in_distribution (the export's out-of-distribution guard: False means the image
-    does not look like the training images, so its classes are no answer; both None for an
-    export without a guard), engine and error (None, or why the file could not be read; then
-    probs etc. are None).
+    does not look like the training images, so top_class and mel_flag are None and probs are no
+    answer; both None for an export without a guard), engine and error (None, or why the file
+    could not be read; then probs etc. are None). mel_flag is None whenever there is no answer
+    or no threshold, and reason says which.
     progress=True draws a progress bar on stderr when it is a terminal.
 
     Example:
@@ -98,8 +101,8 @@ def predict_files(
     def score_pending() -> None:
         assessed = served.assess([image for _, image in pending])
         for k, (i, _) in enumerate(pending):
-            results[i] = _result(files[i], assessed.probs[k], served.threshold, top_k, engine)
-            results[i].update(_ood_fields(assessed, k))
+            ood = _ood_fields(assessed, k)
+            results[i] = _result(files[i], assessed.probs[k], served.threshold, top_k, engine, ood)
         pending.clear()
 
     prepared = _prepared_ahead(files, size, resize, window=2 * batch_size)
@@ -147,18 +150,39 @@ def _prepared_ahead(
 
 
 def _result(
-    path: Path, probs: np.ndarray, threshold: float | None, top_k: int, engine: str
+    path: Path,
+    probs: np.ndarray,
+    threshold: float | None,
+    top_k: int,
+    engine: str,
+    ood: dict[str, Any],
 ) -> dict[str, Any]:
     order = np.argsort(-probs, kind="stable")[:top_k]
     return {
         "image": str(path),
         "probs": {c: float(p) for c, p in zip(CLASSES, probs, strict=True)},
         "top": [(CLASSES[i], float(probs[i])) for i in order],
-        "top_class": CLASSES[int(order[0])],
-        "mel_flag": mel_flag(probs, threshold),
-        "note": None if threshold is not None else "model has no melanoma operating threshold",
+        **_verdict_fields(probs, threshold, ood["in_distribution"]),
+        **ood,
         "engine": engine,
         "error": None,
+    }
+
+
+def _verdict_fields(
+    probs: np.ndarray | None,
+    threshold: float | None,
+    in_distribution: bool | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """top_class, mel_flag, mel_threshold, verdict and reason of one image, from `verdict`."""
+    answer = verdict(probs, threshold, in_distribution, error)
+    return {
+        "top_class": answer.top_class,
+        "mel_flag": answer.mel_flag,
+        "mel_threshold": answer.mel_threshold,
+        "verdict": answer.status,
+        "reason": answer.reason,
     }
 
 
@@ -177,9 +201,7 @@ def _error_result(path: Path, message: str) -> dict[str, Any]:
         "image": str(path),
         "probs": None,
         "top": None,
-        "top_class": None,
-        "mel_flag": None,
-        "note": None,
+        **_verdict_fields(None, None, error=message),
         "ood_score": None,
         "in_distribution": None,
         "engine": None,
@@ -187,10 +209,9 @@ def _error_result(path: Path, message: str) -> dict[str, Any]:
     }
 
 
-def format_predictions(
-    results: Sequence[dict[str, Any]], json: bool = False, threshold: float | None = None
-) -> str:
-    """Human-readable lines per image, or (json=True) one JSON object per line.
+def format_predictions(results: Sequence[dict[str, Any]], json: bool = False) -> str:
+    """Human-readable lines per image, or (json=True) one JSON object per line. Both follow
+    each result's verdict (`predict_files`): no class and no flag for a rejected image.
 
     Example of the text form (one line per image; an image the guard rejects gets no answer):
         ISIC_0024306.jpg: nv 0.912 | mel 0.051 | bkl 0.020 | melanoma flag: no
@@ -202,11 +223,11 @@ def format_predictions(
         return "\n".join(_json_line(r) for r in results)
     lines = []
     for r in results:
-        if r["error"] is not None:
+        if r["verdict"] == FAILED:
             lines.append(f"{r['image']}: ERROR {r['error']}")
             continue
         top = " | ".join(f"{c} {p:.3f}" for c, p in r["top"])
-        if r.get("in_distribution") is False:  # the guard rejected it: no answer, no flag
+        if r["verdict"] == REJECTED:  # no answer, no flag
             lines.append(
                 f"{r['image']}: out of distribution (ood_score {r['ood_score']:.3g}): not like "
                 "the dermatoscopic images the model was trained on, so no answer and no melanoma "
@@ -218,8 +239,10 @@ def format_predictions(
             flag = "melanoma flag: n/a (model has no operating threshold)"
         else:
             relation = ">=" if r["mel_flag"] else "<"
-            at = "" if threshold is None else f" {relation} {threshold:.3f}"
-            flag = f"melanoma flag: {'YES' if r['mel_flag'] else 'no'} (P(mel) {p_mel:.3f}{at})"
+            flag = (
+                f"melanoma flag: {'YES' if r['mel_flag'] else 'no'} "
+                f"(P(mel) {p_mel:.3f} {relation} {r['mel_threshold']:.3f})"
+            )
         lines.append(f"{r['image']}: {top} | {flag}")
     return "\n".join(lines)
 

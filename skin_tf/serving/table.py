@@ -1,6 +1,8 @@
 """The page's "All predictions" table and its CSV download: one row per upload, with the
-engine's probabilities, the melanoma flag at the exported threshold and the guard's verdict;
-failed uploads keep their row with the reason, rejected ones their numbers but no flag.
+engine's probabilities and each upload's verdict (`skin_tf.serving.served.verdict`, the rule
+`skin-tf predict` follows too): the top class and the melanoma flag at the exported threshold,
+or none for a failed upload (which keeps its row with the reason) or one the guard rejected
+(which keeps its numbers).
 
 `skin_tf.serving.page` writes the rest of the page's text; `skin_tf.serving.upload` analyses one
 upload into the `UploadResult` read here.
@@ -19,14 +21,11 @@ from typing import Any
 import pandas as pd
 
 from skin_tf.data.ham10000 import CLASSES
-from skin_tf.serving.served import mel_flag
+from skin_tf.serving.served import REJECTED, REJECTED_REASON
 from skin_tf.serving.upload import UploadResult
 
 PROBABILITY_DECIMALS = 4  # the table and CSV: enough to rank and threshold, none of float noise
-OOD_ROW_NOTE = (
-    "out of distribution: not like the dermatoscopic images the model was trained on, so these "
-    "probabilities are no answer and no melanoma flag is given."
-)
+OOD_ROW_NOTE = REJECTED_REASON + "."
 # The table's text: about 6 px a character on average in the grid's 14 px sans-serif (7.5 leaves
 # room for wide letters), plus the cell's padding.
 _CHAR_PX = 7.5
@@ -43,8 +42,9 @@ def predictions_frame(
     ood_score, in_distribution, notes, error. Probabilities are rounded to PROBABILITY_DECIMALS;
     a failed upload keeps its row with the reason and nothing else (no probabilities, threshold
     or flag). An upload the out-of-distribution guard rejected keeps what the model computed, but
-    no melanoma threshold or flag (no answer), and a note saying why; ood_score and
-    in_distribution are empty for an export without a guard.
+    no top class, melanoma threshold or flag (no answer), and a note saying why; ood_score and
+    in_distribution are empty for an export without a guard. top_class, mel_threshold and
+    mel_flag are the upload's `verdict`.
 
     Example:
         >>> predictions_frame([UploadResult("x.jpg", error="not an image")], 0.3, "b0").error[0]
@@ -58,14 +58,14 @@ def predictions_frame(
             row[f"p_{code}"] = (
                 None if probs is None else round(float(probs[i]), PROBABILITY_DECIMALS)
             )
-        row["top_class"] = result.top_class
-        answered = probs is not None and not result.rejected
-        row["mel_threshold"] = threshold if answered else None
-        row["mel_flag"] = mel_flag(probs, threshold) if answered else None
+        answer = result.verdict(threshold)
+        row["top_class"] = answer.top_class
+        row["mel_threshold"] = answer.mel_threshold
+        row["mel_flag"] = answer.mel_flag
         row["ood_score"] = result.ood_score
         row["in_distribution"] = result.in_distribution
         notes = list(result.notes)
-        if result.rejected:
+        if answer.status == REJECTED:
             notes.insert(0, OOD_ROW_NOTE)
         row["notes"] = " ".join(notes) or None
         row["error"] = result.error

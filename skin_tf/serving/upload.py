@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from skin_tf.data.ham10000 import CLASSES
+from skin_tf.serving.served import Verdict, verdict
 
 if TYPE_CHECKING:
     from skin_tf.serving.served import ServedModel
@@ -71,6 +72,17 @@ class UploadResult:
     ood_score: float | None = None  # the engine's out-of-distribution score (None: no guard)
     in_distribution: bool | None = None  # False: not like the training images, no answer
     ood_threshold: float | None = None  # the engine's threshold on ood_score
+
+    def verdict(self, mel_threshold: float | None) -> Verdict:
+        """What the page may show for this upload at the engine's melanoma threshold: the rule
+        `skin-tf predict` follows too (`skin_tf.serving.served.verdict`).
+
+        Example:
+            >>> cat = UploadResult("cat.jpg", probs=np.eye(7)[4], in_distribution=False)
+            >>> cat.verdict(0.3).status, cat.verdict(0.3).mel_flag
+            ('out_of_distribution', None)
+        """
+        return verdict(self.probs, mel_threshold, self.in_distribution, self.error)
 
     @property
     def rejected(self) -> bool:

@@ -23,7 +23,7 @@ from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.serving import launch as launch
 from skin_tf.serving import page as support
 from skin_tf.serving import table as predictions
-from skin_tf.serving.served import mel_flag
+from skin_tf.serving.served import verdict
 from tests.data.test_images import png_header
 
 SAMPLE_IMAGE = "ISIC_0024306.jpg"  # a real HAM10000 image (nv) of the shared 200x150 copy
@@ -266,9 +266,9 @@ METADATA = {
 
 
 def test_mel_flag_uses_greater_or_equal_and_quotes_validation_figures():
-    assert mel_flag(mel_probs(0.3), 0.3) is True  # the exported rule is P >= t
-    assert mel_flag(mel_probs(0.29), 0.3) is False
-    assert mel_flag(mel_probs(0.9), None) is None
+    assert verdict(mel_probs(0.3), 0.3).mel_flag is True  # the exported rule is P >= t
+    assert verdict(mel_probs(0.29), 0.3).mel_flag is False
+    assert verdict(mel_probs(0.9), None).mel_flag is None
     point = METADATA["mel_threshold"]
     raised = support.mel_flag_text(mel_probs(0.5), point)
     assert raised.startswith("**Melanoma flag raised**: P(mel) = 0.500 ≥ threshold 0.300")

@@ -36,6 +36,16 @@ def test_below_the_threshold_says_what_the_threshold_misses_on_test():
     assert "No melanoma flag" not in text
 
 
+def test_an_image_the_guard_rejected_gets_no_flag_whatever_its_p_mel():
+    point = METADATA["mel_threshold"]
+    text = support.mel_flag_text(mel_probs(0.9), point, in_distribution=False)
+    assert text.startswith("**No melanoma flag**: this picture is out of distribution")
+    assert "raised" not in text
+    assert support.mel_flag_text(mel_probs(0.9), point, in_distribution=True).startswith(
+        "**Melanoma flag raised**"
+    )
+
+
 def test_a_raised_flag_quotes_the_test_figures_too():
     text = support.mel_flag_text(mel_probs(0.5), METADATA["mel_threshold"])
     assert text.startswith("**Melanoma flag raised**: P(mel) = 0.500 ≥ threshold 0.300 (")

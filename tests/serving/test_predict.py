@@ -108,18 +108,23 @@ def test_mel_flag_follows_the_threshold_or_is_absent(image_folder):
     below = predict_files(FakeServed(threshold=0.5), [image_folder])[0]
     assert below["mel_flag"] is False
     none = predict_files(FakeServed(threshold=None), [image_folder])[0]
-    assert none["mel_flag"] is None and "no melanoma operating threshold" in none["note"]
+    assert none["mel_flag"] is None and "no melanoma operating threshold" in none["reason"]
+    assert none["verdict"] == "answer" and none["top_class"] == "mel"  # answered, no flag
 
 
 def test_text_and_json_output(image_folder, tmp_path):
     missing = tmp_path / "gone.png"
     results = predict_files(FakeServed(), [image_folder / "a.png", missing], top_k=3)
-    text = format_predictions(results, threshold=0.3).splitlines()
+    text = format_predictions(results).splitlines()
     assert text[0].endswith("a.png: mel 0.400 | nv 0.350 | akiec 0.050 | melanoma flag: YES "
                             "(P(mel) 0.400 >= 0.300)")  # fmt: skip
     assert text[1] == f"{missing}: ERROR file not found"
     lines = [json.loads(line) for line in format_predictions(results, json=True).splitlines()]
     assert set(lines[0]) >= {"image", "probs", "top", "top_class", "mel_flag", "error"}
+    assert (lines[0]["verdict"], lines[0]["mel_threshold"], lines[0]["reason"]) == (
+        "answer", 0.3, None
+    )  # fmt: skip
+    assert (lines[1]["verdict"], lines[1]["reason"]) == ("error", "file not found")
     assert list(lines[0]["probs"]) == list(CLASSES)
     assert lines[0]["top"][0] == {"class": "mel", "p": pytest.approx(0.4)}
     assert lines[1]["error"] == "file not found" and lines[1]["probs"] is None
@@ -136,11 +141,28 @@ def test_the_guards_verdict_is_in_every_result(image_folder, tmp_path):
     assert (lines[0]["ood_score"], lines[0]["in_distribution"]) == (0.4, True)
     assert (lines[2]["ood_score"], lines[2]["in_distribution"]) == (7.5, False)
     assert lines[1]["ood_score"] is None and lines[1]["in_distribution"] is None
-    text = format_predictions(results, threshold=0.3).splitlines()
+    text = format_predictions(results).splitlines()
     assert "out of distribution" not in text[0]
     assert text[2].startswith(f"{image_folder / 'b.jpg'}: out of distribution (ood_score 7.5): not")
     assert "no answer and no melanoma flag (the model's output anyway: mel 0.400" in text[2]
     assert "melanoma flag: YES" not in text[2]
+
+
+def test_an_image_the_guard_rejects_gets_no_class_and_no_flag_in_json_as_in_text(image_folder):
+    """Issue 34: `--json` raised the melanoma flag (P(mel) 0.4 >= 0.3) for an image the guard
+    rejected, while the text said "no melanoma flag". Now both follow the one verdict."""
+    served = FakeServed(threshold=0.3, p_mel=0.4, ood=[0.4, 7.5])
+    results = predict_files(served, [image_folder / "a.png", image_folder / "b.jpg"])
+    kept, rejected = (
+        json.loads(line) for line in format_predictions(results, json=True).split("\n")
+    )
+    assert (kept["verdict"], kept["top_class"], kept["mel_flag"]) == ("answer", "mel", True)
+    assert rejected["in_distribution"] is False and rejected["verdict"] == "out_of_distribution"
+    assert rejected["mel_flag"] is None and rejected["top_class"] is None
+    assert rejected["mel_threshold"] is None and "no melanoma flag" in rejected["reason"]
+    assert rejected["probs"]["mel"] == pytest.approx(0.4)  # what the engine computed, kept
+    assert "melanoma flag: YES" in format_predictions(results).splitlines()[0]
+    assert "melanoma flag: YES" not in format_predictions(results).splitlines()[1]
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # refused anyway
@@ -254,3 +276,4 @@ def test_predict_over_a_real_folder_with_each_engine(real_export, real_frame, tm
         r["probs"]["mel"] >= int8_threshold for r in runs["tflite-int8"]
     ]
     assert runs[None] == runs[metadata["engines"]["default"]]
+
