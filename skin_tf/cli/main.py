@@ -4,7 +4,9 @@ This module holds the data, training and evaluation commands and registers the r
 use a trained run or an exported model (skin_tf.cli.model_commands) and the cVAE's
 (skin_tf.cli.cvae_commands).
 
-Heavy imports (TensorFlow) happen inside the commands so `skin-tf --help` stays instant.
+Heavy imports (TensorFlow) happen inside the commands so `skin-tf --help` stays instant, and so
+that `skin_tf.cli.quiet` can set up the quiet default (no TensorFlow C++ log below errors, no
+harmless CUDA errors) before TensorFlow loads; `--verbose` leaves TensorFlow's log as it is.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from skin_tf.cli import cvae_commands, model_commands
+from skin_tf.cli import cvae_commands, model_commands, quiet
 from skin_tf.data.ham10000 import DataError
 
 
@@ -321,15 +323,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="HAM10000 skin-lesion classification toolkit (research/teaching only; "
         "not a medical device).",
     )
+    _add_verbose(parser)  # `skin-tf --verbose CMD` and `skin-tf CMD --verbose` both work
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in REGISTRY:
         add(sub)
+    for command in sub.choices.values():
+        _add_verbose(command)
     return parser
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    # No default on either parser: a subcommand's default would overwrite `skin-tf --verbose`.
+    parser.add_argument(
+        "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help=f"show TensorFlow's and LiteRT's C++ log as they write it (also: {quiet.ENV_VERBOSE}=1"
+        "); by default only its errors that matter are shown",
+    )  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
     args = build_parser().parse_args(argv)
+    # Before any command imports TensorFlow: TF_CPP_MIN_LOG_LEVEL=2 unless set, and the filter.
+    verbose = getattr(args, "verbose", False)
+    quiet.quiet_startup(verbose=quiet.verbose_requested(verbose, os.environ))
     try:
         return args.func(args)
     except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:

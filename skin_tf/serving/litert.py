@@ -25,9 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,7 +131,9 @@ def _converter(
 
 def _quietly(fn, *args, **kwargs):
     """Call `fn` without the converter's chatter (absl info lines, the tf.lite.Interpreter
-    deprecation warning of the quantisation debugger, which we do not use to run models)."""
+    deprecation warning of the quantisation debugger, which we do not use to run models, and what
+    the converter's C++ code prints on file descriptor 2, such as "fully_quantize: 0,
+    inference_type: 6, …"). What went to fd 2 is printed when the call fails: it may say why."""
     import warnings
 
     from absl import logging as absl_logging
@@ -136,11 +141,32 @@ def _quietly(fn, *args, **kwargs):
     previous = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _native_stderr_captured():
             warnings.simplefilter("ignore")
             return fn(*args, **kwargs)
     finally:
         absl_logging.set_verbosity(previous)
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[None]:
+    """File descriptor 2 (where C++ code writes, past Python's sys.stderr) into a temporary file
+    for the block; on an exception its text goes to sys.stderr before the exception. fd 2 is the
+    process's: native output of other threads in the meantime is held back the same way."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 # ---------------------------------------------------------------- preprocessing

@@ -29,8 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from skin_tf.serving.launch import streamlit_command
-
 CHROMIUM = Path(os.environ.get("SKIN_TF_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -63,13 +61,19 @@ def _get(url: str, timeout: float) -> str:
 def running_page(
     models_dir: Path, model: Path | None = None, log: Path | None = None
 ) -> Iterator[str]:
-    """Start the page exactly as `skin-tf app` does; yield its URL; always stop the server."""
+    """Start the page with `skin-tf app`, as a user does (without the test suite's
+    TF_CPP_MIN_LOG_LEVEL, so the command's own default counts); yield its URL; always stop the
+    server. `log` gets everything the command and its server print."""
     port = free_port()
-    command = streamlit_command(model, models_dir, port, "127.0.0.1")
+    command = [str(Path(sys.executable).with_name("skin-tf")), "app", "--models-dir",
+               str(models_dir), "--port", str(port), "--address", "127.0.0.1"]  # fmt: skip
+    if model is not None:
+        command += ["--model", str(model)]
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",)}
     log = log or Path(tempfile.mkstemp(prefix="streamlit-", suffix=".log")[1])
     with log.open("w") as log_file:
         server = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -138,6 +142,16 @@ def screenshot_page(url: str, images: Path | Sequence[Path], out: Path) -> str:
     return text
 
 
+def assert_started_quietly(log: Path) -> None:
+    """Issue 34: `skin-tf app` and its page (which imported TensorFlow and ran the model) wrote
+    no line of TensorFlow's or LiteRT's C++ log and no CUDA error."""
+    from tests.cli.test_quiet import C_LOG_LINE
+
+    printed = log.read_text()
+    assert "open http://127.0.0.1:" in printed  # the command's own first line
+    assert not C_LOG_LINE.search(printed) and "CUDA error" not in printed, printed
+
+
 def _skip_without_browser() -> None:
     if not CHROMIUM.is_file():
         pytest.skip(
@@ -171,6 +185,7 @@ def test_page_in_chromium_predicts_an_uploaded_real_image(real_data_root, tmp_pa
     assert "cut.jpg cannot be analysed: truncated or damaged JPEG file" in text
     assert "Download predictions (CSV)" in text
     assert shot.stat().st_size > 50_000  # a real rendered page, not a blank one
+    assert_started_quietly(tmp_path / "streamlit.log")
 
 
 @pytest.mark.slow
@@ -194,6 +209,7 @@ def test_page_in_chromium_says_when_an_upload_is_no_lesion_image(
     assert len(re.findall(r"P\(mel\) = 0\.\d{3}", text)) == 1  # the lesion's box only
     assert "Out-of-distribution guard" in text  # the sidebar
     assert shot.stat().st_size > 50_000
+    assert_started_quietly(tmp_path / "streamlit.log")
 
 
 def main(argv: list[str] | None = None) -> int:

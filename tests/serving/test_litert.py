@@ -170,3 +170,24 @@ def test_a_guarded_export_gives_the_same_probabilities_and_the_guards_features(
             np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
     empty_probs, empty_features = guarded.predict_with_features(images[:0])
     assert empty_probs.shape == (0, 7) and empty_features.shape == (0, 32)
+
+
+def test_the_converter_s_native_chatter_is_held_back_unless_it_fails(tiny_model, capfd):
+    """Issue 34: conversion printed "fully_quantize: 0, inference_type: 6, …" on fd 2, past
+    Python. It is captured now, and shown only when the conversion fails (it may say why)."""
+    import os
+
+    from skin_tf.serving import litert
+
+    calibration = probe_images(TINY_SIZE, n=4, seed=1).images
+    assert litert.convert_int8(tiny_model, calibration)  # the real converter, quietly
+    assert litert.convert_float(tiny_model, 1.5)
+    assert "fully_quantize" not in capfd.readouterr().err
+
+    def failing_conversion():
+        os.write(2, b"error: 'tfl.conv_2d' op quantization parameters are missing\n")
+        raise RuntimeError("conversion failed")
+
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        litert._quietly(failing_conversion)
+    assert "'tfl.conv_2d' op quantization parameters are missing" in capfd.readouterr().err

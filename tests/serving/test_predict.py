@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +280,28 @@ def test_predict_over_a_real_folder_with_each_engine(real_export, real_frame, tm
     ]
     assert runs[None] == runs[metadata["engines"]["default"]]
 
+
+@pytest.mark.slow
+def test_predict_on_a_real_image_says_only_what_it_has_to_say(real_export, real_data_root):
+    """Issue 34: `skin-tf predict`, run as a user runs it (a new process, no TF_CPP_MIN_LOG_LEVEL
+    of ours), writes no line of TensorFlow's or LiteRT's C++ log and no CUDA error; --verbose
+    brings that log back (so the quiet run is quiet because of the filter, not by chance)."""
+    from tests.cli.test_quiet import C_LOG_LINE
+
+    image = real_data_root / "images" / "ISIC_0024306.jpg"
+    command = [str(Path(sys.executable).with_name("skin-tf")), "predict", str(real_export)]
+    unset = ("TF_CPP_MIN_LOG_LEVEL", "SKIN_TF_VERBOSE")
+    env = {key: value for key, value in os.environ.items() if key not in unset}
+    runs = {
+        flag: subprocess.run(
+            [*command, str(image), *flag], env=env, capture_output=True, text=True, timeout=600
+        )
+        for flag in ((), ("--verbose",))
+    }
+    quiet, verbose = runs[()], runs[("--verbose",)]
+    assert quiet.returncode == 0 == verbose.returncode, quiet.stderr + verbose.stderr
+    assert f"{image}: " in quiet.stdout and "melanoma flag" in quiet.stdout
+    assert not C_LOG_LINE.search(quiet.stderr), quiet.stderr
+    assert "CUDA error" not in quiet.stderr and "cuInit" not in quiet.stderr
+    assert quiet.stderr.splitlines()[0].startswith("engine: ")  # its own first line
+    assert C_LOG_LINE.search(verbose.stderr), verbose.stderr
