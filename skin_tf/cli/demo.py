@@ -15,6 +15,9 @@ this run (a committed results/ record of an earlier run is rewritten, not reused
     card      results/MODEL_CARD.md for the demo run
     app       the Streamlit page on 127.0.0.1 (skipped with --no-app)
 
+Warnings the library raises along the way (for notebook users, with a file name and source
+line) are printed once each as the stage's notes, in the demo's own format.
+
 Example:
     >>> run_demo(DemoSettings(profile="smoke", app=False))  # doctest: +SKIP
 """
@@ -25,6 +28,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +58,20 @@ class DemoSettings:
 
 
 class _Stages:
-    """Prints one line per stage with the time since the demo started."""
+    """Prints one line per stage with the time since the demo started, and each distinct warning
+    a stage raised once, as a note of that stage (not as Python prints a warning: with the file
+    name and source line of the library code that raised it).
+
+    Example:
+        >>> _Stages().run("card", False, "a card", lambda: warnings.warn("no test figures"))
+        [demo      0s] card      a card …
+        [demo      0s] card      note: no test figures
+        [demo      0s] card      done
+    """
 
     def __init__(self) -> None:
         self.start = time.monotonic()
+        self.noted: set[str] = set()
 
     def say(self, stage: str, message: str) -> None:
         elapsed = time.monotonic() - self.start
@@ -68,7 +82,14 @@ class _Stages:
             self.say(stage, f"{what}: already there, reused")
             return None
         self.say(stage, f"{what} …")
-        result = action()
+        # The filters in force still decide which warnings count; only how they print changes.
+        with warnings.catch_warnings(record=True) as caught:
+            result = action()
+        for warning in caught:
+            message = str(warning.message)
+            if message not in self.noted:  # calibrate, threshold and evaluate warn alike
+                self.noted.add(message)
+                self.say(stage, f"note: {message}")
         self.say(stage, "done")
         return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from skin_tf.cli.demo import DemoSettings, evaluated, find_data, latest_run, run_demo
+from skin_tf.cli.demo import DemoSettings, _Stages, evaluated, find_data, latest_run, run_demo
 from skin_tf.data.ham10000 import DataError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +48,37 @@ def test_evaluation_is_reused_only_when_it_belongs_to_this_run(tmp_path):
     assert evaluated(tmp_path / "results", run)
 
 
+def test_library_warnings_become_one_note_each_in_the_demo_s_own_format(capsys):
+    """Issue 34: calibrate, threshold and evaluate each warned that the results of another run
+    were being replaced; Python printed it three times with file names and source lines."""
+    import warnings
+
+    replaced = "results/runs/demo.json describes run 20261127T114923Z__demo; its files …"
+
+    def stage_that_warns() -> str:
+        warnings.warn(replaced, UserWarning, stacklevel=2)
+        warnings.warn(replaced, UserWarning, stacklevel=1)  # another line, the same fact
+        return "result"
+
+    stages = _Stages()
+    with warnings.catch_warnings(record=True) as escaped:
+        warnings.simplefilter("always")
+        assert stages.run("calibrate", False, "temperature", stage_that_warns) == "result"
+        stages.run("threshold", False, "operating point", stage_that_warns)
+        stages.run(
+            "evaluate", False, "metrics", lambda: warnings.warn("another fact", stacklevel=1)
+        )
+    assert escaped == []  # none left to Python's printing
+    out, err = capsys.readouterr()
+    notes = [line for line in out.splitlines() if "note:" in line]
+    assert [line.split("] ", 1)[1] for line in notes] == [
+        f"calibrate note: {replaced}",
+        "evaluate  note: another fact",
+    ]
+    assert all(line.startswith("[demo ") for line in out.splitlines())
+    assert err == "" and ".py:" not in out and "UserWarning" not in out
+
+
 def test_explicit_data_path_without_metadata_is_an_error_not_a_download(tmp_path):
     with pytest.raises(DataError):
         find_data(tmp_path)
@@ -64,6 +96,16 @@ def test_offline_download_says_where_to_put_the_files(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "download_ham10000", offline)
     with pytest.raises(DataError, match=r"data/ham10000 \(or set SKIN_TF_DATA\)"):
         find_data(None)
+
+
+def assert_quiet(stderr: str) -> None:
+    """No line of TensorFlow's or LiteRT's C++ log, no CUDA error and no Python warning printed
+    with its source file (`…/demo.py:167: UserWarning: …`)."""
+    from tests.cli.test_quiet import C_LOG_LINE
+
+    assert not C_LOG_LINE.search(stderr), stderr
+    assert "CUDA error" not in stderr and "fully_quantize" not in stderr, stderr
+    assert not re.search(r"\.py:\d+: \w*Warning", stderr), stderr
 
 
 def _clean_checkout(dest: Path) -> Path:
@@ -107,6 +149,12 @@ def test_make_demo_from_a_clean_checkout_makes_every_promised_artifact(real_data
         cwd=checkout, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Issue 34: no TensorFlow C++ log and no Python warning with a source line; the demo's own
+    # line comes first (after make's echo of the command), and the stale record is noted once.
+    assert_quiet(done.stderr)
+    first = [line for line in done.stdout.splitlines() if "skin-tf demo" not in line][0]
+    assert first.startswith("[demo ") and " data " in first, done.stdout[:500]
+    assert done.stdout.count("are being replaced by run") == 1, done.stdout
     for stage in (
         "data",
         "train",
@@ -149,4 +197,5 @@ def test_make_demo_from_a_clean_checkout_makes_every_promised_artifact(real_data
         cwd=checkout, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
+    assert_quiet(again.stderr)
     assert again.stdout.count("already there, reused") == 5  # train … export are not redone
