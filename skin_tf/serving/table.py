@@ -30,6 +30,7 @@ OOD_ROW_NOTE = REJECTED_REASON + "."
 # room for wide letters), plus the cell's padding.
 _CHAR_PX = 7.5
 _CELL_PADDING_PX = 32
+IMAGE_COLUMN_MAX_PX = 240
 
 
 def predictions_frame(
@@ -85,9 +86,11 @@ def predictions_csv(table: pd.DataFrame) -> bytes:
 
 
 def table_column_config(table: pd.DataFrame) -> dict[str, Any]:
-    """`column_config` of the "All predictions" table: numbers as in the CSV, and the notes and
-    error columns wide enough for their whole text (the grid cuts a cell at its width, and
-    sizes columns to fit only so far)."""
+    """`column_config` of the "All predictions" table: numbers as in the CSV; the notes and
+    error columns as wide as their whole text and no wider (narrow when empty: the grid cuts a
+    cell at its width, and sizes columns to fit only so far); the image name at most
+    IMAGE_COLUMN_MAX_PX, so that a long file name cannot push the probabilities out of view (the
+    page's heading of each upload shows the whole name)."""
     import streamlit as st
 
     config: dict[str, Any] = {
@@ -98,18 +101,27 @@ def table_column_config(table: pd.DataFrame) -> dict[str, Any]:
     for column in ("notes", "error"):
         if column in table.columns:
             config[column] = st.column_config.TextColumn(width=text_column_width(table[column]))
+    if "image" in table.columns:
+        width = min(text_column_width(table["image"]), IMAGE_COLUMN_MAX_PX)
+        config["image"] = st.column_config.TextColumn(width=width)
     return config
 
 
 def table_column_order(table: pd.DataFrame) -> list[str]:
-    """Display order of the "All predictions" table: a failed upload's reason right after its
-    name, where it is seen without scrolling; the other columns as in the CSV, new ones too.
+    """Display order of the "All predictions" table: the answer first (the image, the seven
+    probabilities, the top class and the melanoma flag), which a 1440 px window shows without
+    scrolling whatever else the table holds; then a failed upload's reason and the notes, each
+    as wide as its text (the start of a reason is still in view); then the other columns as in
+    the CSV, new ones too.
 
     Example:
-        >>> table_column_order(pd.DataFrame(columns=["image", "p_mel", "notes", "error"]))
-        ['image', 'error', 'p_mel', 'notes']
+        >>> columns = ["image", "model", "p_mel", "top_class", "mel_flag", "notes", "error"]
+        >>> table_column_order(pd.DataFrame(columns=columns))
+        ['image', 'p_mel', 'top_class', 'mel_flag', 'error', 'notes', 'model']
     """
-    first = [c for c in ("image", "error") if c in table.columns]
+    probabilities = [c for c in table.columns if c.startswith("p_")]
+    wanted = ["image", *probabilities, "top_class", "mel_flag", "error", "notes"]
+    first = [c for c in wanted if c in table.columns]
     return first + [c for c in table.columns if c not in first]
 
 

@@ -25,9 +25,12 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from skin_tf.data.ham10000 import CLASSES
 
 CHROMIUM = Path(os.environ.get("SKIN_TF_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -43,6 +46,7 @@ CHROMIUM_ARGS = [
 SERVER_START_S = 90  # python + streamlit start-up on a loaded 2-core machine
 RESULT_S = 180  # first upload: TensorFlow import, SavedModel load, first Grad-CAM
 SAMPLE_IMAGE = "ISIC_0024306.jpg"
+WINDOW_WIDTH = 1440
 
 
 def free_port() -> int:
@@ -100,9 +104,20 @@ def running_page(
             server.wait(timeout=15)
 
 
-def screenshot_page(url: str, images: Path | Sequence[Path], out: Path) -> str:
+@dataclass(frozen=True)
+class Shown:
+    """What the browser showed: the page's text, and the "All predictions" table's column
+    headers in view (the grid draws on a canvas; its accessible copy lists the columns of the
+    visible region only) and its right edge in the window."""
+
+    text: str
+    table_headers: list[str]
+    table_right: float
+
+
+def screenshot_page(url: str, images: Path | Sequence[Path], out: Path) -> Shown:
     """Upload `images` (one file or several) in Chromium, wait for the predictions, save a
-    full-page PNG; return the page's text (for assertions)."""
+    full-page PNG; return what was shown (for assertions)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -110,7 +125,7 @@ def screenshot_page(url: str, images: Path | Sequence[Path], out: Path) -> str:
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page = browser.new_page(viewport={"width": WINDOW_WIDTH, "height": 1000})
             page.set_default_timeout(RESULT_S * 1000)
             page.goto(url, wait_until="domcontentloaded")
             files = [images] if isinstance(images, Path) else list(images)
@@ -129,17 +144,20 @@ def screenshot_page(url: str, images: Path | Sequence[Path], out: Path) -> str:
             height = page.evaluate(
                 "() => Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))"
             )
-            page.set_viewport_size({"width": 1440, "height": min(int(height) + 40, 4000)})
+            page.set_viewport_size({"width": WINDOW_WIDTH, "height": min(int(height) + 40, 4000)})
             page.wait_for_timeout(1000)  # re-layout and chart transitions
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))
             exceptions = page.locator('[data-testid="stException"]').count()
             text = page.locator("body").inner_text()
+            table = page.locator('[data-testid="stDataFrame"]').last
+            headers = table.locator('[role="columnheader"]').all_inner_texts()
+            box = table.bounding_box() or {"x": 0.0, "width": float("inf")}
         finally:
             browser.close()
     if exceptions:
         raise AssertionError(f"the page shows {exceptions} exception(s):\n{text}")
-    return text
+    return Shown(text, [h.strip() for h in headers], box["x"] + box["width"])
 
 
 def assert_started_quietly(log: Path) -> None:
@@ -175,7 +193,8 @@ def test_page_in_chromium_predicts_an_uploaded_real_image(real_data_root, tmp_pa
     cut.write_bytes(sample.read_bytes()[: sample.stat().st_size // 2])
     shot = tmp_path / "page.png"
     with running_page(model.parent, log=tmp_path / "streamlit.log") as url:
-        text = screenshot_page(url, [sample, empty, cut], shot)
+        shown = screenshot_page(url, [sample, empty, cut], shot)
+    text = shown.text
     assert "Not medical advice" in text
     assert SAMPLE_IMAGE in text
     assert re.search(r"\b(akiec|bcc|bkl|df|mel|nv|vasc) [^\n]+: [01]\.\d{3}", text)  # top-k list
@@ -185,6 +204,10 @@ def test_page_in_chromium_predicts_an_uploaded_real_image(real_data_root, tmp_pa
     assert "cut.jpg cannot be analysed: truncated or damaged JPEG file" in text
     assert "Download predictions (CSV)" in text
     assert shot.stat().st_size > 50_000  # a real rendered page, not a blank one
+    # Issue 34: with two failed uploads' reasons in the table, the seven probabilities (p_mel
+    # among them) are still whole in a 1440 px window: the column after them is in view too.
+    assert {f"p_{c}" for c in CLASSES} | {"top_class"} <= set(shown.table_headers), shown
+    assert shown.table_right <= WINDOW_WIDTH
     assert_started_quietly(tmp_path / "streamlit.log")
 
 
@@ -203,12 +226,14 @@ def test_page_in_chromium_says_when_an_upload_is_no_lesion_image(
     Image.fromarray(skimage.data.chelsea()).save(cat)
     shot = tmp_path / "page.png"
     with running_page(real_export.parent, log=tmp_path / "streamlit.log") as url:
-        text = screenshot_page(url, [sample, cat], shot)
+        shown = screenshot_page(url, [sample, cat], shot)
+    text = shown.text
     assert "This does not look like a dermatoscopic image of a skin lesion" in text
     assert "What the model computed anyway (not an answer)" in text
     assert len(re.findall(r"P\(mel\) = 0\.\d{3}", text)) == 1  # the lesion's box only
     assert "Out-of-distribution guard" in text  # the sidebar
     assert shot.stat().st_size > 50_000
+    assert "p_mel" in shown.table_headers and shown.table_right <= WINDOW_WIDTH
     assert_started_quietly(tmp_path / "streamlit.log")
 
 

@@ -56,9 +56,24 @@ def test_the_table_shows_numbers_as_the_csv_and_whole_notes_and_errors(table):
         assert config[column]["width"] >= 7 * longest  # the grid's text: ~7 px a character
 
 
-def test_the_table_shows_a_failure_s_reason_next_to_its_name_and_every_column(table):
+def test_the_table_shows_the_answer_first_then_a_failure_s_reason_and_every_column(table):
+    """Issue 34: a reason sized to its text right after the name pushed p_mel out of a 1440 px
+    window; the answer comes first now (the browser test measures it)."""
     order = predictions.table_column_order(table)
-    assert order[:2] == ["image", "error"] and sorted(order) == sorted(table.columns)
+    probabilities = [f"p_{c}" for c in CLASSES]
+    assert order[:12] == ["image", *probabilities, "top_class", "mel_flag", "error", "notes"]
+    assert sorted(order) == sorted(table.columns)
+
+
+def test_columns_are_as_wide_as_their_text_and_a_long_name_cannot_push_the_numbers_away():
+    long_name = "IMG_20261205_portrait_taken_by_my_phone_in_the_garden_before_lunch.jpg"
+    frame = predictions.predictions_frame(
+        [analysis.UploadResult(long_name, probs=mel_probs(0.5))], 0.3, "demo"
+    )
+    config = predictions.table_column_config(frame)
+    assert config["image"]["width"] == predictions.IMAGE_COLUMN_MAX_PX
+    assert config["error"]["width"] == predictions.text_column_width(pd.Series(name="error"))
+    assert config["error"]["width"] < 80  # narrow when every row's error is empty
 
 
 def test_a_rejected_upload_keeps_its_numbers_but_no_flag_and_says_why():
