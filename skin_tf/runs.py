@@ -279,12 +279,19 @@ def provenance(run_dir: str | os.PathLike) -> str:
         [
             data,
             f"weights: {meta.get('weights')}",
-            f"{short_model} {meta.get('image_size')} px",
+            f"{short_model} {_size_text(meta.get('image_size'))} px",
             epochs_text,
             str(meta.get("hardware")),
             f"run {run_id}",
         ]
     )
+
+
+def _size_text(size: Any) -> str:
+    """128 → "128", [150, 200] → "150×200" (skin_tf.data.sizes.size_label, which sits above)."""
+    if isinstance(size, list | tuple) and len(size) == 2 and size[0] != size[1]:
+        return f"{size[0]}×{size[1]}"
+    return str(size[0] if isinstance(size, list | tuple) else size)
 
 
 def run_name_of(run_dir: str | os.PathLike) -> str:
@@ -390,6 +397,21 @@ def trim_history(history_path: str | os.PathLike, epochs: int) -> None:
         path.unlink()
     elif len(kept) < len(history):
         kept.to_csv(path, index=False)
+
+
+def add_history_column(history_path: str | os.PathLike, column: str) -> None:
+    """Give an existing history.csv an empty `column` when it lacks one, in Keras CSVLogger's
+    column order ("epoch", then the names sorted), so that rows appended on resume, which carry
+    the column, line up with the header."""
+    path = Path(history_path)
+    if not path.is_file():
+        return
+    history = pd.read_csv(path)
+    if column in history.columns:
+        return
+    history[column] = np.nan
+    order = ["epoch", *sorted(c for c in history.columns if c != "epoch")]
+    history[order].to_csv(path, index=False)
 
 
 def best_so_far(history_path: str | os.PathLike, metric: str, mode: str) -> float | None:

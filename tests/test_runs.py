@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from skin_tf.runs import (
+    add_history_column,
     best_so_far,
     collect_meta,
     completed_epochs,
@@ -207,6 +208,22 @@ def test_trim_history_drops_epochs_after_the_last_backup(tmp_path: Path):
     assert pd.read_csv(path)["epoch"].tolist() == [0, 1]
     trim_history(path, 0)
     assert not path.exists()
+
+
+def test_a_new_history_column_is_added_where_keras_csvlogger_will_write_it(tmp_path: Path):
+    """Keras' CSVLogger appends rows as "epoch" then the sorted names: an older history.csv
+    gets the new column, empty, in that place, so resumed rows line up with the header."""
+    path = tmp_path / "history.csv"
+    add_history_column(path, "epoch_seconds")  # no file: nothing to do
+    pd.DataFrame({"epoch": [0, 1], "acc": [0.5, 0.6], "val_loss": [2.0, 1.0]}).to_csv(
+        path, index=False
+    )
+    add_history_column(path, "epoch_seconds")
+    history = pd.read_csv(path)
+    assert list(history.columns) == ["epoch", "acc", "epoch_seconds", "val_loss"]
+    assert history["epoch_seconds"].isna().all() and history["val_loss"].tolist() == [2.0, 1.0]
+    add_history_column(path, "epoch_seconds")  # present: unchanged
+    assert pd.read_csv(path).equals(history)
 
 
 def test_best_so_far(tmp_path: Path):

@@ -30,7 +30,9 @@ _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 class AugmentConfig:
     """Random training augmentation, applied per batch after the cache (one draw per image).
 
-    hflip/vflip/rot90: random flips and 90° rotations (together: all 8 orientations).
+    hflip/vflip/rot90: random flips and 90° rotations (together: all 8 orientations). A turn
+        by 90° would change the shape of a non-square image, so such images (e.g. 150×200) get
+        the flips alone, which include the 180° turn.
     rotation_degrees: extra rotation, uniform in ±degrees (corners filled by reflection); it
         needs a projective warp that halves cached throughput, so it is off by default.
     brightness/contrast/saturation: factor uniform in [1 - x, 1 + x] (torchvision ColorJitter
@@ -82,7 +84,7 @@ REFERENCE_AUGMENT = AugmentConfig(crop_scale=None)
 
 
 def augment_batch(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Augment a (B, S, S, 3) batch with one random draw per image; float32 0..255 out.
+    """Augment a (B, H, W, 3) batch with one random draw per image; float32 0..255 out.
 
     Stateless: the same `seed` (int shape [2]) and images give the same output.
 
@@ -109,7 +111,9 @@ def _augment_geometry(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor)
         return tf.random.stateless_uniform([batch], seeds[i], low, high)
 
     transpose = flip_lr = flip_ud = tf.zeros([batch], tf.bool)
-    if config.rot90:  # a turn by k·90° = transpose if k is odd, then flips (as in tf.image.rot90)
+    # Turns need a square whose side is known when the graph is built (the pipeline's batches).
+    square = images.shape[1] is not None and images.shape[1] == images.shape[2]
+    if config.rot90 and square:  # k·90° = transpose if k is odd, then flips (as tf.image.rot90)
         k = tf.random.stateless_uniform([batch], seeds[0], 0, 4, tf.int32)
         transpose, flip_lr, flip_ud = k % 2 == 1, k >= 2, (k == 1) | (k == 2)
     if config.hflip:
@@ -129,13 +133,14 @@ def _augment_geometry(images: tf.Tensor, config: AugmentConfig, seed: tf.Tensor)
             7, -math.radians(config.rotation_degrees), math.radians(config.rotation_degrees)
         )
         return _warp(images, transpose, flip_lr, flip_ud, left, top, width, height, angle)
-    if not (config.rot90 or config.hflip or config.vflip or config.crop_scale is not None):
+    if not ((config.rot90 and square) or config.hflip or config.vflip or config.crop_scale):
         return tf.cast(images, tf.float32)
     # Transpose a random subset (cheaper than a tf.where over the whole batch), then let
     # crop_and_resize crop and flip in one pass: it flips a box whose corners come reversed.
-    chosen = tf.where(transpose)
-    turned = tf.transpose(tf.gather_nd(images, chosen), [0, 2, 1, 3])
-    images = tf.tensor_scatter_nd_update(images, chosen, turned)
+    if config.rot90 and square:
+        chosen = tf.where(transpose)
+        turned = tf.transpose(tf.gather_nd(images, chosen), [0, 2, 1, 3])
+        images = tf.tensor_scatter_nd_update(images, chosen, turned)
     bottom, right = top + height, left + width
     boxes = tf.stack(
         [
@@ -158,7 +163,7 @@ def _warp(images, transpose, flip_lr, flip_ud, left, top, width, height, angle) 
     """
     import tensorflow as tf
 
-    last = tf.cast(tf.shape(images)[1] - 1, tf.float32)
+    last = tf.cast(tf.shape(images)[2:0:-1] - 1, tf.float32)  # (x, y) of the last pixel
     cos, sin, zero = tf.cos(angle), tf.sin(angle), tf.zeros_like(angle)
 
     def matrices(a, b, c, d):  # per-image 2x2 matrices [[a, b], [c, d]]
@@ -169,9 +174,8 @@ def _warp(images, transpose, flip_lr, flip_ud, left, top, width, height, angle) 
     scale_rotate = matrices(width * cos, -width * sin, height * sin, height * cos)
     linear = swap @ scale_rotate @ flips
     crop_centre = tf.stack([left + width / 2, top + height / 2], axis=1) * last
-    offset = (
-        tf.linalg.matvec(swap, crop_centre)
-        - tf.linalg.matvec(linear, tf.ones_like(crop_centre)) * last / 2
+    offset = tf.linalg.matvec(swap, crop_centre) - tf.linalg.matvec(
+        linear, tf.ones_like(crop_centre) * last / 2
     )
     transforms = tf.concat(
         [linear[:, 0], offset[:, :1], linear[:, 1], offset[:, 1:], tf.zeros_like(offset)], axis=1

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from skin_tf.data.ham10000 import CLASSES
+from skin_tf.data.sizes import image_hw
 from skin_tf.evaluation import plots
 from skin_tf.evaluation.compare import paired_difference
 from skin_tf.evaluation.metrics import (
@@ -63,6 +64,8 @@ TTA_VIEWS = (
     "rot270",
     "rot270+flip",
 )
+# A non-square image keeps its shape only under the flips, which include the 180° turn.
+TTA_VIEWS_NON_SQUARE = ("identity", "flip", "rot180", "rot180+flip")
 DEFAULT_N_BOOT = 1000
 TTA_GAIN_METRICS = ("balanced_accuracy", "mel_roc_auc")
 
@@ -142,10 +145,22 @@ def read_tta_predictions(run_dir: str | Path, split: str, base: pd.DataFrame) ->
 # ---------------------------------------------------------------- test-time augmentation
 
 
-def dihedral_views(images: tf.Tensor) -> tf.Tensor:
-    """The 8 flips/90° rotations of a square batch (B, S, S, C), stacked: (8·B, S, S, C).
+def tta_views(image_shape: Sequence[int | None]) -> tuple[str, ...]:
+    """The views TTA averages for images of (height, width): all 8 flips/90° turns of a square,
+    the 4 that keep a non-square image's shape (TTA_VIEWS_NON_SQUARE).
 
-    Order as in TTA_VIEWS: rot90 by k = 0..3, each followed by its left-right mirror.
+    >>> len(tta_views((128, 128))), tta_views((150, 200))[-1]
+    (8, 'rot180+flip')
+    """
+    height, width = image_shape[:2]
+    return TTA_VIEWS if height == width and height is not None else TTA_VIEWS_NON_SQUARE
+
+
+def dihedral_views(images: tf.Tensor) -> tf.Tensor:
+    """The views of `tta_views` of a batch (B, H, W, C), stacked: (8·B or 4·B, H, W, C).
+
+    Order as in TTA_VIEWS: rot90 by k = 0..3 (k = 0, 2 when H ≠ W), each followed by its
+    left-right mirror.
 
     Example:
         >>> dihedral_views(tf.zeros([2, 32, 32, 3])).shape  # doctest: +SKIP
@@ -153,22 +168,23 @@ def dihedral_views(images: tf.Tensor) -> tf.Tensor:
     """
     import tensorflow as tf
 
+    turns = range(4) if len(tta_views(images.shape[1:3])) == len(TTA_VIEWS) else (0, 2)
     views = []
-    for k in range(4):
+    for k in turns:
         turned = tf.image.rot90(images, k)
         views += [turned, tf.image.flip_left_right(turned)]
     return tf.concat(views, axis=0)
 
 
 def predict_tta(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """Mean softmax over the 8 dihedral views of every image in `dataset` ((images, labels)).
+    """Mean softmax over the views of `tta_views` of every image in `dataset` ((images, labels)).
 
     Example:
         >>> probs = predict_tta(model, make_dataset(frame, 112, training=False))  # doctest: +SKIP
     """
     import tensorflow as tf
 
-    n_views = len(TTA_VIEWS)
+    n_views = len(tta_views(dataset.element_spec[0].shape[1:3]))
 
     @tf.function(reduce_retracing=True)
     def averaged(images: tf.Tensor) -> tf.Tensor:
@@ -219,7 +235,7 @@ def write_tta_predictions(
     from skin_tf.data.pipeline import make_dataset
 
     config = read_json(run_dir / "config.json")
-    image_size = int(config["image_size"])
+    image_size = image_hw(config["image_size"])
     resize = config.get("resize", "squash")
     model = keras.models.load_model(model_path, compile=False)
     paths = {}
@@ -292,10 +308,11 @@ def evaluate_run(
             split: paired_difference(bases[split], frame, TTA_GAIN_METRICS, n_boot, seed)
             for split, frame in tta_frames.items()
         }
-        block["views"] = list(TTA_VIEWS)
+        views = tta_views(image_hw(config["image_size"]))
+        block["views"] = list(views)
         block["method"] = (
-            "mean softmax over the 8 flips/90-degree rotations of each image, best.keras, "
-            "predictions_{val,test}_tta.csv"
+            f"mean softmax over the {len(views)} flips/rotations of each image that keep its "
+            "shape, best.keras, predictions_{val,test}_tta.csv"
         )
         metrics["tta"] = block
     metrics["evaluation"] = {

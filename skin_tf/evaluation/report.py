@@ -33,6 +33,7 @@ from skin_tf.evaluation.run_summary import (
     relative_link,
     run_facts,
     temperature,
+    train_time,
 )
 from skin_tf.runs import json_ready, read_json, run_name_of, write_json
 
@@ -300,8 +301,8 @@ def _index_table(
     rows = [
         "| run | config | accuracy | macro-F1 | balanced accuracy | mel sensitivity | "
         "mel specificity | mel threshold (val-chosen) | test sens / spec at threshold | T | "
-        "data | model | weights | image size | epochs | hardware |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "data | model | weights | image size | epochs | training time | hardware |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         test = r["metrics"]["test"]
@@ -337,6 +338,7 @@ def _index_table(
             str(r.get("weights")),
             f"{r.get('image_size')} px",
             str(r.get("epochs")),
+            train_time(r.get("train_seconds")),
             str(r.get("hardware")),
         ]
         rows.append("| " + " | ".join(cells) + " |")

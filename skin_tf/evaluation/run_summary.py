@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES
+from skin_tf.data.sizes import size_label
 from skin_tf.runs import data_label, epochs_trained, provenance, read_json, run_name_of
 
 DISCLAIMER = (
@@ -94,6 +95,7 @@ def run_facts(run_dir: str | os.PathLike) -> dict[str, Any]:
     data = meta.get("data", {})
     size = data.get("source_size")
     planned = meta.get("epochs", config.get("epochs"))
+    image_size = meta.get("image_size", config.get("image_size"))
     trained = epochs_trained(run_dir)
     epochs = str(planned) if trained in (None, planned) else f"{trained} of {planned}"
     return {
@@ -103,8 +105,9 @@ def run_facts(run_dir: str | os.PathLike) -> dict[str, Any]:
         "profile": meta.get("profile", config.get("profile")),
         "model": meta.get("model", config.get("model")),
         "weights": meta.get("weights"),
-        "image_size": meta.get("image_size", config.get("image_size")),
+        "image_size": None if image_size is None else size_label(image_size),
         "epochs": epochs,
+        "train_seconds": meta.get("train_seconds"),
         "select_metric": config.get("select_metric"),
         "kept_epoch": kept_epoch(run_dir),
         "tta_in_training": bool(config.get("tta", False)),
@@ -116,6 +119,16 @@ def run_facts(run_dir: str | os.PathLike) -> dict[str, Any]:
         "command": meta.get("command"),
         "provenance": provenance(run_dir),
     }
+
+
+def train_time(seconds: float | None) -> str:
+    """Minutes of training (meta.json's train_seconds: every epoch, validation included), or a
+    dash for runs trained before it was recorded.
+
+    >>> train_time(2712.4), train_time(None)
+    ('45.2 min', '—')
+    """
+    return "—" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def kept_epoch(run_dir: str | os.PathLike) -> int | None:
@@ -208,6 +221,7 @@ def write_summary(
         f"| data | {facts['data']}, {facts['n_images']} images, split by lesion |",
         f"| epochs | {facts['epochs']}; best.keras is epoch {facts['kept_epoch'] or '?'}, "
         f"chosen on val by {facts['select_metric']} |",
+        f"| training time | {train_time(facts['train_seconds'])} |",
         f"| hardware | {facts['hardware']} |",
         f"| code | git {facts['git_sha'] or 'unknown'} |",
         f"| run directory | `{facts['run_id']}` |",

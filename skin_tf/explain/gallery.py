@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from skin_tf.data.ham10000 import CLASSES
+from skin_tf.data.sizes import image_hw
 from skin_tf.explain.gradcam import METHODS, gradcam_heatmaps, overlay
 from skin_tf.runs import read_json
 
@@ -147,7 +148,7 @@ def gradcam_run(
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
     config = read_json(run_dir / "config.json")
-    image_size = int(config["image_size"])
+    image_size = image_hw(config["image_size"])
     resize = resize_rule(str(config.get("resize", "squash")))
     model_path = run_dir / "best.keras"
     if not model_path.is_file():

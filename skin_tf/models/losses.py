@@ -97,12 +97,15 @@ def build_optimizer(
     warmup_steps: int = 0,
     schedule: str = "cosine",
     exclude_bias_and_norm: bool = True,
+    ema_momentum: float | None = None,
 ) -> keras.optimizers.AdamW:
     """AdamW with linear warm-up from 0 to `learning_rate`, then cosine decay to 0 or constant.
 
     `total_steps` counts optimizer steps over the whole run (epochs x steps per epoch), warm-up
     included. Biases and normalisation scales/offsets are not weight-decayed by default (their
-    variable names are "bias", "gamma", "beta").
+    variable names are "bias", "gamma", "beta"). ema_momentum: keep an exponential moving
+    average of the trainable weights (Keras' `use_ema`; `optimizer.finalize_variable_values`
+    writes it into the model, as `fit` does at its end).
 
     Example:
         >>> opt = build_optimizer(1e-3, 1e-4, total_steps=1000, warmup_steps=100)
@@ -132,7 +135,8 @@ def build_optimizer(
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
-    optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay)
+    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum is not None else {}
+    optimizer = keras.optimizers.AdamW(learning_rate=rate, weight_decay=weight_decay, **ema)
     if exclude_bias_and_norm:
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer

@@ -53,6 +53,7 @@ from skin_tf.config_files import (
     shipped_names_for,
 )
 from skin_tf.data.augment import REFERENCE_AUGMENT, AugmentConfig
+from skin_tf.data.sizes import image_hw
 
 MODELS = (  # skin_tf.models.classifier's registry (a test keeps the two equal)
     *("efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"),
@@ -118,7 +119,7 @@ class TrainConfig:
     profile: Literal["full", "cpu", "smoke"] = "full"  # set by load_config
     # Model
     model: str = "efficientnet_b0"  # one of MODELS
-    image_size: int = 224  # square input side in pixels
+    image_size: int | tuple[int, int] = 224  # square side, or [height, width] (4:3 is [150, 200])
     weights: str | None = "imagenet"  # "imagenet", None (from scratch) or a .weights.h5 path
     dropout: float = 0.2  # before the classification layer
     # Optimisation
@@ -132,6 +133,14 @@ class TrainConfig:
     # freeze_epochs == epochs trains the head alone (a frozen pretrained backbone).
     freeze_epochs: int = 0
     fine_tune_lr_factor: float = 0.1  # phase 2 (whole model) runs at learning_rate * this
+    # Progressive resizing: the first low_res_epochs train at low_res_size (cheaper), the rest at
+    # image_size, where the BatchNorm statistics and the last layers adapt to the served size
+    # (the "FixRes" effect); validation is always at image_size. EfficientNet-Lite only.
+    low_res_size: int | tuple[int, int] | None = None
+    low_res_epochs: int = 0
+    # Exponential moving average of the weights (Keras optimizers' use_ema), 0.998 ≈ the last
+    # 500 steps; validation, checkpoint selection and best.keras use the averaged weights.
+    ema_momentum: float | None = None
     # Loss and class balance
     loss: Literal["ce", "focal"] = "ce"
     focal_gamma: float = 2.0  # used when loss == "focal"
@@ -320,8 +329,32 @@ def _check_values(c: TrainConfig, source: str) -> None:
         )
     if c.weights not in (None, "imagenet") and not c.weights.endswith(".h5"):
         fail("weights", 'must be "imagenet", null (from scratch) or a path to a .weights.h5 file')
-    if not 32 <= c.image_size <= 1024:
-        fail("image_size", "must be between 32 and 1024 pixels")
+
+    def sides(key: str) -> tuple[int, int]:
+        try:
+            return image_hw(getattr(c, key))
+        except ValueError:
+            fail(key, "must be a side or [height, width] in pixels")
+            raise  # unreachable: fail raises
+
+    if not all(32 <= side <= 1024 for side in sides("image_size")):
+        fail("image_size", "must be a side or [height, width] between 32 and 1024 pixels")
+    if (c.low_res_size is None) != (c.low_res_epochs == 0):
+        fail("low_res_epochs", "and low_res_size go together: set both (or neither)")
+    if c.low_res_size is not None:
+        if not all(side >= 32 for side in sides("low_res_size")):
+            fail("low_res_size", "must be a side or [height, width] of at least 32 pixels")
+        if not 0 < c.low_res_epochs < c.epochs:
+            fail("low_res_epochs", f"must be in [1, epochs={c.epochs}): the last epoch is at "
+                 "image_size")  # fmt: skip
+        if not c.model.startswith("efficientnet_lite"):
+            fail("low_res_size", "needs an efficientnet_lite model: the Keras EfficientNet-B "
+                 "models pad by their input's fixed size, so they compute another function at "
+                 "another size")  # fmt: skip
+        if c.freeze_epochs:
+            fail("low_res_size", "cannot be combined with freeze_epochs (one phase only)")
+    if c.ema_momentum is not None and not 0 < c.ema_momentum < 1:
+        fail("ema_momentum", "must be null (off) or in (0, 1), e.g. 0.998")
     if not 0.0 <= c.dropout < 1.0:
         fail("dropout", "must be in [0, 1)")
     if c.epochs < 1:

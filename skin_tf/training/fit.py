@@ -4,13 +4,17 @@
 2. read the index and split it by lesion (or take given splits, for cross-validation folds);
 3. build the model (seeded, in the distribution strategy's scope, before the run directory exists,
    so missing weights leave no half-made run) and make the run directory (`run_dir.create_run`);
-4. plan the phases (head only, then the whole model, when `freeze_epochs` > 0);
+4. plan the phases (head only, then the whole model, when `freeze_epochs` > 0) and, within a
+   phase, the image size of each epoch (`low_res_size` first, then `image_size`);
 5. fit each phase on the training stream; after every epoch a callback
-   (`selection.validation_callback`) predicts the validation set and ModelCheckpoint keeps the
-   epoch that is best by `select_metric` as best.keras; CSVLogger appends history.csv;
+   (`selection.validation_callback`) predicts the validation set (at `image_size`, with the
+   averaged weights when `ema_momentum` is set) and ModelCheckpoint keeps the epoch that is best
+   by `select_metric` as best.keras; CSVLogger appends history.csv (with `epoch_seconds`);
    BackupAndRestore keeps the last finished epoch in `<run>/backup/` so a run can resume;
-6. predict val and test with best.keras (predictions_*.csv);
-7. write metrics.json (`skin_tf.evaluation.metrics`, lesion-bootstrap intervals).
+6. predict val and test with best.keras (predictions_*.csv), fixed to `image_size` first when
+   the model was trained at several sizes;
+7. write metrics.json (`skin_tf.evaluation.metrics`, lesion-bootstrap intervals) and the
+   training time (`train_seconds`, the sum of `epoch_seconds`) into meta.json.
 
 The helpers below `train` follow the same order and never call back up; the run directory
 (`run_dir`), checkpoint selection (`selection`) and distribution (`distribute`) sit beside this
@@ -35,6 +39,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +56,7 @@ from skin_tf.training.run_dir import (
     check_resume_replicas,
     create_run,
     prepare_resume,
+    record_train_seconds,
     worker_copy,
     worker_folder,
 )
@@ -73,6 +79,7 @@ RUN_FILES = (
     "metrics.json",
 )
 BACKUP_DIR = "backup"  # BackupAndRestore state; removed when the run completes
+EPOCH_SECONDS = "epoch_seconds"  # history.csv: wall time of each epoch, validation included
 RESUME_SEED_STRIDE = 7919  # training-stream seed offset per finished epoch on resume (a prime)
 
 
@@ -214,8 +221,10 @@ def build_model(config: TrainConfig, dist: Distribution) -> tuple[keras.Model, s
 
     keras.utils.set_random_seed(config.seed)
     policy = configure_precision(config.precision)
+    # Trained at two sizes, the model takes any size; `_evaluate` fixes it to image_size.
+    size = config.image_size if config.low_res_size is None else (None, None)
     with dist.strategy.scope():
-        model = build_classifier(config.model, config.image_size, config.weights, config.dropout)
+        model = build_classifier(config.model, size, config.weights, config.dropout)
     return model, policy
 
 
@@ -257,6 +266,23 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
     return [head, finetune]
 
 
+def plan_sizes(config: TrainConfig, phase: Phase) -> list[tuple[int, int, Any]]:
+    """(start, end, image size) of the `model.fit` calls of a phase: the first low_res_epochs at
+    low_res_size, the rest at image_size (one call when there is no low_res_size).
+
+    >>> config = TrainConfig(model="efficientnet_lite0", image_size=(150, 200),
+    ...                      low_res_size=(112, 150), low_res_epochs=8)
+    >>> plan_sizes(config, plan_phases(config)[0])
+    [(0, 8, (112, 150)), (8, 10, (150, 200))]
+    """
+    switch = config.low_res_epochs if config.low_res_size is not None else phase.start
+    segments = [
+        (phase.start, min(switch, phase.end), config.low_res_size),
+        (max(switch, phase.start), phase.end, config.image_size),
+    ]
+    return [(start, end, size) for start, end, size in segments if start < end]
+
+
 # ------------------------------------------------------------------ 5. fit
 
 
@@ -285,10 +311,12 @@ def _datasets(
     splits: tuple[str, ...] = SPLITS,
     epochs_done: int = 0,
     batch_size: int | None = None,
+    train_size: Any = None,
 ) -> dict[str, tf.data.Dataset]:
     """Datasets of the given splits: train shuffled/augmented/balanced, val and test in order.
 
-    batch_size: the global batch (default config.batch_size, one replica).
+    batch_size: the global batch (default config.batch_size, one replica). train_size: the
+    training images' size (default config.image_size); val and test are at config.image_size.
 
     The training stream is seeded by config.seed and `epochs_done`: a resumed run draws fresh
     shuffles and augmentations instead of replaying, with trained weights, the exact batches of
@@ -302,7 +330,7 @@ def _datasets(
     if "train" in splits:
         datasets["train"] = make_dataset(
             frames["train"],
-            config.image_size,
+            train_size or config.image_size,
             training=True,
             augment=config.augment,
             balance=config.balance,
@@ -330,19 +358,22 @@ def _fit(
     from skin_tf.data.splits import split_frames
     from skin_tf.models.classifier import set_backbone_trainable
     from skin_tf.models.losses import build_loss, build_optimizer
-    from skin_tf.runs import best_so_far, completed_epochs, trim_history
+    from skin_tf.runs import add_history_column, best_so_far, completed_epochs, trim_history
     from skin_tf.training.distribute import scale_phases, shard_by
 
     epochs_done = completed_epochs(run_dir / BACKUP_DIR)
     history = run_dir / "history.csv"
     trim_history(history, epochs_done)
+    add_history_column(history, EPOCH_SECONDS)  # a run begun before the column existed
     frames = split_frames(run_dir / "splits.csv", root)
     global_batch = dist.global_batch_size(config.batch_size)
-    datasets = _datasets(
-        config, frames, ("train", "val"), epochs_done=epochs_done, batch_size=global_batch
-    )
+    common = {"epochs_done": epochs_done, "batch_size": global_batch}
+    datasets = _datasets(config, frames, ("train", "val"), **common)
+    if config.low_res_size is not None:
+        low_res = _datasets(config, frames, ("train",), train_size=config.low_res_size, **common)
+        datasets["low_res"] = low_res["train"]
     datasets = {split: shard_by(dataset, "data") for split, dataset in datasets.items()}
-    steps = len(datasets["train"])
+    steps = len(datasets["train"])  # the same at every size
     weights = class_weight_for(config, frames["train"])
     loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
     validation = validation_callback(datasets["val"], frames["val"]["label"].to_numpy(), loss)
@@ -364,6 +395,7 @@ def _fit(
                 total_steps=steps * (phase.end - phase.start),
                 warmup_steps=steps * phase.warmup_epochs,
                 schedule=config.lr_schedule,
+                ema_momentum=config.ema_momentum,
             )
             model.compile(
                 optimizer,
@@ -371,11 +403,12 @@ def _fit(
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
                 jit_compile=config.jit_compile,
             )
-        # BackupAndRestore sets this private field when it restores; a stale value from the
-        # previous phase would otherwise override initial_epoch below.
-        model._initial_epoch = None
+        # The weight average, when kept, is what validation, the checkpoint and best.keras see;
+        # the trained weights go back before the backup and the next epoch.
+        swap_in, swap_out = averaged_weights_callbacks() if config.ema_momentum else (None, None)
         callbacks = [
-            validation,  # first: later callbacks read the val_* values it adds to the logs
+            swap_in,
+            validation,  # before the callbacks that read the val_* values it adds to the logs
             keras.callbacks.ModelCheckpoint(
                 run_dir / "best.keras",
                 monitor=config.select_metric,
@@ -385,21 +418,65 @@ def _fit(
                     history, config.select_metric, config.select_mode
                 ),
             ),
+            swap_out,
+            epoch_clock(),  # after validation and the checkpoint: the epoch's time includes them
             keras.callbacks.CSVLogger(history, append=True),
             keras.callbacks.BackupAndRestore(
                 run_dir / BACKUP_DIR / phase.name, delete_checkpoint=False
             ),
             *extra,
         ]
-        model.fit(
-            datasets["train"],
-            epochs=phase.end,
-            initial_epoch=phase.start,
-            class_weight=weights,
-            callbacks=callbacks,
-            shuffle=False,  # the pipeline shuffles (seeded); Keras cannot shuffle a tf.data set
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        callbacks = [callback for callback in callbacks if callback is not None]
+        for start, end, size in plan_sizes(config, phase):
+            # BackupAndRestore sets this private field when it restores; a stale value from the
+            # previous fit would otherwise override initial_epoch below.
+            model._initial_epoch = None
+            model.fit(
+                datasets["low_res" if size == config.low_res_size else "train"],
+                epochs=end,
+                initial_epoch=start,
+                class_weight=weights,
+                callbacks=callbacks,
+                shuffle=False,  # the pipeline shuffles (seeded); Keras can't shuffle a tf.data set
+                verbose=1 if sys.stdout.isatty() else 2,
+            )
+
+
+def averaged_weights_callbacks() -> tuple[keras.callbacks.Callback, keras.callbacks.Callback]:
+    """(swap_in, swap_out) for a model whose optimizer keeps a weight average (`use_ema`): at
+    each epoch's end swap_in writes the average into the model and swap_out restores the trained
+    weights; list the callbacks that should see the average between the two."""
+    import keras
+
+    stash: list[Any] = []
+
+    class SwapInAverage(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            stash[:] = [v.numpy() for v in self.model.trainable_variables]
+            self.model.optimizer.finalize_variable_values(self.model.trainable_variables)
+
+    class SwapOutAverage(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            for variable, value in zip(self.model.trainable_variables, stash, strict=True):
+                variable.assign(value)
+            stash.clear()
+
+    return SwapInAverage(), SwapOutAverage()
+
+
+def epoch_clock() -> keras.callbacks.Callback:
+    """Adds `epoch_seconds` (wall time since the epoch began) to each epoch's logs."""
+    import keras
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.start = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if logs is not None:
+                logs[EPOCH_SECONDS] = round(time.monotonic() - self.start, 1)
+
+    return EpochClock()
 
 
 # ------------------------------------------------------------------ 6-7. predictions and metrics
@@ -431,11 +508,15 @@ def _evaluate(run_dir: Path, config: TrainConfig, root: Path) -> None:
         frame_arrays,
         read_predictions,
     )
+    from skin_tf.models.classifier import with_input_size
 
     best = run_dir / "best.keras"
     if not best.is_file():
         raise RuntimeError(f"{best} is missing: no epoch was checkpointed; check history.csv")
     model = keras.saving.load_model(best, compile=False)
+    if model.input_shape[1] is None:  # trained at several sizes: serve one, image_size
+        model = with_input_size(model, config.image_size)
+        model.save(best)
     frames = split_frames(run_dir / "splits.csv", root)
     datasets = _datasets(config, frames, ("val", "test"))
     report: dict[str, Any] = selection_summary(run_dir / "history.csv", config)
@@ -450,3 +531,4 @@ def _evaluate(run_dir: Path, config: TrainConfig, root: Path) -> None:
             report[split] = classification_metrics(labels, probs)
             report[split]["n_lesions"] = int(pd.Series(lesions).nunique())
     write_json(run_dir / "metrics.json", report)
+    record_train_seconds(run_dir)

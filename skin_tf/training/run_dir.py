@@ -95,3 +95,18 @@ def worker_copy(run_dir: Path) -> Path:
     copy = worker_folder() / run_dir.name
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("best.keras", "predictions_*"))
     return copy
+
+
+def record_train_seconds(run_dir: Path) -> None:
+    """Write `train_seconds` into meta.json: the sum of history.csv's `epoch_seconds`, i.e. the
+    wall time of every epoch that made the run (training, validation, checkpoint), over all
+    sessions of a resumed run. Epochs logged before the column existed count as unknown (the
+    sum is then left out)."""
+    history = pd.read_csv(run_dir / "history.csv")
+    seconds = history.get("epoch_seconds")
+    meta = read_json(run_dir / "meta.json")
+    if seconds is not None and seconds.notna().all():
+        meta["train_seconds"] = round(float(seconds.sum()), 1)
+    else:
+        meta.pop("train_seconds", None)
+    write_json(run_dir / "meta.json", meta)

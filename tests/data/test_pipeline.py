@@ -89,6 +89,39 @@ def test_squash_stretches_and_crop_keeps_the_centre_square():
     assert (cropped[..., 1] == 255).all() and (cropped[..., [0, 2]] == 0).all()
 
 
+def test_a_height_width_size_squashes_or_crops_to_that_shape():
+    # 300x100 stripes again; the target is 20x40 (height x width), wider than high.
+    stripes = np.zeros((100, 300, 3), np.uint8)
+    for i in range(3):
+        stripes[:, 100 * i : 100 * (i + 1), i] = 255
+    data = encode(stripes)
+    squashed, cropped = decoded(data, (20, 40), "squash"), decoded(data, (20, 40), "crop")
+    assert squashed.shape == cropped.shape == (20, 40, 3)
+    assert tuple(squashed[10, 1]) == (255, 0, 0) and tuple(squashed[10, 38]) == (0, 0, 255)
+    # The crop is the centred 100x200 box (the target's 1:2): half the red and blue thirds go.
+    assert tuple(cropped[10, 1]) == (255, 0, 0) and tuple(cropped[10, 20]) == (0, 255, 0)
+    assert (cropped[:, 12:28, 1] == 255).all()
+    # A square target still crops the centre square, as before sizes could be pairs.
+    assert np.array_equal(decoded(data, (60, 60), "crop"), decoded(data, 60, "crop"))
+
+
+def test_real_images_keep_their_4_3_shape_at_the_copy_resolution(real_data_root):
+    """At [150, 200] a 200x150 image of the shared copy passes through unresized; a 600x450
+    upscale (the originals' size) takes the DCT branch to 300x225 and comes back close."""
+    path = real_data_root / "images" / "ISIC_0024306.jpg"
+    small = path.read_bytes()
+    exact = tf.io.decode_jpeg(small, channels=3).numpy()
+    assert exact.shape == (150, 200, 3)
+    assert np.array_equal(decoded(small, [150, 200]), exact)
+    assert load_image(path, [150, 200]).shape == (150, 200, 3)
+    big = io.BytesIO()
+    Image.fromarray(exact).resize((600, 450), Image.BICUBIC).save(big, "JPEG", quality=95)
+    ours = decoded(big.getvalue(), [150, 200]).astype(np.float32)
+    half = tf.image.resize(tf.io.decode_jpeg(big.getvalue(), channels=3, ratio=2), [150, 200])
+    assert np.array_equal(ours, np.round(half.numpy()))
+    assert np.mean(np.abs(ours - exact)) < 6
+
+
 def test_large_jpeg_is_decoded_dct_downscaled_and_close_to_a_full_decode(tmp_path, real_data_root):
     # A 600x450 JPEG (the originals' size) made from a real image of the shared 200x150 copy.
     with Image.open(real_data_root / "images" / "ISIC_0024306.jpg") as image:
@@ -223,6 +256,25 @@ def test_orientation_augmentation_gives_exact_flips_and_turns_of_each_image():
         assert len(matches) == 1
         seen.add(matches[0])
     assert len(seen) >= 4  # 16 draws over 8 orientations
+
+
+def test_a_non_square_batch_keeps_its_shape_and_gets_only_the_flips():
+    """A 90° turn would make a 12x20 image 20x12: with rot90 on, such images get the four flips
+    (180° included), each image exactly one of them."""
+    images = tf.cast(tf.random.uniform((16, 12, 20, 3), 0, 256, tf.int32, seed=4), tf.uint8)
+    out = augment_batch(images, ORIENTATION_ONLY, tf.constant([7, 8])).numpy()
+    assert out.shape == (16, 12, 20, 3)
+    seen = set()
+    for original, augmented in zip(images.numpy(), out, strict=True):
+        flips = [original, np.fliplr(original), np.flipud(original), np.rot90(original, 2)]
+        matches = [k for k, f in enumerate(flips) if np.allclose(f, augmented)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == 4
+    seed = tf.constant([5, 6])
+    crop_path = augment_batch(images, AugmentConfig(), seed)
+    warp_path = augment_batch(images, AugmentConfig(rotation_degrees=1e-4), seed)
+    assert np.max(np.abs(crop_path - warp_path)) < 0.2  # the warp's axes are the image's
 
 
 def test_identity_config_only_casts_and_rotation_path_agrees_with_crop_path():

@@ -26,6 +26,7 @@ from skin_tf.evaluation.evaluate import (
     evaluate_run,
     predict_tta,
     tta_predictions_path,
+    tta_views,
 )
 from skin_tf.evaluation.metrics import PROB_COLUMNS
 from skin_tf.runs import provenance
@@ -304,6 +305,15 @@ def test_dihedral_views_are_the_eight_flips_and_rotations():
         expected += [turned, turned[:, :, ::-1]]
     np.testing.assert_array_equal(views, np.stack(expected))
     assert len({v[0].tobytes() for v in views}) == 8  # an asymmetric image: 8 distinct views
+
+
+def test_a_non_square_image_gets_the_four_views_that_keep_its_shape():
+    image = np.arange(2 * 3 * 5 * 1, dtype=np.float32).reshape(2, 3, 5, 1)
+    assert tta_views(image.shape[1:3]) == ("identity", "flip", "rot180", "rot180+flip")
+    views = dihedral_views(image).numpy().reshape(4, 2, 3, 5, 1)
+    turned = np.rot90(image, 2, axes=(1, 2))
+    expected = [image, image[:, :, ::-1], turned, turned[:, :, ::-1]]
+    np.testing.assert_array_equal(views, np.stack(expected))
 
 
 def test_predict_tta_averages_the_model_over_the_views():

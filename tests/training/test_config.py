@@ -286,6 +286,12 @@ def test_wrong_types_are_rejected_naming_the_key(override, key):
         ("mel_multiplier=0", "mel_multiplier"),
         ("sampler_power=2", "sampler_power"),
         ("image_size=16", "image_size"),
+        ("image_size=[16, 200]", "image_size"),
+        ("image_size=[150, 0]", "image_size"),
+        ("low_res_epochs=3", "low_res_epochs"),
+        ("low_res_size=[112, 150]", "low_res_epochs"),
+        ("ema_momentum=1", "ema_momentum"),
+        ("ema_momentum=0", "ema_momentum"),
         ("freeze_epochs=11", "freeze_epochs"),
         ("warmup_epochs=10", "warmup_epochs"),
         ("fine_tune_lr_factor=0", "fine_tune_lr_factor"),
@@ -302,6 +308,27 @@ def test_wrong_types_are_rejected_naming_the_key(override, key):
 def test_impossible_values_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config("baseline", overrides=[override])
+
+
+def test_progressive_resizing_and_weight_averaging_are_checked_together():
+    config = load_config(
+        "baseline",
+        profile="cpu",
+        overrides=["image_size=[150,200]", "low_res_size=[112,150]", "low_res_epochs=7",
+                   "ema_momentum=0.998"],
+    )  # fmt: skip
+    assert (config.image_size, config.low_res_size, config.low_res_epochs) == (
+        (150, 200), (112, 150), 7
+    )  # fmt: skip
+    assert config.to_dict()["image_size"] == [150, 200]  # JSON-ready, read back as a tuple
+    assert config_from_dict(config.to_dict()) == config
+    progressive = ["low_res_size=96", "low_res_epochs=2"]
+    with pytest.raises(ConfigError, match="low_res_epochs=10 must be in"):
+        load_config("baseline", profile="cpu", overrides=["low_res_size=96", "low_res_epochs=10"])
+    with pytest.raises(ConfigError, match="needs an efficientnet_lite model"):
+        load_config("baseline", overrides=progressive)  # the full profile's Keras B0
+    with pytest.raises(ConfigError, match="freeze_epochs"):
+        load_config("baseline", profile="cpu", overrides=[*progressive, "freeze_epochs=1"])
 
 
 def test_unknown_choice_suggests_the_closest():

@@ -16,13 +16,17 @@ import pytest
 from skin_tf.cli.main import _add_train
 from skin_tf.config_files import ConfigError
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
+from skin_tf.data.sizes import image_hw
 from skin_tf.training.config import MODELS, TrainConfig, load_config
 from skin_tf.training.fit import (
     BACKUP_DIR,
+    EPOCH_SECONDS,
     RUN_FILES,
+    averaged_weights_callbacks,
     check_split,
     class_weight_for,
     plan_phases,
+    plan_sizes,
     train,
 )
 from skin_tf.training.run_dir import default_run_name
@@ -70,6 +74,45 @@ def test_plan_phases():
     )
     assert (finetune.start, finetune.end, finetune.backbone_trainable) == (2, 6, True)
     assert finetune.learning_rate == pytest.approx(1e-4)
+
+
+def test_plan_sizes_trains_the_low_resolution_epochs_first():
+    config = TrainConfig(
+        model="efficientnet_lite0", image_size=(150, 200), low_res_size=(112, 150),
+        low_res_epochs=7,
+    )  # fmt: skip
+    (phase,) = plan_phases(config)
+    assert plan_sizes(config, phase) == [(0, 7, (112, 150)), (7, 10, (150, 200))]
+    plain = TrainConfig(epochs=4, freeze_epochs=1, weights="imagenet")
+    assert [plan_sizes(plain, p) for p in plan_phases(plain)] == [[(0, 1, 224)], [(1, 4, 224)]]
+
+
+def test_the_weight_average_is_swapped_in_and_the_trained_weights_back():
+    """Between the two callbacks the model holds the optimizer's moving average (what the
+    validation and the checkpoint see); afterwards the trained weights, unchanged."""
+    import keras
+
+    from skin_tf.models.losses import build_optimizer
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(7, activation="softmax")])
+    optimizer = build_optimizer(0.1, 0.0, total_steps=10, ema_momentum=0.5)
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).normal(size=(16, 4)), np.arange(16) % 7
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)  # fit's end writes the average in …
+    trained = [v.numpy() + 1.0 for v in model.trainable_variables]  # … so set distinct weights
+    for variable, value in zip(model.trainable_variables, trained, strict=True):
+        variable.assign(value)
+    average = [v.numpy() for v in model.optimizer._model_variables_moving_average]
+    swap_in, swap_out = averaged_weights_callbacks()
+    for callback in (swap_in, swap_out):
+        callback.set_model(model)
+    swap_in.on_epoch_end(0, {})
+    for variable, value in zip(model.trainable_variables, average, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    swap_out.on_epoch_end(0, {})
+    for variable, value in zip(model.trainable_variables, trained, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)
 
 
 def test_default_run_name():
@@ -131,7 +174,8 @@ def _check_complete_run(run_dir: Path, config: TrainConfig, epochs: int) -> None
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["run_name"] == run_dir.name.split("__", 1)[1]
     assert meta["profile"] == config.profile and meta["weights"] in ("none", config.weights)
-    assert meta["data"]["source_size"] == "200x150" and meta["image_size"] == config.image_size
+    assert meta["data"]["source_size"] == "200x150"
+    assert image_hw(meta["image_size"]) == image_hw(config.image_size)
 
     splits = pd.read_csv(run_dir / "splits.csv")
     assert list(splits.columns) == ["image_id", "lesion_id", "dx", "split"]
@@ -143,6 +187,8 @@ def _check_complete_run(run_dir: Path, config: TrainConfig, epochs: int) -> None
     for column in ("loss", "acc", "val_loss", "val_acc", "val_macro_f1", "val_balanced_acc"):
         assert history[column].notna().all(), column
     assert "val_mel_recall" in history.columns
+    assert (history[EPOCH_SECONDS] > 0).all()  # each epoch's wall time, resumed or not
+    assert meta["train_seconds"] == pytest.approx(history[EPOCH_SECONDS].sum(), abs=0.1)
 
     for split in ("val", "test"):
         predictions = pd.read_csv(run_dir / f"predictions_{split}.csv")
@@ -182,6 +228,35 @@ def test_smoke_run_end_to_end(real_data_root: Path, tmp_path: Path, capsys):
 
     model = keras.saving.load_model(run_dir / "best.keras", compile=False)
     assert model.predict(np.zeros((1, 64, 64, 3), "float32"), verbose=0).shape == (1, 7)
+
+
+@pytest.mark.slow
+def test_progressive_resizing_with_a_weight_average_end_to_end(real_data_root: Path, tmp_path):
+    """Lite0: epoch 1 at 36x48, epoch 2 at 48x64 (the 4:3 shape), validated at 48x64 with the
+    weight average; best.keras takes 48x64 images and predicts what the run wrote."""
+    import keras
+
+    from skin_tf.data.pipeline import make_dataset
+    from skin_tf.data.splits import split_frames
+
+    config = load_config(
+        "baseline",
+        profile="smoke",
+        overrides=["model=efficientnet_lite0", "epochs=2", "image_size=[48,64]",
+                   "low_res_size=[36,48]", "low_res_epochs=1", "ema_momentum=0.9",
+                   "select_metric=val_balanced_acc"],
+    )  # fmt: skip
+    run_dir = train(config, real_data_root, tmp_path / "runs")
+    _check_complete_run(run_dir, config, epochs=2)
+    model = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    assert model.input_shape == (None, 48, 64, 3)
+    val = split_frames(run_dir / "splits.csv", real_data_root)["val"]
+    probs = model.predict(make_dataset(val, (48, 64), training=False), verbose=0)
+    written = pd.read_csv(run_dir / "predictions_val.csv")[PROB_COLUMNS].to_numpy()
+    np.testing.assert_allclose(probs, written, atol=1e-5)
+    history = pd.read_csv(run_dir / "history.csv")
+    kept = json.loads((run_dir / "metrics.json").read_text())["best_epoch"]
+    assert kept == int(history["val_balanced_acc"].idxmax()) + 1
 
 
 class _InterruptAfterEpoch:
