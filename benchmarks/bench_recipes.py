@@ -1,0 +1,338 @@
+"""Which CPU recipe: the arms of issue 30 (input shape, progressive resizing, weight averaging,
+regularisation, backbone), trained on the real data, each timed on this machine.
+
+Every arm is the `baseline` config under the `cpu` profile (Lite0, ImageNet, 10 epochs, AdamW 1e-3
+with cosine decay, batch 32, class weights) plus the arm's `--set` overrides, trained by
+`skin_tf.train` in its own process, one arm after the other. Every arm keeps an exponential moving
+average of its weights (`ema_momentum`, which does not change the trajectory of the trained
+weights), so one training gives two variants: `<arm>` (the trained weights, validated and
+checkpointed by a callback of this script) and `<arm>+ema` (the average, which the run itself
+validates and keeps as best.keras). Per epoch it records the wall time since the arm started,
+the process CPU time, the load average and the validation metrics of both variants.
+
+Time across machines: each arm process first times REF_STEPS training steps of the reference
+model (Lite0 at 128 px, batch 32, constant tensors) and records its images per second, so an
+arm's time can also be read in reference epochs (wall seconds × reference img/s ÷ 8,012), a
+ratio that holds when arms of one table ran on different machines or under different load.
+
+    .venv/bin/python benchmarks/bench_recipes.py --data-root ../shared/data/ham10000 \\
+        [--out runs/bench_recipes] [--arms lite0_128 lite0_prog_150x200] [--test ARM ...]
+
+Each finished arm writes `<out>/<arm>.json`; a rerun skips arms already measured, so an
+interrupted benchmark resumes (an arm cut off mid-training starts again). The tables print
+validation figures for every variant; test figures only for the variants named with `--test`
+(chosen on validation), with their paired difference from `lite0_128` on the same test images.
+`--smoke` runs every arm on the smoke profile (tiny, 2 epochs): a check that the arms run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE = "lite0_128"  # today's cpu recipe: the in-run baseline
+TARGETS = (0.70, 0.75, 0.80)
+HEADLINE = ("balanced_accuracy", "mel_roc_auc", "accuracy", "macro_f1")
+EMA_MOMENTUM = 0.998  # ≈ the last 500 steps (2 epochs of 251 steps)
+REF_STEPS, REF_WARMUP, REF_BATCH = 10, 3, 32
+TRAIN_IMAGES = 8012  # the seed-42 lesion split's training images
+REGULARISED = ["label_smoothing=0.1", "augment.crop_scale=[0.6,1.0]"]  # the reference's best row
+PROGRESSIVE = ["image_size=[150,200]", "low_res_size=[112,150]", "low_res_epochs=7"]
+ARMS: dict[str, list[str]] = {
+    BASE: [],
+    "lite0_112x150": ["image_size=[112,150]"],  # the data's aspect at the baseline's pixel count
+    "lite0_150x200": ["image_size=[150,200]"],  # every pixel of the 200×150 copy
+    "lite0_prog_150x200": PROGRESSIVE,  # 7 epochs at 112×150, the last 3 at 150×200
+    "lite0_128_reg": REGULARISED,
+    "lite0_prog_150x200_reg": [*PROGRESSIVE, *REGULARISED],
+    "lite1_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite1"],
+    "lite2_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite2"],
+}
+
+
+def arm_config(arm: str, smoke: bool):
+    from skin_tf.training import load_config
+
+    sets = [f"ema_momentum={EMA_MOMENTUM}", *ARMS[arm]]
+    if smoke:  # tiny sizes and 2 epochs, the arm's shape kept
+        sets = [s for s in sets if not s.startswith(("image_size=", "low_res_"))]
+        sets += ["model=efficientnet_lite0", "epochs=2", "weights=null"]
+        if "image_size=[150,200]" in ARMS[arm] or "image_size=[112,150]" in ARMS[arm]:
+            sets.append("image_size=[48,64]")
+        if any(s.startswith("low_res_size") for s in ARMS[arm]):
+            sets += ["low_res_size=[36,48]", "low_res_epochs=1"]
+        return load_config("baseline", profile="smoke", overrides=sets)
+    return load_config("baseline", profile="cpu", overrides=sets)
+
+
+def reference_speed() -> float:
+    """Training images per second of Lite0 at 128 px on constant tensors, measured now."""
+    import keras
+    import numpy as np
+
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.models.losses import build_loss, build_optimizer
+
+    model = build_classifier("efficientnet_lite0", 128, "imagenet")
+    model.compile(build_optimizer(1e-3, 1e-4, total_steps=100), build_loss())
+    x = np.random.default_rng(0).uniform(0, 255, (REF_BATCH, 128, 128, 3)).astype("float32")
+    y = np.arange(REF_BATCH) % 7
+    for _ in range(REF_WARMUP):
+        model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(REF_STEPS):
+        model.train_on_batch(x, y)
+    speed = REF_STEPS * REF_BATCH / (time.perf_counter() - start)
+    del model
+    keras.backend.clear_session()
+    return speed
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_arm(arm: str, args: argparse.Namespace) -> dict:
+    """Train one arm in this process; per-epoch times and both variants' val metrics."""
+    import keras
+
+    from skin_tf.data.pipeline import make_dataset
+    from skin_tf.models.losses import build_loss
+    from skin_tf.runs import hardware, read_json
+    from skin_tf.training import train
+    from skin_tf.training.fit import prepare_data
+    from skin_tf.training.selection import predict_probs, validation_logs
+
+    ref_speed = reference_speed()
+    config = arm_config(arm, args.smoke)
+    frame, _ = prepare_data(config, args.data_root)  # the split train() will make (seeded)
+    val = frame[frame["split"] == "val"]
+    val_images = make_dataset(val, config.image_size, training=False, resize=config.resize)
+    loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
+    epochs: list[dict] = []
+    start, cpu_start = time.monotonic(), cpu_seconds()
+    runs = args.out / "runs"
+
+    class TrainedWeights(keras.callbacks.Callback):
+        """After the run's own callbacks (which validate the average and put the trained
+        weights back): validate the trained weights and record the epoch."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs if logs is not None else {}
+            probs = predict_probs(self.model, val_images)
+            raw = validation_logs(val["label"].to_numpy(), probs, loss)
+            logs.update({f"raw_{k}": v for k, v in raw.items()})
+            epochs.append(
+                {
+                    "epoch": epoch + 1,
+                    "wall_s": round(time.monotonic() - start, 1),
+                    "cpu_s": round(cpu_seconds() - cpu_start, 1),
+                    "load_1min": round(os.getloadavg()[0], 2),
+                    "ema": {k: float(v) for k, v in logs.items() if k.startswith("val_")},
+                    "raw": {k: float(v) for k, v in raw.items()},
+                }
+            )
+
+    raw_checkpoint = keras.callbacks.ModelCheckpoint(  # the trained weights' own best epoch
+        runs / f"{arm}_raw_best.keras",
+        monitor=f"raw_{config.select_metric}",
+        mode=config.select_mode,
+        save_best_only=True,
+    )
+    run_dir = train(
+        config, args.data_root, runs, run_name=arm, callbacks=[TrainedWeights(), raw_checkpoint]
+    )
+    metrics = read_json(run_dir / "metrics.json")
+    return {
+        "arm": arm,
+        "overrides": ARMS[arm],
+        "config": config.to_dict(),
+        "run_dir": run_dir.name,
+        "total_wall_s": round(time.monotonic() - start, 1),
+        "total_cpu_s": round(cpu_seconds() - cpu_start, 1),
+        "ref_img_per_s": round(ref_speed, 2),
+        "epochs": epochs,
+        "variants": {
+            f"{arm}+ema": {
+                "kept_epoch": metrics["best_epoch"],
+                **{s: headline(metrics[s]) for s in ("val", "test")},
+            },
+            arm: raw_variant(run_dir, runs / f"{arm}_raw_best.keras", config, epochs, args),
+        },
+        "hardware": hardware(),
+        "smoke": args.smoke,
+    }
+
+
+def raw_variant(run_dir: Path, checkpoint: Path, config, epochs: list[dict], args) -> dict:
+    """The trained weights' kept epoch, predicted on val and test like the run's own model;
+    their predictions go beside the run's as predictions_{val,test}_raw.csv."""
+    import keras
+
+    from skin_tf.data.pipeline import make_dataset
+    from skin_tf.data.splits import split_frames
+    from skin_tf.evaluation.metrics import evaluate_split
+    from skin_tf.models.classifier import with_input_size
+    from skin_tf.training.fit import predict_frame
+
+    model = keras.saving.load_model(checkpoint, compile=False)
+    if model.input_shape[1] is None:
+        model = with_input_size(model, config.image_size)
+    frames = split_frames(run_dir / "splits.csv", args.data_root)
+    sign = -1 if config.select_mode == "min" else 1
+    kept = max(epochs, key=lambda e: sign * e["raw"][config.select_metric])["epoch"]
+    variant: dict = {"kept_epoch": kept}
+    for split in ("val", "test"):
+        images = make_dataset(frames[split], config.image_size, False, resize=config.resize)
+        predicted = predict_frame(model, images, frames[split])
+        predicted.to_csv(run_dir / f"predictions_{split}_raw.csv", index=False, float_format="%.6f")
+        predicted[["label", "lesion_id"]] = frames[split][["label", "lesion_id"]].to_numpy()
+        metrics = evaluate_split(predicted, n_boot=config.bootstrap, seed=config.seed)
+        variant[split] = headline(metrics)
+    checkpoint.unlink()  # 20-60 MB; the predictions are what the tables need
+    return variant
+
+
+def headline(metrics: dict) -> dict:
+    """The HEADLINE metrics of one split, each as {value, low, high} (the 95 % interval)."""
+    ci = metrics.get("ci", {})
+    return {
+        k: {
+            "value": metrics.get(k),
+            "low": ci.get(k, [None])[0],
+            "high": ci.get(k, [None, None])[1],
+        }
+        for k in HEADLINE
+    }
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def value(v) -> str:
+    if isinstance(v, dict):  # a metric with an interval
+        v = v.get("value")
+    return "—" if v is None else f"{v:.3f}"
+
+
+def interval(v) -> str:
+    if not isinstance(v, dict) or v.get("low") is None:
+        return value(v)
+    return f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+
+
+def time_to(result: dict, variant: str, target: float) -> float | None:
+    """Wall seconds at the end of the first epoch whose val balanced accuracy reached target."""
+    key = "ema" if variant.endswith("+ema") else "raw"
+    hits = [e["wall_s"] for e in result["epochs"] if e[key]["val_balanced_acc"] >= target]
+    return hits[0] if hits else None
+
+
+def val_table(results: list[dict]) -> str:
+    head = (
+        "| variant | wall | CPU | ref. epochs | load | "
+        + " | ".join(f"to {t:.2f}" for t in TARGETS)
+        + " | kept | val bal acc | val mel AUC | val acc | val macro-F1 |"
+    )
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        ref_epochs = r["total_wall_s"] * r["ref_img_per_s"] / TRAIN_IMAGES
+        loads = [e["load_1min"] for e in r["epochs"]]
+        for name, v in r["variants"].items():
+            reach = [time_to(r, name, t) for t in TARGETS]
+            rows.append(
+                f"| {name} | {r['total_wall_s'] / 60:.1f} min | {r['total_cpu_s'] / 60:.1f} min | "
+                f"{ref_epochs:.1f} | {min(loads):.1f}–{max(loads):.1f} | "
+                + " | ".join("—" if s is None else f"{s / 60:.1f} min" for s in reach)
+                + f" | {v['kept_epoch']} | "
+                + " | ".join(value(v["val"][k]) for k in HEADLINE)
+                + " |"
+            )
+    return "\n".join(rows)
+
+
+def test_table(results: list[dict], chosen: list[str], runs_dir: Path) -> str:
+    """Test figures of the chosen variants, and each minus the baseline on the same images."""
+    from skin_tf.evaluation.compare import paired_difference
+
+    by_variant = {name: (r, v) for r in results for name, v in r["variants"].items()}
+    base = by_variant.get(BASE)
+    rows = [
+        "| variant | test bal acc | test mel AUC | test acc | test macro-F1 | "
+        f"Δ bal acc vs {BASE} | Δ mel AUC vs {BASE} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in chosen:
+        if name not in by_variant:
+            rows.append(f"| {name} | not measured |")
+            continue
+        r, v = by_variant[name]
+        cells = [interval(v["test"][k]) for k in HEADLINE]
+        if base is not None and name != BASE:
+            diff = paired_difference(
+                predictions(runs_dir, base[0], BASE), predictions(runs_dir, r, name),
+                ("balanced_accuracy", "mel_roc_auc"),
+            )  # fmt: skip
+            cells += [f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in diff.values()]
+        else:
+            cells += ["—", "—"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def predictions(runs_dir: Path, result: dict, variant: str):
+    """The test predictions of a variant, as read_predictions frames them."""
+    import pandas as pd
+
+    from skin_tf.evaluation.metrics import read_predictions
+
+    run_dir = runs_dir / result["run_dir"]
+    frame = read_predictions(run_dir, "test")
+    if not variant.endswith("+ema"):  # the trained weights: same rows, their probabilities
+        raw = pd.read_csv(run_dir / "predictions_test_raw.csv").set_index("image_id")
+        columns = [c for c in raw.columns if c.startswith("p_")]
+        frame[columns] = raw.loc[frame["image_id"], columns].to_numpy()
+    return frame
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=Path("data/ham10000"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_recipes"))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--test", nargs="*", default=[], metavar="VARIANT",
+                        help="variants chosen on val whose test figures to print")  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help="tiny runs: a check, not a figure")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # one arm, in a child process
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.job:
+        result = run_arm(args.job, args)
+        (args.out / f"{args.job}.json").write_text(json.dumps(result, indent=1) + "\n")
+        return
+    for arm in args.arms:
+        if (args.out / f"{arm}.json").is_file():
+            print(f"{arm}: measured already ({args.out / arm}.json), skipped", flush=True)
+            continue
+        print(f"{arm}: training …", flush=True)
+        child = [sys.executable, __file__, "--job", arm, *sys.argv[1:]]
+        subprocess.run(child, check=True)
+    results = [
+        json.loads((args.out / f"{arm}.json").read_text())
+        for arm in args.arms
+        if (args.out / f"{arm}.json").is_file()
+    ]
+    print(val_table(results))
+    if args.test:
+        print(test_table(results, args.test, args.out / "runs"))
+
+
+if __name__ == "__main__":
+    main()
