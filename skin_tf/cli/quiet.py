@@ -141,7 +141,8 @@ def quiet_startup(verbose: bool = False, environ: MutableMapping[str, str] | Non
 
     Sets TF_CPP_MIN_LOG_LEVEL to 2 unless it is set, then, when Python's stderr is the process's
     own (not redirected by a test or a notebook), filters fd 2 as the module docstring says, once
-    per process. `verbose` changes nothing. Call it first thing in the command.
+    per process; when the filter cannot start, the command goes on unfiltered. With `verbose` it
+    does nothing. Call it first thing in the command.
     """
     environ = os.environ if environ is None else environ
     if verbose:
@@ -150,7 +151,10 @@ def quiet_startup(verbose: bool = False, environ: MutableMapping[str, str] | Non
     global _filtering
     if _filtering or os.name != "posix" or sys.stderr is None or sys.stderr is not sys.__stderr__:
         return _filtering
-    _start_filter(log_level(environ), gpu_driver_present())
+    try:
+        _start_filter(log_level(environ), gpu_driver_present())
+    except OSError:  # no process to spare, say: TensorFlow's log is noisy, nothing is lost
+        return False
     _filtering = True
     return True
 
@@ -159,13 +163,18 @@ def _start_filter(level: int, gpu_driver: bool) -> None:
     sys.stderr.flush()
     terminal = os.dup(2)  # the real stderr, for the filter's output and Python's stderr
     read_end, write_end = os.pipe()
-    process = subprocess.Popen(
-        [sys.executable, "-I", "-S", __file__, str(level), str(int(gpu_driver))],
-        stdin=read_end,
-        stdout=terminal,
-        stderr=terminal,
-        start_new_session=True,  # Ctrl-C stops the command; the filter drains what it wrote
-    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-S", __file__, str(level), str(int(gpu_driver))],
+            stdin=read_end,
+            stdout=terminal,
+            stderr=terminal,
+            start_new_session=True,  # Ctrl-C stops the command; the filter drains what it wrote
+        )
+    except OSError:
+        for fd in (terminal, read_end, write_end):
+            os.close(fd)
+        raise
     os.close(read_end)
     os.dup2(write_end, 2)
     os.close(write_end)

@@ -80,6 +80,21 @@ def test_quiet_startup_sets_the_level_unless_the_user_did_or_asked_for_everythin
     assert quiet.quiet_startup(verbose=True, environ=verbose) is False and verbose == {}
 
 
+def test_when_the_filter_cannot_start_the_command_goes_on_unfiltered(monkeypatch):
+    def no_process(*args, **kwargs):
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(quiet.subprocess, "Popen", no_process)
+    monkeypatch.setattr(quiet, "_filtering", False)
+    monkeypatch.setattr(quiet.sys, "stderr", quiet.sys.__stderr__)  # as in the command
+    before, fds = os.fstat(2), len(os.listdir("/proc/self/fd"))
+    environ: dict[str, str] = {}
+    assert quiet.quiet_startup(environ=environ) is False
+    assert environ == {"TF_CPP_MIN_LOG_LEVEL": "2"}  # the level still helps
+    assert os.fstat(2) == before and len(os.listdir("/proc/self/fd")) == fds  # nothing leaked
+    assert quiet.sys.stderr is quiet.sys.__stderr__
+
+
 def test_the_filter_keeps_order_and_shows_a_partial_line_after_a_pause():
     source_read, source_write = os.pipe()
     sink_read, sink_write = os.pipe()
