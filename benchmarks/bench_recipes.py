@@ -10,13 +10,16 @@ checkpointed by a callback of this script) and `<arm>+ema` (the average, which t
 validates and keeps as best.keras). Per epoch it records the wall time since the arm started,
 the process CPU time, the load average and the validation metrics of both variants.
 
-Time across machines: each arm process first times REF_STEPS training steps of the reference
-model (Lite0 at 128 px, batch 32, constant tensors) and records its images per second, so an
-arm's time can also be read in reference epochs (wall seconds × reference img/s ÷ 8,012), a
-ratio that holds when arms of one table ran on different machines or under different load.
+Time: the training runs record the wall and CPU time they took, with the load average seen; on
+a shared machine those are upper bounds. `--costs` first times one training step and one
+validation image of every (model, size) the chosen arms use, in rounds interleaved in one process
+(ratios to Lite0 at 128 px hold under a changing load; the absolute figures need an idle
+machine), and the table then also gives each arm's time estimated from those costs (steps per
+epoch × step time at each epoch's size + one validation pass) and when it reached each target.
 
     .venv/bin/python benchmarks/bench_recipes.py --data-root ../shared/data/ham10000 \\
-        [--out runs/bench_recipes] [--arms lite0_128 lite0_prog_150x200] [--test ARM ...]
+        [--out runs/bench_recipes] [--arms lite0_128 lite0_prog_150x200] [--costs] \\
+        [--test VARIANT ...]
 
 Each finished arm writes `<out>/<arm>.json`; a rerun skips arms already measured, so an
 interrupted benchmark resumes (an arm cut off mid-training starts again). The tables print
@@ -40,8 +43,9 @@ BASE = "lite0_128"  # today's cpu recipe: the in-run baseline
 TARGETS = (0.70, 0.75, 0.80)
 HEADLINE = ("balanced_accuracy", "mel_roc_auc", "accuracy", "macro_f1")
 EMA_MOMENTUM = 0.998  # ≈ the last 500 steps (2 epochs of 251 steps)
-REF_STEPS, REF_WARMUP, REF_BATCH = 10, 3, 32
 TRAIN_IMAGES = 8012  # the seed-42 lesion split's training images
+VAL_IMAGES = 1001
+COST_IMAGES, COST_WARMUP, COST_STEPS = 320, 3, 8  # --costs: images, warm-up and timed steps
 REGULARISED = ["label_smoothing=0.1", "augment.crop_scale=[0.6,1.0]"]  # the reference's best row
 PROGRESSIVE = ["image_size=[150,200]", "low_res_size=[112,150]", "low_res_epochs=7"]
 ARMS: dict[str, list[str]] = {
@@ -71,29 +75,6 @@ def arm_config(arm: str, smoke: bool):
     return load_config("baseline", profile="cpu", overrides=sets)
 
 
-def reference_speed() -> float:
-    """Training images per second of Lite0 at 128 px on constant tensors, measured now."""
-    import keras
-    import numpy as np
-
-    from skin_tf.models.classifier import build_classifier
-    from skin_tf.models.losses import build_loss, build_optimizer
-
-    model = build_classifier("efficientnet_lite0", 128, "imagenet")
-    model.compile(build_optimizer(1e-3, 1e-4, total_steps=100), build_loss())
-    x = np.random.default_rng(0).uniform(0, 255, (REF_BATCH, 128, 128, 3)).astype("float32")
-    y = np.arange(REF_BATCH) % 7
-    for _ in range(REF_WARMUP):
-        model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(REF_STEPS):
-        model.train_on_batch(x, y)
-    speed = REF_STEPS * REF_BATCH / (time.perf_counter() - start)
-    del model
-    keras.backend.clear_session()
-    return speed
-
-
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -110,7 +91,6 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     from skin_tf.training.fit import prepare_data
     from skin_tf.training.selection import predict_probs, validation_logs
 
-    ref_speed = reference_speed()
     config = arm_config(arm, args.smoke)
     frame, _ = prepare_data(config, args.data_root)  # the split train() will make (seeded)
     val = frame[frame["split"] == "val"]
@@ -157,7 +137,6 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
         "run_dir": run_dir.name,
         "total_wall_s": round(time.monotonic() - start, 1),
         "total_cpu_s": round(cpu_seconds() - cpu_start, 1),
-        "ref_img_per_s": round(ref_speed, 2),
         "epochs": epochs,
         "variants": {
             f"{arm}+ema": {
@@ -213,6 +192,84 @@ def headline(metrics: dict) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ epoch costs
+
+
+def shapes_of(arm: str) -> list[tuple[str, tuple[int, int]]]:
+    """The (model, training size) pairs an arm trains at; validation is at the last one's size."""
+    from skin_tf.data.sizes import image_hw
+
+    config = arm_config(arm, smoke=False)
+    sizes = [config.low_res_size] if config.low_res_size is not None else []
+    return [(config.model, image_hw(size)) for size in [*sizes, config.image_size]]
+
+
+def measure_costs(args: argparse.Namespace) -> dict:
+    """Seconds per training step and per validation image of every (model, size) the chosen
+    arms use, interleaved in rounds in this one process (a change of load hits all alike)."""
+    import statistics
+
+    import keras
+
+    from skin_tf.data.pipeline import make_dataset
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.models.losses import build_loss, build_optimizer
+    from skin_tf.runs import hardware
+    from skin_tf.training.fit import prepare_data
+
+    config = arm_config(BASE, smoke=False)
+    frame, _ = prepare_data(config, args.data_root)
+    train = frame[frame["split"] == "train"].sample(COST_IMAGES, random_state=0)
+    val = frame[frame["split"] == "val"].head(COST_IMAGES)
+    shapes = sorted({shape for arm in args.arms for shape in shapes_of(arm)})
+    benches = {}
+    for model_name, size in shapes:
+        model = build_classifier(model_name, size, "imagenet")
+        model.compile(build_optimizer(1e-3, 1e-4, total_steps=10_000), build_loss())
+        images = make_dataset(train, size, True, config.batch_size, augment=config.augment)
+        images = images.cache().repeat()  # the augmented batches, made once: time the model
+        val_images = make_dataset(val, size, False, config.batch_size)
+        model.fit(images, steps_per_epoch=COST_WARMUP, verbose=0)  # trace, fill the caches
+        model.predict(val_images, verbose=0)
+        benches[(model_name, size)] = (model, images, val_images)
+    rounds: dict = {shape: {"step_s": [], "val_image_s": []} for shape in shapes}
+    for _ in range(args.cost_rounds):
+        for shape, (model, images, val_images) in benches.items():
+            start = time.perf_counter()
+            model.fit(images, steps_per_epoch=COST_STEPS, verbose=0)
+            rounds[shape]["step_s"].append((time.perf_counter() - start) / COST_STEPS)
+            start = time.perf_counter()
+            model.predict(val_images, verbose=0)
+            rounds[shape]["val_image_s"].append((time.perf_counter() - start) / len(val))
+    base = (config.model, (config.image_size,) * 2)
+    costs = {}
+    for shape, r in rounds.items():
+        ratio = [a / b for a, b in zip(r["step_s"], rounds[base]["step_s"], strict=True)]
+        costs[f"{shape[0]}@{shape[1][0]}x{shape[1][1]}"] = {
+            "step_s": statistics.median(r["step_s"]),
+            "val_image_s": statistics.median(r["val_image_s"]),
+            "step_ratio_to_base": statistics.median(ratio),
+            "rounds": r,
+        }
+    del benches
+    keras.backend.clear_session()
+    return {"costs": costs, "load_1min": os.getloadavg()[0], "hardware": hardware()}
+
+
+def epoch_seconds(arm: str, costs: dict, steps: int = TRAIN_IMAGES // 32 + 1) -> list[float]:
+    """Estimated seconds of each epoch of an arm: steps × step time at the epoch's size, plus
+    one validation pass over the 1,001 val images at image_size."""
+    config = arm_config(arm, smoke=False)
+    shapes = shapes_of(arm)
+    key = [f"{model}@{h}x{w}" for model, (h, w) in shapes]
+    val = costs[key[-1]]["val_image_s"] * VAL_IMAGES
+    low = config.low_res_epochs if config.low_res_size is not None else 0
+    return [
+        steps * costs[key[0] if epoch < low else key[-1]]["step_s"] + val
+        for epoch in range(config.epochs)
+    ]
+
+
 # ------------------------------------------------------------------------------ tables
 
 
@@ -228,33 +285,53 @@ def interval(v) -> str:
     return f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
 
 
-def time_to(result: dict, variant: str, target: float) -> float | None:
-    """Wall seconds at the end of the first epoch whose val balanced accuracy reached target."""
+def epoch_to(result: dict, variant: str, target: float) -> int | None:
+    """The first epoch (1-based) whose val balanced accuracy reached target, None if none did."""
     key = "ema" if variant.endswith("+ema") else "raw"
-    hits = [e["wall_s"] for e in result["epochs"] if e[key]["val_balanced_acc"] >= target]
+    hits = [e["epoch"] for e in result["epochs"] if e[key]["val_balanced_acc"] >= target]
     return hits[0] if hits else None
 
 
-def val_table(results: list[dict]) -> str:
+def val_table(results: list[dict], costs: dict | None) -> str:
+    """Per variant: measured wall and CPU time (with the load seen), the time estimated from the
+    idle epoch costs of `--costs` when measured, time to each target, and the kept epoch's val
+    figures."""
     head = (
-        "| variant | wall | CPU | ref. epochs | load | "
-        + " | ".join(f"to {t:.2f}" for t in TARGETS)
+        "| variant | wall (measured) | CPU | load | est. idle | "
+        + " | ".join(f"to {t:.2f} (est. idle)" for t in TARGETS)
         + " | kept | val bal acc | val mel AUC | val acc | val macro-F1 |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        ref_epochs = r["total_wall_s"] * r["ref_img_per_s"] / TRAIN_IMAGES
         loads = [e["load_1min"] for e in r["epochs"]]
+        estimate = None if costs is None else epoch_seconds(r["arm"], costs["costs"])
         for name, v in r["variants"].items():
-            reach = [time_to(r, name, t) for t in TARGETS]
+            reach = [epoch_to(r, name, t) for t in TARGETS]
+            if estimate is None:
+                idle, to = "—", ["—" if e is None else f"epoch {e}" for e in reach]
+            else:
+                idle = f"{sum(estimate) / 60:.1f} min"
+                to = ["—" if e is None else f"{sum(estimate[:e]) / 60:.1f} min" for e in reach]
             rows.append(
                 f"| {name} | {r['total_wall_s'] / 60:.1f} min | {r['total_cpu_s'] / 60:.1f} min | "
-                f"{ref_epochs:.1f} | {min(loads):.1f}–{max(loads):.1f} | "
-                + " | ".join("—" if s is None else f"{s / 60:.1f} min" for s in reach)
+                f"{min(loads):.1f}–{max(loads):.1f} | {idle} | " + " | ".join(to)
                 + f" | {v['kept_epoch']} | "
                 + " | ".join(value(v["val"][k]) for k in HEADLINE)
                 + " |"
-            )
+            )  # fmt: skip
+    return "\n".join(rows)
+
+
+def cost_table(costs: dict) -> str:
+    rows = [
+        "| model @ size | s per training step (batch 32) | × lite0@128 | ms per val image |",
+        "|---|---|---|---|",
+    ]
+    for key, c in costs["costs"].items():
+        rows.append(
+            f"| {key} | {c['step_s']:.3f} | {c['step_ratio_to_base']:.2f} | "
+            f"{1000 * c['val_image_s']:.1f} |"
+        )
     return "\n".join(rows)
 
 
@@ -310,6 +387,10 @@ def main() -> None:
     parser.add_argument("--test", nargs="*", default=[], metavar="VARIANT",
                         help="variants chosen on val whose test figures to print")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny runs: a check, not a figure")
+    parser.add_argument("--costs", action="store_true",
+                        help="first time every (model, size) of the arms, interleaved, into "
+                        "<out>/costs.json (run it on an idle machine)")  # fmt: skip
+    parser.add_argument("--cost-rounds", type=int, default=3)
     parser.add_argument("--job", help=argparse.SUPPRESS)  # one arm, in a child process
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -317,6 +398,10 @@ def main() -> None:
         result = run_arm(args.job, args)
         (args.out / f"{args.job}.json").write_text(json.dumps(result, indent=1) + "\n")
         return
+    costs_path = args.out / "costs.json"
+    if args.costs:
+        costs_path.write_text(json.dumps(measure_costs(args), indent=1) + "\n")
+    costs = json.loads(costs_path.read_text()) if costs_path.is_file() else None
     for arm in args.arms:
         if (args.out / f"{arm}.json").is_file():
             print(f"{arm}: measured already ({args.out / arm}.json), skipped", flush=True)
@@ -329,7 +414,9 @@ def main() -> None:
         for arm in args.arms
         if (args.out / f"{arm}.json").is_file()
     ]
-    print(val_table(results))
+    if costs is not None:
+        print(cost_table(costs))
+    print(val_table(results, costs))
     if args.test:
         print(test_table(results, args.test, args.out / "runs"))
 
