@@ -1,6 +1,6 @@
 """`skin-tf` subcommands that use a trained classifier run or an exported model: calibrate,
-threshold, gradcam, export, predict and app. skin_tf.cli.main registers them; each is a thin wrapper
-over one library call, with its heavy imports inside.
+threshold, gradcam, export, ensemble, predict and app. skin_tf.cli.main registers them; each is a
+thin wrapper over library calls, with its heavy imports inside.
 """
 
 from __future__ import annotations
@@ -208,6 +208,49 @@ def add_export(sub: argparse._SubParsersAction) -> None:
         help="training images the guard is fitted on (default: %(default)s)",
     )  # fmt: skip
     p.set_defaults(func=_export)
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    """Combine runs into an ensemble run, then calibrate, threshold and evaluate it like a run
+    (a results row with intervals) and, with --out, export it."""
+    from skin_tf.evaluation.calibration import calibrate_run
+    from skin_tf.evaluation.evaluate import evaluate_run
+    from skin_tf.evaluation.threshold import threshold_run
+    from skin_tf.training.ensemble import ensemble_run
+
+    run = ensemble_run(args.run_dirs, args.runs_dir, args.name, data_root=args.data)
+    print(f"ensemble of {len(args.run_dirs)} runs -> {run}")
+    temperature = calibrate_run(run, results_dir=args.results)["temperature"]
+    point = threshold_run(run, min_sensitivity=args.min_sensitivity, results_dir=args.results)
+    test = evaluate_run(run, results_dir=args.results, data_root=args.data)["metrics"]["test"]
+    print(
+        f"temperature {temperature:.3f}; melanoma threshold {point['threshold']:.4f} (val); "
+        f"test balanced accuracy {test['balanced_accuracy']:.3f}, accuracy "
+        f"{test['accuracy']:.3f}, melanoma ROC AUC {test['mel_roc_auc']:.3f}"
+    )
+    if args.out is not None:
+        from skin_tf.serving.export import export_run
+
+        out = export_run(run, args.out, overwrite=args.overwrite, data_root=args.data)
+        print(f"exported -> {out}")
+    print(run)
+    return 0
+
+
+def add_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="combine calibrated runs into one model, evaluated (and exported) like a run",
+    )
+    p.add_argument("run_dirs", nargs="+", type=Path, help="calibrated runs, split alike")
+    p.add_argument("--name", default="ensemble", help="the ensemble run's name")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the run goes")
+    p.add_argument("--results", type=Path, default=Path("results"), help="where reports go")
+    p.add_argument("--min-sensitivity", type=float, default=0.85, help="target val sensitivity")
+    p.add_argument("--out", type=Path, help="also export it here (e.g. saved_models/ensemble)")
+    p.add_argument("--overwrite", action="store_true", help="replace an exported model at --out")
+    p.add_argument("--data", type=Path, help="HAM10000 folder if not the members' own")
+    p.set_defaults(func=_ensemble)
 
 
 def _predict(args: argparse.Namespace) -> int:
