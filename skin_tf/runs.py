@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -292,6 +293,23 @@ def _size_text(size: Any) -> str:
     if isinstance(size, list | tuple) and len(size) == 2 and size[0] != size[1]:
         return f"{size[0]}×{size[1]}"
     return str(size[0] if isinstance(size, list | tuple) else size)
+
+
+def file_digest(path: str | os.PathLike) -> str | None:
+    """The sha256 of a file in hex (None when it does not exist): ties a record, such as a
+    run's explain_check.json, to the best.keras it was made from.
+
+    >>> file_digest("runs/…/best.keras")[:12]  # doctest: +SKIP
+    '3f1c0a9e4b7d'
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def run_name_of(run_dir: str | os.PathLike) -> str:

@@ -310,6 +310,7 @@ REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     cvae_commands.add_synth,
     cvae_commands.add_cvae_report,
     model_commands.add_gradcam,
+    model_commands.add_explain_check,
     model_commands.add_export,
     model_commands.add_ensemble,
     model_commands.add_predict,

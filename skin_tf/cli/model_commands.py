@@ -1,6 +1,6 @@
 """`skin-tf` subcommands that use a trained classifier run or an exported model: calibrate,
-threshold, gradcam, export, ensemble, predict and app. skin_tf.cli.main registers them; each is a
-thin wrapper over library calls, with its heavy imports inside.
+threshold, gradcam, explain-check, export, ensemble, predict and app. skin_tf.cli.main registers
+them; each is a thin wrapper over library calls, with its heavy imports inside.
 """
 
 from __future__ import annotations
@@ -82,11 +82,70 @@ def add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, help="run directory with best.keras")
     p.add_argument("--images", nargs="+", type=Path, help="explain these files instead")
     p.add_argument("--out", type=Path, default=Path("results/gradcam"), help="output folder")
-    p.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam"), default="gradcam")
+    p.add_argument(
+        "--method", default="gradcam",
+        help="gradcam, gradcam++, scorecam or layercam, optionally @layers (layercam@block5+top)",
+    )  # fmt: skip
     p.add_argument("--per-class", type=int, default=2, help="correct and wrong per class")
     p.add_argument("--class", dest="class_name", choices=CLASSES, help="explain this class")
     p.add_argument("--data", type=Path, help="HAM10000 folder if not the run's own")
     p.set_defaults(func=_gradcam)
+
+
+def _explain_check(args: argparse.Namespace) -> int:
+    from skin_tf.explain.checks import CheckConfig, explain_check_run
+
+    config = CheckConfig(
+        images=args.images, steps=args.steps, fill=args.fill, methods=tuple(args.methods),
+        randomization_images=args.randomization_images, cascade_depth=args.cascade_depth,
+        n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    record = explain_check_run(args.run_dir, args.out, config, data_root=args.data)
+    for facts in [*record["methods"].values(), *record["baselines"].values()]:
+        deletion, insertion = facts["deletion"], facts["insertion"]
+        sanity = (
+            f"  rho(top) {facts['spearman_median']['top']:.2f} "
+            f"{'passes' if facts['passes_sanity'] else 'fails'}"
+            if "passes_sanity" in facts
+            else ""
+        )
+        print(
+            f"{facts['title']:<28} deletion {deletion['auc']:.3f} ({deletion['vs_centre']:+.3f} vs "
+            f"centre)  insertion {insertion['auc']:.3f} ({insertion['vs_centre']:+.3f}){sanity}"
+        )
+    print(f"default: {record['default']['headline']}")
+    print(f"took {record['timing']['seconds']['total']:.0f} s; report: {record['report']}")
+    return 0
+
+
+def add_explain_check(sub: argparse._SubParsersAction) -> None:
+    from skin_tf.explain.checks import CheckConfig
+
+    d = CheckConfig()  # its module imports no TensorFlow
+    p = sub.add_parser(
+        "explain-check",
+        help="faithfulness (deletion/insertion) and randomisation checks of a run's heatmaps; "
+        "chooses the method export and the page use",
+    )
+    p.add_argument("run_dir", type=Path, help="run directory with best.keras and splits.csv")
+    p.add_argument("--out", type=Path, default=Path("results/explain"), help="report folder")
+    p.add_argument("--images", type=int, default=d.images, help="test images (by class)")
+    p.add_argument("--steps", type=int, default=d.steps, help="steps of each curve")
+    p.add_argument("--fill", choices=("mean", "blur"), default=d.fill, help="removed pixels")
+    p.add_argument(
+        "--methods", nargs="+", default=list(d.methods),
+        help="e.g. gradcam gradcam++ scorecam layercam layercam@block5+top",
+    )  # fmt: skip
+    p.add_argument(
+        "--randomization-images", type=int, default=d.randomization_images,
+        help="images re-explained at each randomisation step",
+    )  # fmt: skip
+    p.add_argument("--cascade-depth", type=int, default=d.cascade_depth, help="head, top, stages")
+    p.add_argument("--n-boot", type=int, default=d.n_boot, help="bootstrap resamples (lesions)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per model call")
+    p.add_argument("--data", type=Path, help="HAM10000 folder if not the run's own")
+    p.set_defaults(func=_explain_check)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -11,6 +11,9 @@ results/, so a comparison still works when the runs/ folder is gone or on anothe
     >>> b = read_committed_predictions("results", "baseline-cpu")               # doctest: +SKIP
     >>> paired_difference(a, b)["balanced_accuracy"]                   # doctest: +SKIP
     (0.27, 0.19, 0.35)
+
+`paired_mean_differences` is the same paired resampling for any per-image scores (e.g. the
+deletion AUC of several heatmap methods on the same images, each against a reference method).
 """
 
 from __future__ import annotations
@@ -91,3 +94,61 @@ def _indexed(frame: pd.DataFrame, name: str) -> pd.DataFrame:
             "or read_committed_predictions(results_dir, run_name)"
         )
     return frame.set_index("image_id")
+
+
+def paired_mean_differences(
+    scores: pd.DataFrame,
+    reference: str,
+    groups: Sequence[object],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per column of `scores` (one row per image): its mean with a 95% lesion-bootstrap interval,
+    and its paired mean difference from the `reference` column with the interval of the
+    difference. All columns share the same resamples of `groups` (lesions), so every difference
+    keeps its pairing and the columns stay comparable.
+
+    Returns one row per column: mean, low, high, diff, diff_low, diff_high (the reference's
+    diff is 0 with a (0, 0) interval). n_boot=0 gives the points with NaN intervals.
+
+    Example:
+        >>> frame = pd.DataFrame({"a": [0.2, 0.3, 0.4, 0.5], "ref": [0.4, 0.5, 0.5, 0.6]})
+        >>> out = paired_mean_differences(frame, "ref", ["l1", "l1", "l2", "l3"], n_boot=200)
+        >>> round(float(out.loc["a", "diff"]), 3), bool(out.loc["a", "diff_high"] < 0)
+        (-0.15, True)
+    """
+    if reference not in scores:
+        raise ValueError(f"reference {reference!r} is not a column of {list(scores.columns)}")
+    if len(groups) != len(scores):
+        raise ValueError(f"{len(groups)} groups for {len(scores)} rows: give one per image")
+    values = scores.to_numpy(float)
+    if not np.isfinite(values).all():
+        raise ValueError("scores must be finite: drop or recompute the images with NaN scores")
+    names = list(scores.columns)
+    ref = names.index(reference)
+
+    def mean_of(j: int):
+        return lambda _, v: float(v[:, j].mean())
+
+    def change_of(j: int):
+        return lambda _, v: float((v[:, j] - v[:, ref]).mean())
+
+    stats = {("mean", name): mean_of(j) for j, name in enumerate(names)}
+    stats |= {("diff", name): change_of(j) for j, name in enumerate(names)}
+    labels = np.zeros(len(values), int)
+    if n_boot == 0:
+        intervals = {key: (np.nan, np.nan) for key in stats}
+    else:
+        intervals = bootstrap_ci(labels, values, np.asarray(groups), stats, n_boot, seed)
+    rows = {}
+    for name in names:
+        mean, diff = stats[("mean", name)](labels, values), stats[("diff", name)](labels, values)
+        rows[name] = {
+            "mean": mean,
+            "low": intervals[("mean", name)][0],
+            "high": intervals[("mean", name)][1],
+            "diff": diff,
+            "diff_low": intervals[("diff", name)][0],
+            "diff_high": intervals[("diff", name)][1],
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

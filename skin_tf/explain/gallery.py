@@ -28,11 +28,10 @@ import numpy as np
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.data.sizes import image_hw
-from skin_tf.explain.gradcam import METHODS, gradcam_heatmaps, overlay
+from skin_tf.explain.gradcam import cam_layers, gradcam_heatmaps, overlay
+from skin_tf.explain.methods import method_slug, method_title, parse_method
 from skin_tf.runs import read_json
 
-METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}
-METHOD_SLUGS = {"gradcam": "gradcam", "gradcam++": "gradcampp", "scorecam": "scorecam"}  # files
 NOT_ADVICE = "research use only — not medical advice"
 
 
@@ -139,12 +138,10 @@ def gradcam_run(
     from skin_tf.data.images import read_rgb_image
     from skin_tf.data.pipeline import load_image, resize_rule
     from skin_tf.evaluation.calibration import apply_temperature, read_temperature
-    from skin_tf.models.classifier import last_conv_layer_name
     from skin_tf.runs import run_caption, run_name_of
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    parse_method(method)  # an unknown method fails here, before the model loads
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
     config = read_json(run_dir / "config.json")
@@ -168,7 +165,7 @@ def gradcam_run(
     maps = gradcam_heatmaps(model, inputs, class_index=class_index, method=method)
 
     # One name per (method, image choice, class): galleries never overwrite one another.
-    tag = METHOD_SLUGS[method] + ("" if image_paths is None else "_images")
+    tag = method_slug(method) + ("" if image_paths is None else "_images")
     tag += "" if class_index is None else f"_{CLASSES[class_index]}"
     figure_dir = out_dir / _safe(run_name)
     figure_dir.mkdir(parents=True, exist_ok=True)
@@ -186,12 +183,13 @@ def gradcam_run(
         _save_pair(example, target)
         written.append(str(target))
 
-    title_method = METHOD_TITLES[method]
+    title_method = method_title(method)
     target_text = "predicted class" if class_index is None else f"class {CLASSES[class_index]}"
     caption = run_caption(
         run_dir,
         f"skin_tf.explain.gallery.gradcam_run: {title_method} (tf-keras-vis) on layer "
-        f"{last_conv_layer_name(model)}, for the {target_text}; probabilities "
+        f"{'+'.join(cam_layers(model, parse_method(method)[1]))}, for the {target_text}; "
+        "probabilities "
         + ("uncalibrated" if temperature is None else f"temperature-scaled (T={temperature:.3g})"),
     )
     if image_paths is None:
@@ -289,7 +287,7 @@ def update_readme(
 ) -> Path:
     """Write or replace the section of `out_dir/README.md` for this run and gallery."""
     readme = out_dir / "README.md"
-    key = f"{run_name}:{tag or METHOD_SLUGS[method]}"
+    key = f"{run_name}:{tag or method_slug(method)}"
     start, end = f"<!-- gradcam {key} -->", f"<!-- /gradcam {key} -->"
     chosen = (
         "given image files"
@@ -301,14 +299,14 @@ def update_readme(
     section = "\n".join(
         [
             start,
-            f"## {METHOD_TITLES[method]} — run `{run_name}` ({gallery.name})",
+            f"## {method_title(method)} — run `{run_name}` ({gallery.name})",
             "",
             f"- `{gallery.name}`: {chosen}. Each example is the original image and the "
-            f"{METHOD_TITLES[method]} heatmap of the {target_text} overlaid on it (jet "
+            f"{method_title(method)} heatmap of the {target_text} overlaid on it (jet "
             "colormap, alpha 0.4, at the image's own size); titles give the image id, the "
             "predicted class with its probability and, for test images, the true class with its "
             "probability.",
-            f"- `{figure_dir.name}/*_{tag or METHOD_SLUGS[method]}.png`: one PNG per image, "
+            f"- `{figure_dir.name}/*_{tag or method_slug(method)}.png`: one PNG per image, "
             "original | overlay side by side.",
             f"- Produced by: {caption}.",
             "",

@@ -106,3 +106,24 @@ def test_a_run_without_kept_predictions_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="skin-tf evaluate RUN_DIR"):
         read_committed_predictions(tmp_path, "baseline-cpu")
     assert committed_predictions_path(tmp_path, "x") == tmp_path / "runs" / "x_test.csv"
+
+
+def test_paired_mean_differences_keep_the_pairing_of_each_image():
+    from skin_tf.evaluation.compare import paired_mean_differences
+
+    rng = np.random.default_rng(0)
+    hard = rng.uniform(0.1, 0.9, 120)  # how hard each image is, shared by both columns
+    scores = pd.DataFrame({"ref": hard, "better": hard - 0.02 + rng.normal(0, 0.005, 120)})
+    lesions = [f"L{i // 2}" for i in range(120)]
+    table = paired_mean_differences(scores, "ref", lesions, n_boot=300, seed=1)
+    row = table.loc["better"]
+    assert row["diff"] == pytest.approx(scores["better"].mean() - scores["ref"].mean())
+    assert row["diff_low"] <= row["diff"] <= row["diff_high"] < 0  # clearly below 0 …
+    assert row["high"] > scores["ref"].mean()  # … though the two means' own intervals overlap
+    assert table.loc["ref", "diff"] == 0.0 and table.loc["ref", "diff_high"] == 0.0
+    points = paired_mean_differences(scores, "ref", lesions, n_boot=0)
+    assert np.isnan(points.loc["better", "diff_low"])
+    with pytest.raises(ValueError, match="reference"):
+        paired_mean_differences(scores, "centre", lesions)
+    with pytest.raises(ValueError, match="one per image"):
+        paired_mean_differences(scores, "ref", lesions[:3])

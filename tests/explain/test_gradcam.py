@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from skin_tf.data.ham10000 import CLASSES
-from skin_tf.explain.gradcam import gradcam_heatmaps, heatmap_to_input, overlay
+from skin_tf.explain.gradcam import (
+    cam_from_gradients,
+    cam_layers,
+    gradcam_heatmaps,
+    grid_shape,
+    heatmap_to_input,
+    overlay,
+)
 from skin_tf.models.classifier import build_classifier
 
 SIZE = 64
@@ -85,3 +92,118 @@ def test_crop_heatmaps_cover_only_the_centre_square():
     assert mapped.shape == (100, 200)
     assert (mapped[:, 50:150] == 1).all()
     assert (mapped[:, :50] == 0).all() and (mapped[:, 150:] == 0).all()
+
+
+# ---------------------------------------------------------------- layers, methods, the graph
+
+
+def widen(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Scale a random head so that logits spread over a few units (classes and gradients differ)."""
+    head = model.get_layer("predictions")
+    probe = np.random.default_rng(seed).uniform(0, 255, (1, *model.input_shape[1:])).astype("f4")
+    features = keras.Model(model.inputs[0], head.input)(probe)
+    rms = float(np.sqrt(np.mean(np.square(features)))) + 1e-12
+    kernel = np.random.default_rng(seed).normal(0, 1, head.kernel.shape)
+    head.kernel.assign(kernel * 2.0 / (rms * np.sqrt(kernel.shape[0])))
+    return model
+
+
+@pytest.fixture(scope="module")
+def lite0() -> keras.Model:
+    keras.utils.set_random_seed(2)
+    return widen(build_classifier("efficientnet_lite0", (48, 64), weights="imagenet"))
+
+
+@pytest.fixture(scope="module")
+def lite0_images() -> np.ndarray:
+    return np.random.default_rng(5).uniform(0, 255, (2, 48, 64, 3)).astype("float32")
+
+
+def two_member_model() -> keras.Model:
+    """The layer names of an ensemble of two classifiers (`m0_…`, `m1_…`), in miniature."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((32, 48, 3))
+    pooled = []
+    for prefix in ("m0_", "m1_"):
+        x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name=f"{prefix}block5a_add")(
+            inputs
+        )
+        x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name=f"{prefix}top_conv")(x)
+        pooled.append(keras.layers.GlobalAveragePooling2D(name=f"{prefix}pool")(x))
+    x = keras.layers.Concatenate()(pooled)
+    outputs = keras.layers.Dense(7, activation="softmax", name="predictions")(x)
+    return widen(keras.Model(inputs, outputs, name="ensemble"))
+
+
+def test_layers_are_found_by_stage_name_or_layer_name(lite0):
+    assert cam_layers(lite0) == ("top_conv",)
+    assert cam_layers(lite0, ["block5", "top"]) == ("block5c_add", "top_conv")
+    assert cam_layers(lite0, ["block3b_add"]) == ("block3b_add",)
+    assert grid_shape(lite0, "gradcam") == (2, 2)  # 48x64 / 32
+    assert grid_shape(lite0, "layercam@block5+top") == (3, 4)  # the finer of the two
+    with pytest.raises(ValueError, match="no layer 'block5z'"):
+        cam_layers(lite0, ["block5z"])
+
+
+def test_an_ensemble_reads_every_members_layer_and_averages_their_maps():
+    model = two_member_model()
+    assert cam_layers(model) == ("m0_top_conv", "m1_top_conv")
+    assert cam_layers(model, ["block5"]) == ("m0_block5a_add", "m1_block5a_add")
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 48, 3)).astype("float32")
+    both = gradcam_heatmaps(model, images, [3, 4])
+    one = [gradcam_heatmaps(model, images, [3, 4], layer=n) for n in cam_layers(model)]
+    mean = (one[0] + one[1]) / 2
+    low, high = mean.min(axis=(1, 2), keepdims=True), mean.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(both, (mean - low) / (high - low + 1e-7), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["layercam", "gradcam@block5+top"])
+def test_non_square_maps_of_layercam_and_of_two_layers(lite0, lite0_images, method):
+    maps = gradcam_heatmaps(lite0, lite0_images, method=method)
+    assert maps.shape == (2, 48, 64) and maps.min() >= 0 and maps.max() <= 1.0
+    assert (maps.reshape(2, -1).max(axis=1) > 0.9).all()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam"])
+def test_the_graph_formulas_equal_tf_keras_vis(lite0, lite0_images, method):
+    """`cam_from_gradients`, what the `explain` endpoint computes, is tf-keras-vis' map."""
+    import tensorflow as tf
+
+    from skin_tf.explain.gradcam import _layer_cams, _visualizer, logit_model
+
+    logits = logit_model(lite0)
+    classes = [1, 4]
+    for layer in ("top_conv", "block5c_add"):
+        reference = _layer_cams(_visualizer(logits, method), layer, lite0_images, classes)
+        body = keras.Model(logits.inputs[0], [logits.get_layer(layer).output, logits.output])
+        with tf.GradientTape() as tape:
+            activations, out = body(lite0_images, training=False)
+            score = tf.gather(out, classes, batch_dims=1)
+        ours = cam_from_gradients(method, activations, tape.gradient(score, activations))
+        assert reference.std() > 0
+        # Grad-CAM++ in tf-keras-vis carries a factor exp(logit) per image, which the 0..1
+        # scaling of every map removes (see cam_from_gradients); compare the scaled maps.
+        np.testing.assert_allclose(scaled(ours.numpy()), scaled(reference), atol=1e-4)
+
+
+def scaled(maps: np.ndarray) -> np.ndarray:
+    low = maps.min(axis=(1, 2), keepdims=True)
+    return (maps - low) / (maps.max(axis=(1, 2), keepdims=True) - low + 1e-12)
+
+
+@pytest.mark.slow
+def test_scorecam_is_tf_keras_vis_scorecam_on_the_logits(lite0, lite0_images):
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from skin_tf.explain.gradcam import _scorecam_cams, logit_model
+
+    ours = _scorecam_cams(logit_model(lite0), "top_conv", lite0_images, [2, 5])
+    reference = Scorecam(lite0, model_modifier=ReplaceToLinear(), clone=True)
+    for i, target in enumerate([2, 5]):
+        expected = reference(
+            CategoricalScore([target]), lite0_images[i : i + 1], penultimate_layer="top_conv",
+            max_N=64, expand_cam=False, normalize_cam=False,
+        )  # fmt: skip
+        np.testing.assert_allclose(ours[i], np.asarray(expected).reshape(ours[i].shape), rtol=1e-4)
