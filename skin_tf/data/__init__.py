@@ -33,6 +33,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "pipeline": ["make_dataset", "load_image", "decode_resize", "class_weights"],
         "augment": ["AugmentConfig", "augment_batch"],
+        "shifts": ["BENIGN_FAMILIES", "shift_image", "shifted"],
         "sizes": ["image_hw"],
         "images": ["ImageError", "prepare_image", "read_rgb_image"],
         "download": ["download_ham10000"],
