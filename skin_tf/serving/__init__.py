@@ -22,6 +22,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "verdict",
         ],
         "guard": ["OodGuard", "load_guard"],
+        "guard_sets": ["benign_images", "run_source_images"],
         "litert": ["LiteRTModel", "convert_float", "convert_int8", "to_model_size"],
         "engines": ["ENGINES"],
         "predict": ["predict_files"],

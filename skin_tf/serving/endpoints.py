@@ -164,7 +164,8 @@ class GuardGraph(tf.Module):
 
     The threshold is a variable because export chooses it from what `serve` itself scores on the
     validation images, after the endpoints exist; until it is set (NaN) nothing is in
-    distribution, so a forgotten step shows.
+    distribution, so a forgotten step shows. A guard with a confidence term adds
+    `confidence_weight` x (1 - the largest probability) from the probabilities `serve` returns.
 
     Example:
         >>> graph = GuardGraph(energy_guard(np.eye(3, 7), np.zeros(7)))  # doctest: +SKIP
@@ -183,19 +184,28 @@ class GuardGraph(tf.Module):
             for name, array in guard.arrays.items()
         }
         self.threshold = tf.Variable(float("nan"), trainable=False, name="threshold")
+        self.confidence_weight = float(guard.confidence_weight)
 
-    def score(self, features: tf.Tensor) -> tf.Tensor:
-        """(N,) float32 scores of features (N, d): `OodGuard.score` in TensorFlow."""
+    def score(self, features: tf.Tensor, probs: tf.Tensor | None = None) -> tf.Tensor:
+        """(N,) float32 scores of features (N, d) and, for a guard with a confidence term, the
+        probabilities (N, C): `OodGuard.score` in TensorFlow."""
         f = tf.cast(features, tf.float32)
         if self.method == "mahalanobis":
             z = tf.matmul(f, self.constants["whiten"])
             squared = tf.reduce_sum(tf.square(z[:, None, :] - self.constants["centres"]), axis=-1)
-            return tf.reduce_min(squared, axis=-1) / float(self.dim)
-        logits = tf.matmul(f, self.constants["kernel"]) + self.constants["bias"]
-        return -tf.reduce_logsumexp(logits, axis=-1)
+            score = tf.reduce_min(squared, axis=-1) / float(self.dim)
+        else:
+            logits = tf.matmul(f, self.constants["kernel"]) + self.constants["bias"]
+            score = -tf.reduce_logsumexp(logits, axis=-1)
+        if not self.confidence_weight:
+            return score
+        if probs is None:
+            raise ValueError("this guard adds a confidence term: pass the probabilities too")
+        top = tf.reduce_max(tf.cast(probs, tf.float32), axis=-1)
+        return score + self.confidence_weight * (1.0 - top)
 
-    def __call__(self, features: tf.Tensor) -> dict[str, tf.Tensor]:
-        score = self.score(features)
+    def __call__(self, features: tf.Tensor, probs: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        score = self.score(features, probs)
         return {"ood_score": score, "in_distribution": score <= self.threshold}
 
 
@@ -244,7 +254,7 @@ def build_endpoints(
         if guard is None:
             return out
         probs, features = out
-        return {"probs": probs, **guard(features)}
+        return {"probs": probs, **guard(features, probs)}
 
     @tf.function(input_signature=[float_batch])
     def explain_float(images):
@@ -259,7 +269,7 @@ def build_endpoints(
         cam = tf.nn.relu(tf.reduce_sum(tf.cast(activations, tf.float32) * weights, axis=-1))
         cam = heatmap_to_input(cam, tf.shape(images)[1:3], size, resize)
         out = {"probs": tf.nn.softmax(logits * inv_t), "heatmap": normalize_heatmaps(cam)}
-        return out if guard is None else {**out, **guard(guard_features[0])}
+        return out if guard is None else {**out, **guard(guard_features[0], out["probs"])}
 
     # Public endpoints: one trace per input dtype, each a thin cast around the single float32
     # graph, so the network is traced and stored once per endpoint rather than once per dtype.

@@ -96,15 +96,16 @@ def run_images(
     if frame.empty:
         raise ValueError(f"the {split} split of {run_dir} has no images")
     if limit is not None and limit < len(frame):
-        frame = frame.iloc[_class_turns(frame["label"].to_numpy(), limit, seed)]
+        frame = frame.iloc[class_turns(frame["label"].to_numpy(), limit, seed)]
     dataset = make_dataset(frame, side, training=False, batch_size=64, resize=resize, cache=False)
     images = np.concatenate([batch.numpy().astype(np.uint8) for batch, _ in dataset])
     source = f"{split} split of run {run_name_of(run_dir)} ({len(frame)} images)"
     return CheckImages(images, frame["label"].to_numpy(), source)
 
 
-def _class_turns(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Row positions of `n` images taken one class at a time (shuffled within each class)."""
+def class_turns(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Row positions of `n` images taken one class at a time (shuffled within each class): a
+    sample in which the rare classes count (int8 calibration, the guard's fitting and shifts)."""
     rng = np.random.default_rng(seed)
     queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in range(len(CLASSES))]
     picked: list[int] = []

@@ -22,7 +22,8 @@ writes `saved_models/b0/`:
   each engine's file, size, quantisation, validation metrics, agreement with `serve` and its own
   melanoma threshold, plus the default engine (`skin_tf.serving.engines`); under `ood_guard` the
   guard's method, how it was fitted and chosen (`skin_tf.serving.guard_choice`) and each
-  engine's threshold, chosen on the validation split.
+  engine's threshold, chosen on the validation split and its benign shifts (crops, sizes,
+  rotations, blur, JPEG, hair removal, lighting: `skin_tf.serving.guard_sets`).
 
 Clients load it with `skin_tf.serving.served.load_served`, never the Keras training model.
 
@@ -34,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import shutil
@@ -50,13 +52,15 @@ from skin_tf.data.pipeline import resize_rule
 from skin_tf.runs import json_ready, read_json
 from skin_tf.serving import engines, litert
 from skin_tf.serving.endpoints import GuardGraph, build_endpoints, input_side
-from skin_tf.serving.guard import GUARD_FILE, OodGuard, keep_threshold
+from skin_tf.serving.guard import GUARD_FILE, OodGuard
 from skin_tf.serving.guard_choice import (
     DEFAULT_GUARD_IMAGES,
+    EngineScores,
     FittedGuard,
     fit_run_guard,
     metadata_block,
 )
+from skin_tf.serving.guard_sets import BENIGN_PER_FAMILY, run_guard_images
 from skin_tf.serving.served import DISCLAIMER, FORMAT, FORMAT_V1, METADATA_FILE
 
 INPUT_DTYPES = (tf.float32, tf.uint8)  # float32 first: it is the TF-Serving signature
@@ -110,10 +114,14 @@ def export_model(
     if check is None and (litert_models or guard is not None):
         check = engines.probe_images(input_side(model))
     served_check = None if check is None else _served_outputs(serve, check.images)
-    scores = {}
+    guard_scores = EngineScores(check, fitted.shifted if fitted is not None else {})
     if guard_graph is not None:  # the threshold of what `serve` itself scores, before saving
-        scores["savedmodel"] = served_check["ood_score"]
-        guard_graph.threshold.assign(keep_threshold(scores["savedmodel"]))
+        guard_scores.add(
+            "savedmodel",
+            (served_check["probs"], served_check["ood_score"]),
+            lambda images: _served_guard_outputs(serve, images),
+        )
+        guard_graph.threshold.assign(guard_scores.threshold("savedmodel"))
     # No archive.track(model): the endpoints' variables are tracked automatically, and leaving
     # the Keras layer objects out of the SavedModel makes writing it ~1.5x faster.
     archive = keras.export.ExportArchive()
@@ -139,14 +147,16 @@ def export_model(
             **(metadata or {}),
         }
         if litert_models:
-            info["engines"], litert_scores = _write_litert(
+            info["engines"] = _write_litert(
                 model, staging, served_check["probs"], info["resize"], temperature,
-                info.get("mel_threshold"), check, calibration, int8_skipped, guard,
+                info.get("mel_threshold"), check, calibration, int8_skipped, guard, guard_scores,
             )  # fmt: skip
-            scores.update(litert_scores)
         if guard is not None:
             guard.save(staging / GUARD_FILE)
-            info["ood_guard"] = metadata_block(guard, fitted, check.source, scores)
+            info["ood_guard"] = metadata_block(
+                guard, fitted, check.source, guard_scores.val, guard_scores.shifted,
+                guard_scores.correct,
+            )  # fmt: skip
         elif guard_skipped:
             info["ood_guard"] = {"written": False, "reason": guard_skipped}
         info["exported_utc"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -181,6 +191,11 @@ def _endpoint_notes(guarded: bool) -> dict[str, str]:
     }
 
 
+def _served_guard_outputs(serve: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = _served_outputs(serve, images)
+    return out["probs"], out["ood_score"]
+
+
 def _served_outputs(serve: Any, images: np.ndarray) -> dict[str, np.ndarray]:
     """`serve` on images in batches: {"probs"} and, with a guard, "ood_score", "in_distribution"."""
     parts = []
@@ -202,9 +217,10 @@ def _write_litert(
     calibration: np.ndarray | None,
     int8_skipped: str | None,
     guard: OodGuard | None,
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Convert, write and check the LiteRT models: the `engines` block of metadata.json, and each
-    engine's guard scores on the check images (none without a guard)."""
+    guard_scores: EngineScores,
+) -> dict[str, Any]:
+    """Convert, write and check the LiteRT models: the `engines` block of metadata.json; with a
+    guard, each engine's guard scores go into `guard_scores`."""
     side = input_side(model)
     features, layer = guard is not None, None if guard is None else guard.layer
     files = {"tflite": folder / litert.FLOAT_FILE}
@@ -216,16 +232,13 @@ def _write_litert(
         files["tflite-int8"].write_bytes(blob)
     else:
         skipped["tflite-int8"] = int8_skipped or "no calibration images were given"
-    probs, scores = {"savedmodel": serve_probs}, {}
+    probs = {"savedmodel": serve_probs}
     for engine, path in files.items():
-        runner = litert.LiteRTModel(path)
-        outputs = [
-            runner.predict_with_features(check.images[i : i + _CHECK_BATCH].astype(np.float32))
-            for i in range(0, len(check.images), _CHECK_BATCH)
-        ]
-        probs[engine] = np.concatenate([p for p, _ in outputs])
+        outputs = functools.partial(_litert_outputs, litert.LiteRTModel(path), guard)
+        on_check = outputs(check.images)
+        probs[engine] = on_check[0]
         if guard is not None:
-            scores[engine] = guard.score(np.concatenate([f for _, f in outputs]))
+            guard_scores.add(engine, on_check, outputs)
     report = engines.engine_report(probs, check, files, mel_point, skipped)
     if calibration is not None:
         report["tflite-int8"]["quantization"] = {
@@ -238,7 +251,22 @@ def _write_litert(
         f"float32 (N, {side}, {side}, 3) pixels 0..255, resized with the `{resize}` "
         "rule exactly as serve does (skin_tf.serving.litert.to_model_size)"
     )
-    return report, scores
+    return report
+
+
+def _litert_outputs(
+    runner: litert.LiteRTModel, guard: OodGuard | None, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A LiteRT model's probabilities on images at its size, in batches, and the guard's scores
+    of the features it outputs beside them (None without a guard)."""
+    parts = [
+        runner.predict_with_features(images[i : i + _CHECK_BATCH].astype(np.float32))
+        for i in range(0, len(images), _CHECK_BATCH)
+    ]
+    probs = np.concatenate([p for p, _ in parts])
+    if guard is None:
+        return probs, None
+    return probs, guard.score(np.concatenate([f for _, f in parts]), probs)
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
@@ -272,6 +300,7 @@ def export_run(
     calibration_images: int = engines.DEFAULT_CALIBRATION_IMAGES,
     guard: bool = True,
     guard_images: int = DEFAULT_GUARD_IMAGES,
+    shifted_images: int = BENIGN_PER_FAMILY,
 ) -> Path:
     """Export a run's best.keras with its temperature, threshold, test metrics and provenance.
 
@@ -282,9 +311,11 @@ def export_run(
     says why. int8=False or litert_models=False leave the int8 model or both out.
 
     The out-of-distribution guard (`skin_tf.serving.guard_choice`) is fitted on `guard_images`
-    of the training split (drawn in turn from each class) and its thresholds are chosen on the
-    validation split; guard=False leaves it out, and unreadable images leave it out with the
-    reason in metadata.json.
+    of the training split (drawn in turn from each class), plain and with benign shifts, and
+    its thresholds are chosen on the validation split and `shifted_images` of its images in
+    every benign-shift family (`skin_tf.data.shifts`: crops, sizes, rotations, blur, JPEG, hair
+    removal, lighting); shifted_images=0 leaves the shifts out. guard=False leaves the guard
+    out, and unreadable images leave it out with the reason in metadata.json.
 
     Example:
         >>> export_run("runs/20250101T120000Z__baseline", "saved_models/b0")  # doctest: +SKIP
@@ -325,7 +356,9 @@ def export_run(
         )
     fitted, guard_skipped = None, "not requested (guard=False / --no-guard)"
     if guard:
-        fitted, guard_skipped = _fit_guard(model, run_dir, resize, data_root, check, guard_images)
+        fitted, guard_skipped = _fit_guard(
+            model, run_dir, resize, data_root, check, guard_images, shifted_images, temperature
+        )
     return export_model(
         model, out, resize=resize, temperature=temperature, metadata=metadata,
         overwrite=overwrite, litert_models=litert_models, check=check,
@@ -340,15 +373,28 @@ def _fit_guard(
     data_root: str | os.PathLike | None,
     check: engines.CheckImages | None,
     n_images: int,
+    n_shifted: int,
+    temperature: float | None,
 ) -> tuple[FittedGuard | None, str | None]:
-    """The run's out-of-distribution guard, or (None, why there is none)."""
+    """The run's out-of-distribution guard, or (None, why there is none).
+
+    Fitted on `n_images` training images (and, each with one benign shift, the same images
+    read from disk); thresholded on the validation images `check` and `n_shifted` of them in
+    every benign-shift family (`skin_tf.serving.guard_sets`). n_shifted=0 leaves the shifts out.
+    """
     if check is None or check.labels is None:
         return None, "the run's validation images could not be read: no threshold to choose"
+    size = tuple(int(d) for d in model.input_shape[1:3])
     try:
-        train = engines.run_images(run_dir, "train", input_side(model), resize, data_root, n_images)
-    except (ValueError, OSError) as err:  # DataError is a ValueError
-        return None, f"the run's training images could not be read ({err})"
-    return fit_run_guard(model, train, check), None
+        train, shifted_train, shifted = run_guard_images(
+            run_dir, size, resize, data_root, n_images, n_shifted
+        )
+    except (ValueError, OSError) as err:  # DataError and ImageError are ValueErrors
+        return None, f"the run's training or validation images could not be read ({err})"
+    fitted = fit_run_guard(
+        model, train, check, shifted, shifted_train=shifted_train, temperature=temperature
+    )
+    return fitted, None
 
 
 def _run_images(

@@ -14,6 +14,13 @@ it from what its model outputs:
 - `energy` (Liu et al., NeurIPS 2020): the free energy of the logits, -logsumexp(f·K + b) at
   T = 1, with f the penultimate features and K, b the softmax head's weights (no fitting).
 
+Either may add a confidence term, `confidence_weight` x (1 - the largest class probability the
+engine gives), the maximum-softmax-probability baseline of Hendrycks and Gimpel (ICLR 2017): a
+Mahalanobis score alone refused valid images the model got *right* more often than the ones it
+got wrong (issue 32); with the term, of two images equally far from the training features the
+one the model is less sure of is refused first. Every engine outputs its probabilities anyway,
+so the term needs no other output.
+
 `skin_tf.serving.guard_choice` fits the candidates at export and keeps the best (Lee et al. score
 every layer; on the demo model an intermediate layer separates far better than the penultimate
 one); the SavedModel computes the kept score in its graph (`skin_tf.serving.endpoints.GuardGraph`)
@@ -33,14 +40,20 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 GUARD_FILE = "ood_guard.npz"
 METHODS = ("mahalanobis", "energy")
-KEEP = 0.95  # the share of validation images every engine's threshold keeps
+KEEP = 0.95  # the share of validation images every engine's threshold keeps (at least)
+# ... and of every benign-shift family made from them (skin_tf.data.shifts): 2 points above the
+# 93 % the guard must keep of such images, a margin for images it was not chosen on.
+SHIFTED_KEEP = 0.95
+SHIFTED_FLOOR = 0.93
 QUANTILE_METHOD = "inverted_cdf"  # numpy: the smallest score with at least KEEP of them <= it
 _ARRAYS = {"mahalanobis": ("whiten", "centres"), "energy": ("kernel", "bias")}
 SCORE_NOTES = {
@@ -49,6 +62,10 @@ SCORE_NOTES = {
     "al. 2018), divided by the feature dimension",
     "energy": "free energy of the logits, -logsumexp(logits) at T = 1 (Liu et al. 2020)",
 }
+CONFIDENCE_NOTE = (
+    " + {weight:.4g} x (1 - the largest class probability the engine outputs; Hendrycks and "
+    "Gimpel 2017)"
+)
 
 
 @dataclass(frozen=True)
@@ -57,12 +74,14 @@ class OodGuard:
 
     mahalanobis: `whiten` (d, d) maps features to a space where the shared covariance is the
     identity, `centres` (C, d) are the class means in that space. energy: `kernel` (d, C) and
-    `bias` (C,) are the softmax head's.
+    `bias` (C,) are the softmax head's. `confidence_weight` w > 0 adds w x (1 - max probability),
+    so `score` then needs the engine's probabilities too.
     """
 
     method: str
     arrays: dict[str, np.ndarray] = field(repr=False)
     layer: str | None = None  # whose mean-pooled output it reads; None: the head's input
+    confidence_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,6 +89,10 @@ class OodGuard:
         missing = set(_ARRAYS[self.method]) - set(self.arrays)
         if missing:
             raise ValueError(f"a {self.method} guard needs the arrays {sorted(missing)}")
+        if not (np.isfinite(self.confidence_weight) and self.confidence_weight >= 0):
+            raise ValueError(
+                f"confidence_weight must be a finite number >= 0, got {self.confidence_weight}"
+            )
 
     @property
     def dim(self) -> int:
@@ -77,8 +100,10 @@ class OodGuard:
         first = self.arrays[_ARRAYS[self.method][0]]
         return int(first.shape[0])
 
-    def score(self, features: np.ndarray) -> np.ndarray:
+    def score(self, features: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
         """(N,) scores of features (N, d), float64; higher means less like the training images.
+        `probs` (N, C), the engine's class probabilities, are needed when the guard has a
+        confidence term (`confidence_weight` > 0) and ignored otherwise.
 
         Example:
             >>> energy_guard(np.eye(3, 7), np.zeros(7)).score(np.zeros((2, 3))).round(3)
@@ -91,27 +116,50 @@ class OodGuard:
             z = f @ self.arrays["whiten"].astype(np.float64)
             centres = self.arrays["centres"].astype(np.float64)
             squared = ((z[:, None, :] - centres[None, :, :]) ** 2).sum(axis=-1)
-            return squared.min(axis=1) / self.dim
-        from scipy.special import logsumexp
+            scores = squared.min(axis=1) / self.dim
+        else:
+            from scipy.special import logsumexp
 
-        logits = f @ self.arrays["kernel"].astype(np.float64) + self.arrays["bias"]
-        return -logsumexp(logits, axis=1)
+            logits = f @ self.arrays["kernel"].astype(np.float64) + self.arrays["bias"]
+            scores = -logsumexp(logits, axis=1)
+        if not self.confidence_weight:
+            return scores
+        if probs is None:
+            raise ValueError(
+                "this guard adds a confidence term: pass the engine's class probabilities "
+                "(probs) beside the features"
+            )
+        p = np.asarray(probs, np.float64)
+        if p.shape[0] != len(f) or p.ndim != 2:
+            raise ValueError(f"expected probs ({len(f)}, C), got shape {p.shape}")
+        return scores + self.confidence_weight * (1.0 - p.max(axis=1))
+
+    @property
+    def note(self) -> str:
+        """What the score is, in words (metadata.json's `score`)."""
+        note = SCORE_NOTES[self.method]
+        if self.confidence_weight:
+            note += CONFIDENCE_NOTE.format(weight=self.confidence_weight)
+        return note
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the guard as an .npz (method + arrays); `load_guard` reads it back."""
         path = Path(path)
         with path.open("wb") as handle:  # a file object: np.savez adds no ".npz" of its own
             np.savez(handle, method=np.array(self.method), layer=np.array(self.layer or ""),
-                     **self.arrays)  # fmt: skip
+                     confidence_weight=np.array(self.confidence_weight), **self.arrays)  # fmt: skip
         return path
 
 
 def load_guard(path: str | os.PathLike) -> OodGuard:
-    """The guard `OodGuard.save` wrote (no pickles are loaded)."""
+    """The guard `OodGuard.save` wrote (no pickles are loaded). A file written before the
+    confidence term existed loads with confidence_weight 0, the score it was exported with."""
+    scalars = ("method", "layer", "confidence_weight")
     with np.load(Path(path), allow_pickle=False) as data:
         method, layer = str(data["method"]), str(data["layer"]) or None
-        arrays = {name: data[name] for name in data.files if name not in ("method", "layer")}
-    return OodGuard(method, arrays, layer)
+        weight = float(data["confidence_weight"]) if "confidence_weight" in data.files else 0.0
+        arrays = {name: data[name] for name in data.files if name not in scalars}
+    return OodGuard(method, arrays, layer, weight)
 
 
 # ---------------------------------------------------------------- fitting
@@ -173,6 +221,96 @@ def keep_threshold(scores: np.ndarray, keep: float = KEEP) -> float:
     return float(np.quantile(scores, keep, method=QUANTILE_METHOD))
 
 
+def constrained_threshold(
+    scores: np.ndarray,
+    shifted: Mapping[str, np.ndarray] | None = None,
+    keep: float = KEEP,
+    shifted_keep: float = SHIFTED_KEEP,
+) -> float:
+    """The smallest threshold that keeps at least `keep` of `scores` (the validation images)
+    and at least `shifted_keep` of each family of `shifted` scores (their benign shifts).
+
+    Example:
+        >>> constrained_threshold(np.arange(1, 101), {"blur": np.arange(11, 111)})
+        105.0
+    """
+    candidates = [keep_threshold(scores, keep)]
+    candidates += [keep_threshold(values, shifted_keep) for values in (shifted or {}).values()]
+    return max(candidates)
+
+
 def kept_share(scores: np.ndarray, threshold: float) -> float:
     """The share of images whose score is at most `threshold` (called in distribution)."""
     return float(np.mean(np.asarray(scores) <= threshold))
+
+
+# ---------------------------------------------------------------- what a threshold keeps
+
+
+def separation(
+    threshold: float, kept_scores: np.ndarray, ood_scores: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """How a threshold separates in-distribution images (`kept_scores`) from each OOD family:
+    the share kept, the share of each family (and of all of them) rejected, and the AUROC of
+    the score, in-distribution vs all OOD images (scikit-learn's roc_auc_score).
+
+    Example:
+        >>> separation(1.0, np.array([0.5, 2.0]), {"noise": np.array([3.0])})["rejected"]
+        {'noise': 1.0, 'all': 1.0}
+    """
+    from sklearn.metrics import roc_auc_score
+
+    pooled = np.concatenate([np.asarray(s, np.float64) for s in ood_scores.values()])
+    rejected = {name: 1.0 - kept_share(s, threshold) for name, s in ood_scores.items()}
+    rejected["all"] = 1.0 - kept_share(pooled, threshold)
+    truth = np.r_[np.zeros(len(kept_scores)), np.ones(len(pooled))]
+    auroc = roc_auc_score(truth, np.r_[kept_scores, pooled]) if len(pooled) else None
+    return {
+        "threshold": float(threshold),
+        "kept": kept_share(kept_scores, threshold),
+        "rejected": rejected,
+        "auroc": None if auroc is None else float(auroc),
+    }
+
+
+def shifted_kept(threshold: float, shifted: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """The share of each benign-shift family a threshold keeps.
+
+    Example:
+        >>> shifted_kept(1.0, {"blur": np.array([0.5, 2.0])})
+        {'blur': 0.5}
+    """
+    return {family: kept_share(scores, threshold) for family, scores in shifted.items()}
+
+
+def accuracy_split(
+    threshold: float, scores: np.ndarray, correct: np.ndarray | None
+) -> dict[str, Any] | None:
+    """The model's accuracy on the images a threshold keeps and on those it rejects (None where
+    there are none), and how many it rejects; None without labels.
+
+    Example:
+        >>> accuracy_split(1.0, np.array([0.5, 0.7, 2.0]), np.array([True, False, False]))
+        {'kept': 0.5, 'rejected': 0.0, 'n_rejected': 1}
+    """
+    if correct is None:
+        return None
+    correct, kept = np.asarray(correct, bool), np.asarray(scores) <= threshold
+    return {
+        "kept": float(correct[kept].mean()) if kept.any() else None,
+        "rejected": float(correct[~kept].mean()) if (~kept).any() else None,
+        "n_rejected": int((~kept).sum()),
+    }
+
+
+def refuses_the_doubtful(accuracy: dict[str, Any] | None) -> bool:
+    """Whether the rejected images are right no more often than the kept ones (True when
+    there is nothing to compare: no labels or no image on one side).
+
+    Example:
+        >>> refuses_the_doubtful({"kept": 0.75, "rejected": 0.8, "n_rejected": 40})
+        False
+    """
+    if not accuracy or accuracy["kept"] is None or accuracy["rejected"] is None:
+        return True
+    return accuracy["rejected"] <= accuracy["kept"]

@@ -263,7 +263,7 @@ class ServedModel:
                 f"{runner.path} has no features output although metadata.json describes a guard: "
                 "re-run `skin-tf export RUN_DIR --out FOLDER --overwrite`"
             )
-        scores = self._loaded.guard().score(np.concatenate([f for _, f in outputs]))
+        scores = self._loaded.guard().score(np.concatenate([f for _, f in outputs]), probs)
         return Assessment(probs, scores, scores <= self.ood_threshold)
 
     def _serve(self, batch: np.ndarray) -> Assessment:

@@ -14,7 +14,7 @@ from skin_tf.evaluation.threshold import choose_operating_point
 from skin_tf.serving.engines import (
     FLOAT_TOLERANCE,
     CheckImages,
-    _class_turns,
+    class_turns,
     default_engine,
     engine_report,
 )
@@ -122,10 +122,10 @@ def test_without_labels_nothing_is_gated_and_skipped_engines_say_why(tmp_path):
 
 def test_calibration_images_come_from_every_class_in_turn():
     labels = np.array([0] * 50 + [4] * 3 + [5] * 200)
-    picked = _class_turns(labels, 9, seed=0)
+    picked = class_turns(labels, 9, seed=0)
     assert len(picked) == len(set(picked)) == 9
     assert sorted(np.bincount(labels[picked], minlength=7)[[0, 4, 5]]) == [3, 3, 3]
-    assert (_class_turns(labels, 9, seed=0) == picked).all()  # seeded
+    assert (class_turns(labels, 9, seed=0) == picked).all()  # seeded
 
 
 def test_a_threshold_that_cannot_be_chosen_keeps_int8_off_with_the_reason(tmp_path):

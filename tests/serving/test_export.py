@@ -339,3 +339,45 @@ def test_the_guard_only_adds_outputs(tiny_export, tiny_export_plain):
         assert block["thresholds"][engine]["n_images"] == 8  # the synthetic probe images
     plain_meta = json.loads((tiny_export_plain / METADATA_FILE).read_text())
     assert plain_meta["format"] == "skin_tf.export/1" and "ood_guard" not in plain_meta
+
+
+def test_every_engine_keeps_the_benign_shifts_with_its_own_threshold(tiny_model, tmp_path):
+    """A guard with benign-shift validation families and a confidence term (issue 32): each
+    engine's threshold keeps 95 % of the validation images and of every family on its own
+    scores, metadata.json records what it keeps and its accuracy on both sides, and the
+    SavedModel (term in its graph) and LiteRT (term from its probabilities) score alike."""
+    import dataclasses
+
+    from skin_tf.serving.engines import CheckImages, probe_images
+    from skin_tf.serving.guard_choice import fit_run_guard
+    from skin_tf.serving.guard_sets import SourceImages, benign_images
+
+    def sources(n, seed):
+        images = probe_images(60, n=n, seed=seed).images
+        return SourceImages([i[:45] for i in images], np.arange(n) % 7, f"{n} probes")
+
+    train = CheckImages(probe_images(32, n=70, seed=4).images, np.arange(70) % 7, "70 probes")
+    val = CheckImages(probe_images(32, n=40, seed=6).images, np.arange(40) % 7, "40 probes")
+    shifted = benign_images(sources(40, 6), (32, 32), "squash", ["crop_224", "rotation"])
+    fitted = fit_run_guard(tiny_model, train, val, shifted, temperature=1.5)
+    weighted = dataclasses.replace(fitted.guard, confidence_weight=0.5)
+    fitted = dataclasses.replace(fitted, guard=weighted)
+    out = export_model(
+        tiny_model, tmp_path / "shifted", temperature=1.5, check=val, guard=fitted,
+        calibration=probe_images(32, n=16, seed=3).images, metadata={"run": "tiny"},
+    )  # fmt: skip
+    block = json.loads((out / METADATA_FILE).read_text())["ood_guard"]
+    assert block["confidence_weight"] == 0.5 and "0.5 x (1 - the largest" in block["score"]
+    assert block["thresholds"]["shifted_keep"] == 0.95
+    for engine in ("savedmodel", "tflite", "tflite-int8"):
+        figures = block["thresholds"][engine]
+        assert figures["val_kept"] >= 0.95
+        assert set(figures["shifted_kept"]) == {"crop_224", "rotation"}
+        assert min(figures["shifted_kept"].values()) >= 0.95
+        assert figures["accuracy"]["n_rejected"] <= 3 * 40 * 0.05 + 3
+        served = load_served(out, engine=engine)
+        kept = served.assess(list(shifted["rotation"].images)).in_distribution
+        assert kept.mean() == figures["shifted_kept"]["rotation"]
+    images = list(shifted["crop_224"].images[:8])
+    saved, lite = (load_served(out, engine=e).assess(images) for e in ("savedmodel", "tflite"))
+    np.testing.assert_allclose(saved.ood_score, lite.ood_score, rtol=1e-3, atol=1e-3)

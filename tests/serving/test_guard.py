@@ -1,6 +1,7 @@
-"""The guard's scores and thresholds: Mahalanobis and energy in numpy, the same scores inside the
-graph (`skin_tf.serving.endpoints.GuardGraph`), the .npz round trip, and thresholds that keep at
-least 95 % of the images they are chosen on."""
+"""The guard's scores and thresholds: Mahalanobis and energy in numpy, the confidence term, the
+same scores inside the graph (`skin_tf.serving.endpoints.GuardGraph`), the .npz round trip (and
+a file written before the confidence term), thresholds that keep at least 95 % of the images
+they are chosen on and of every benign-shift family, and the accuracy on kept vs rejected."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from scipy.special import logsumexp
 from skin_tf.serving.endpoints import GuardGraph
 from skin_tf.serving.guard import (
     OodGuard,
+    accuracy_split,
+    constrained_threshold,
     energy_guard,
     fit_mahalanobis,
     keep_threshold,
     kept_share,
     load_guard,
+    refuses_the_doubtful,
+    shifted_kept,
 )
 
 
@@ -71,6 +76,31 @@ def test_the_graph_computes_the_numpy_score(method):
     )
 
 
+def test_the_confidence_term_adds_weight_times_one_minus_the_top_probability():
+    features, labels = gaussian_classes()
+    plain = fit_mahalanobis(features, labels)
+    guard = OodGuard(plain.method, plain.arrays, plain.layer, confidence_weight=2.0)
+    probs = np.tile([[0.7, 0.2, 0.1, 0, 0, 0, 0]], (len(features), 1))
+    np.testing.assert_allclose(guard.score(features, probs), plain.score(features) + 2.0 * 0.3)
+    assert "+ 2 x (1 - the largest class probability" in guard.note
+    assert "confidence" not in plain.note.lower() and plain.score(features, probs) is not None
+    with pytest.raises(ValueError, match="pass the engine's class probabilities"):
+        guard.score(features)
+    with pytest.raises(ValueError, match=r"probs \(700, C\)"):
+        guard.score(features, probs[:3])
+    with pytest.raises(ValueError, match="confidence_weight must be a finite number >= 0"):
+        OodGuard(plain.method, plain.arrays, confidence_weight=-1.0)
+    # In the graph: the same score from the same probabilities.
+    graph = GuardGraph(guard)
+    graph.threshold.assign(float(np.median(guard.score(features, probs))))
+    out = graph(features[:40].astype(np.float32), probs[:40].astype(np.float32))
+    np.testing.assert_allclose(
+        out["ood_score"].numpy(), guard.score(features[:40], probs[:40]), rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="pass the probabilities too"):
+        graph(features[:4].astype(np.float32))
+
+
 def test_an_unset_graph_threshold_keeps_nothing():
     guard = energy_guard(np.eye(3, 7), np.zeros(7))
     assert not GuardGraph(guard)(np.zeros((2, 3), np.float32))["in_distribution"].numpy().any()
@@ -83,7 +113,20 @@ def test_saved_guard_loads_back(tmp_path):
     assert (loaded.method, loaded.layer) == ("mahalanobis", "block3b_add")
     np.testing.assert_array_equal(loaded.score(features), guard.score(features))
     energy = load_guard(energy_guard(np.eye(3, 7), np.ones(7)).save(tmp_path / "energy.npz"))
-    assert energy.layer is None and energy.method == "energy"
+    assert energy.layer is None and energy.method == "energy" and energy.confidence_weight == 0
+    weighted = OodGuard(guard.method, guard.arrays, guard.layer, confidence_weight=1.25)
+    assert load_guard(weighted.save(tmp_path / "weighted.npz")).confidence_weight == 1.25
+
+
+def test_a_guard_file_from_before_the_confidence_term_loads_with_weight_zero(tmp_path):
+    features, labels = gaussian_classes()
+    guard = fit_mahalanobis(features, labels, layer="block4c_add")
+    with (tmp_path / "old.npz").open("wb") as handle:  # what exports wrote before issue 32
+        np.savez(handle, method=np.array("mahalanobis"), layer=np.array("block4c_add"),
+                 **guard.arrays)  # fmt: skip
+    old = load_guard(tmp_path / "old.npz")
+    assert old.confidence_weight == 0.0 and set(old.arrays) == {"whiten", "centres"}
+    np.testing.assert_array_equal(old.score(features), guard.score(features))
 
 
 @pytest.mark.parametrize("n", [1, 19, 20, 21, 100, 1001])
@@ -93,6 +136,31 @@ def test_keep_threshold_keeps_at_least_95_percent(n):
     assert kept_share(scores, threshold) >= 0.95
     assert threshold in scores  # one of the scores: the smallest that keeps enough
     assert kept_share(scores, np.nextafter(np.float32(threshold), -np.inf)) < 0.95
+
+
+def test_the_constrained_threshold_keeps_validation_and_every_shifted_family():
+    val = np.arange(1.0, 101.0)
+    assert constrained_threshold(val) == keep_threshold(val) == 95.0
+    shifted = {"crop_224": val * 1.5, "blur": val}
+    threshold = constrained_threshold(val, shifted)
+    assert threshold == 142.5  # 95 % of the crops: they score higher than validation
+    assert kept_share(val, threshold) == 1.0
+    assert shifted_kept(threshold, shifted) == {"crop_224": 0.95, "blur": 1.0}
+    assert constrained_threshold(val, shifted, shifted_keep=0.9) == 135.0
+    # Without the shifts, the 95 % validation threshold keeps only 63 % of the crops.
+    assert shifted_kept(95.0, shifted)["crop_224"] == 0.63
+
+
+def test_accuracy_on_kept_and_rejected_images():
+    scores = np.array([0.1, 0.2, 0.3, 5.0, 6.0])
+    correct = np.array([True, True, False, True, False])
+    split = accuracy_split(1.0, scores, correct)
+    assert split == {"kept": 2 / 3, "rejected": 0.5, "n_rejected": 2}
+    assert refuses_the_doubtful(split)
+    assert not refuses_the_doubtful(accuracy_split(1.0, scores, ~correct))  # refuses right ones
+    assert accuracy_split(10.0, scores, correct)["rejected"] is None
+    assert refuses_the_doubtful(accuracy_split(10.0, scores, correct))  # nothing to compare
+    assert accuracy_split(1.0, scores, None) is None and refuses_the_doubtful(None)
 
 
 def test_bad_inputs_are_refused():

@@ -1,7 +1,8 @@
-"""How export fits and chooses the guard: the generated OOD validation images, the stage layers of
-an EfficientNet, the comparison and the per-engine thresholds (fast); and, on real HAM10000
-images, the guard of a real run against the out-of-distribution test images of
-tests/serving/ood_images.py (slow)."""
+"""How export fits and chooses the guard: the stage layers of an EfficientNet, the comparison
+(every candidate thresholded to keep its validation images and their benign shifts, the accuracy
+rule, the most OOD rejected), the per-engine thresholds (fast); and, on real HAM10000 images,
+the guard of a real run against the out-of-distribution test images of
+tests/serving/ood_images.py and the benign shifts of its test images (slow)."""
 
 from __future__ import annotations
 
@@ -10,29 +11,20 @@ import json
 import numpy as np
 import pytest
 
+from skin_tf.data.shifts import BENIGN_FAMILIES, shifted
 from skin_tf.serving.engines import CheckImages, probe_images
 from skin_tf.serving.guard_choice import (
-    OOD_FAMILIES,
+    CONFIDENCE_WEIGHTS,
+    EngineScores,
     candidate_layers,
+    candidate_name,
+    choose,
     engine_thresholds,
     fit_run_guard,
-    ood_validation_images,
     pooled_features,
-    separation,
 )
+from skin_tf.serving.guard_sets import OOD_FAMILIES, SourceImages, benign_images
 from tests.serving.conftest import TINY_SIZE
-
-
-def test_ood_validation_images_are_deterministic_and_not_the_training_images():
-    train = probe_images(48, n=10, seed=1).images
-    first, again = ood_validation_images(train, per_family=6), ood_validation_images(train, 6)
-    assert list(first) == list(OOD_FAMILIES)
-    for name, images in first.items():
-        assert images.shape == (6, 48, 48, 3) and images.dtype == np.uint8, name
-        np.testing.assert_array_equal(images, again[name])
-    for name in ("tiles", "channel_swap"):  # made from training images, but changed
-        assert not any((image == train).all(axis=(1, 2, 3)).any() for image in first[name])
-    assert not np.array_equal(first["shapes"], ood_validation_images(train, 6, seed=1)["shapes"])
 
 
 def test_candidate_layers_are_the_stage_outputs_of_an_efficientnet(tiny_model):
@@ -47,83 +39,224 @@ def test_candidate_layers_are_the_stage_outputs_of_an_efficientnet(tiny_model):
     assert candidate_layers(tiny_model) == []
 
 
-def test_separation_and_engine_thresholds():
-    kept = np.arange(1.0, 101.0)
-    figures = separation(95.0, kept, {"far": np.array([200.0, 300.0]), "near": np.array([50.0])})
-    assert figures["kept"] == 0.95
-    assert figures["rejected"] == {"far": 1.0, "near": 0.0, "all": pytest.approx(2 / 3)}
-    assert 0.5 < figures["auroc"] < 1.0
-    block = engine_thresholds({"savedmodel": kept, "tflite-int8": kept + 1}, "val (100 images)")
+def test_pooled_features_of_a_non_square_model():
+    from skin_tf.models.classifier import build_classifier
+
+    lite = build_classifier("efficientnet_lite0", (32, 48), weights=None)
+    features = pooled_features(lite, np.zeros((2, 32, 48, 3), np.uint8), ["block4c_add", None])
+    assert features["block4c_add"].shape == (2, 80) and features[None].shape == (2, 1280)
+
+
+def test_engine_thresholds_keep_validation_and_every_shifted_family():
+    val = np.arange(1.0, 101.0)
+    block = engine_thresholds({"savedmodel": val, "tflite-int8": val + 1}, "val (100 images)")
     assert block["savedmodel"]["threshold"] == 95.0 and block["tflite-int8"]["threshold"] == 96.0
     assert block["savedmodel"]["val_kept"] == 0.95 and block["keep"] == 0.95
-    assert "val (100 images)" in block["rule"]
+    assert "val (100 images)" in block["rule"] and "shifted_keep" not in block
+    # A benign-shift family scoring higher lifts the threshold until 95 % of it is kept too.
+    shifted = {"savedmodel": {"crop_224": val + 10, "blur": val}}
+    correct = {"savedmodel": np.r_[np.ones(150, bool), np.zeros(150, bool)]}
+    block = engine_thresholds({"savedmodel": val}, "val", shifted, correct)
+    figures = block["savedmodel"]
+    assert figures["threshold"] == 105.0 and figures["val_kept"] == 1.0
+    assert figures["shifted_kept"] == {"crop_224": 0.95, "blur": 1.0}
+    assert block["shifted_keep"] == 0.95 and "each benign-shift family" in block["rule"]
+    # kept: 100 val + 100 blur + 95 crop (the first 150 right); rejected: 5 crops, all wrong
+    assert figures["accuracy"] == {"kept": 150 / 295, "rejected": 0.0, "n_rejected": 5}
 
 
-def test_fit_run_guard_compares_the_candidates_and_records_why(tiny_model):
+def test_engine_scores_collects_each_engines_scores_on_the_shifted_images():
+    labels = np.arange(20) % 7
+    check = CheckImages(np.zeros((20, 8, 8, 3), np.uint8), labels, "20 images")
+    shifted = {"blur": CheckImages(np.ones((20, 8, 8, 3), np.uint8), labels, "20 blurred")}
+    one_hot = np.eye(7)[labels]
+
+    def outputs(images):  # scores 10 for the blurred images, every answer right
+        return one_hot, np.full(len(images), 10.0) + np.arange(len(images)) / 100
+
+    collected = EngineScores(check, shifted)
+    collected.add("tflite", (one_hot, np.zeros(20)), outputs)
+    assert list(collected.shifted["tflite"]) == ["blur"] and collected.correct["tflite"].all()
+    assert collected.threshold("tflite") == pytest.approx(10.18)  # 19 of 20 blurred kept
+    no_labels = EngineScores(CheckImages(check.images, None, "probes"), shifted)
+    no_labels.add("tflite", (one_hot, np.zeros(20)), outputs)
+    assert "tflite" not in no_labels.correct
+
+
+def accuracy(kept, rejected):
+    return {"kept": kept, "rejected": rejected, "n_rejected": 10}
+
+
+def test_choose_refuses_the_doubtful_first():
+    comparison = {
+        "right_refuser": {"rejected": {"all": 0.99}, "auroc": 0.99, "accuracy": accuracy(0.7, 0.9)},
+        "doubt_refuser": {"rejected": {"all": 0.90}, "auroc": 0.95, "accuracy": accuracy(0.8, 0.5)},
+        "tie_lower_auroc": {
+            "rejected": {"all": 0.90},
+            "auroc": 0.9,
+            "accuracy": accuracy(0.8, 0.6),
+        },
+    }
+    assert choose(comparison) == ("doubt_refuser", True)
+    # No candidate refuses the doubtful: all compete, and the record can say so.
+    del comparison["doubt_refuser"], comparison["tie_lower_auroc"]
+    assert choose(comparison) == ("right_refuser", False)
+
+
+def test_candidate_names():
+    assert candidate_name(None) == "mahalanobis:penultimate"
+    assert candidate_name("block4c_add", "+shifts") == "mahalanobis+shifts:block4c_add"
+    assert candidate_name("block3b_add", "", 0.5) == "mahalanobis:block3b_add+confidence0.5"
+
+
+def probe_sources(n: int, seed: int) -> SourceImages:
+    images = probe_images(60, n=n, seed=seed).images
+    return SourceImages([image[:45] for image in images], np.arange(n) % 7, f"{n} probes")
+
+
+def test_fit_run_guard_thresholds_every_candidate_on_the_shifts_and_records_why(tiny_model):
+    """The tiny model (no stages): Mahalanobis on its penultimate features, fitted on the
+    training images alone and with their shifts, each with every confidence weight, and energy.
+    Every candidate keeps 95 % of validation and of every benign-shift family; the chosen one
+    follows `choose`; metadata.json can hold the record."""
     labelled = probe_images(TINY_SIZE, n=70, seed=4)
     train = CheckImages(labelled.images, np.arange(70) % 7, "70 probe images")
     val = CheckImages(probe_images(TINY_SIZE, n=40, seed=6).images, np.arange(40) % 7, "40 probes")
-    fitted = fit_run_guard(tiny_model, train, val)
+    size = (TINY_SIZE, TINY_SIZE)
+    shifted = benign_images(probe_sources(40, 6), size, "squash", ["crop_224", "rotation"])
+    shifted_train = benign_images(probe_sources(70, 4), size, "squash", ["blur"])["blur"]
+    fitted = fit_run_guard(tiny_model, train, val, shifted, shifted_train, temperature=1.5)
     comparison = fitted.record["comparison"]
-    assert set(comparison["candidates"]) == {"mahalanobis:penultimate", "energy"}
-    chosen = comparison["candidates"][comparison["chosen"]]
+    weights = [w for w in CONFIDENCE_WEIGHTS if w]
+    assert set(comparison["candidates"]) == {
+        "energy",
+        *(candidate_name(None, fit, w) for fit in ("", "+shifts") for w in (0, *weights)),
+    }
     for figures in comparison["candidates"].values():
         assert figures["kept"] >= 0.95 and set(figures["rejected"]) == {*OOD_FAMILIES, "all"}
-        assert (figures["rejected"]["all"], figures["auroc"]) <= (
-            chosen["rejected"]["all"], chosen["auroc"]
-        )  # fmt: skip
-    assert fitted.guard.method == comparison["chosen"].split(":")[0]
-    assert "70 probe images" in fitted.record["fitted_on"] and "40 probes" in comparison["on"]
-    json.dumps(fitted.record)  # metadata.json can hold it
+        assert set(figures["shifted_kept"]) == {"crop_224", "rotation"}
+        assert min(figures["shifted_kept"].values()) >= 0.95
+        assert figures["accuracy"]["n_rejected"] >= 0
+    assert (comparison["chosen"], comparison["accuracy_rule_applied"]) == choose(
+        comparison["candidates"]
+    )
+    chosen = comparison["candidates"][comparison["chosen"]]
+    assert fitted.guard.method == comparison["chosen"].split(":")[0].split("+")[0]
+    assert set(fitted.shifted) == set(shifted)
+    # The figures are those of the kept guard's own score (with the run's temperature).
+    from scipy.special import softmax
+
+    from skin_tf.serving.guard import constrained_threshold
+
+    head = tiny_model.layers[-1]
+
+    def scores(images):
+        pen = pooled_features(tiny_model, images, [fitted.guard.layer, None])
+        probs = softmax((pen[None] @ head.kernel.numpy() + head.bias.numpy()) / 1.5, axis=1)
+        return fitted.guard.score(pen[fitted.guard.layer], probs)
+
+    on_shifted = {f: scores(images.images) for f, images in shifted.items()}
+    expected = constrained_threshold(scores(val.images), on_shifted)
+    assert chosen["threshold"] == pytest.approx(expected, rel=1e-5)
+    record = fitted.record
+    assert (
+        "70 probe images" in record["fitted_on"]
+        and "each with one benign shift" not in (record["fitted_on"])
+    )  # shifted_train's source is the probes' own phrase here
+    assert "40 probes" in comparison["on"] and "2 benign-shift families" in comparison["on"]
+    assert set(record["benign_shifts"]["families"]) == {"crop_224", "rotation"}
+    assert "95%" in comparison["rule"] and "no more often" in comparison["rule"]
+    json.dumps(record)  # metadata.json can hold it
     with pytest.raises(ValueError, match="labelled"):
         fit_run_guard(tiny_model, CheckImages(labelled.images, None, "x"), val)
+
+
+def test_without_shifts_the_thresholds_keep_95_percent_of_validation(tiny_model):
+    train = CheckImages(probe_images(TINY_SIZE, n=70, seed=4).images, np.arange(70) % 7, "70")
+    val = CheckImages(probe_images(TINY_SIZE, n=40, seed=6).images, np.arange(40) % 7, "40")
+    fitted = fit_run_guard(tiny_model, train, val)
+    candidates = fitted.record["comparison"]["candidates"]
+    assert len(candidates) == len(CONFIDENCE_WEIGHTS) + 1  # no '+shifts' fits
+    assert all(f["kept"] == 0.95 and f["shifted_kept"] == {} for f in candidates.values())
+    assert fitted.record["benign_shifts"] is None and fitted.shifted == {}
 
 
 # ---------------------------------------------------------------- slow: a real run, real OOD images
 
 
 @pytest.mark.slow
-def test_the_guard_of_a_real_run_rejects_the_ood_test_images(
+def test_the_guard_of_a_real_run_keeps_shifted_lesions_and_rejects_the_ood_test_images(
     real_export, real_frame, real_data_root, capsys
 ):
     """The exported guard of the real miniature run (tests/serving/conftest.py), through every
-    engine: it keeps the validation images it was chosen on, most of the test split, and rejects
-    the out-of-distribution test images (tests/serving/ood_images.py). The demo run's full
-    figures come from benchmarks/bench_ood.py; this run is a linear probe on ImageNet features
-    whose guard is fitted on 280 training images."""
-    from PIL import Image
-
+    engine, against the issue's aims: it keeps most of 150 test images and at least 93 % of each
+    benign-shift family made from them (skin_tf.data.shifts, a seed the export never used),
+    rejects at least 95 % of the out-of-distribution test images (tests/serving/ood_images.py),
+    and the images it rejects are right no more often than the kept ones (on validation, where
+    it was chosen, exactly; here within two standard errors, as it rejects only a few dozen).
+    The demo run's full figures come from benchmarks/bench_ood.py; this run is a linear probe
+    on ImageNet features whose guard is fitted on 280 training images."""
+    from skin_tf.data.images import read_rgb_image
     from skin_tf.data.splits import split_by_lesion
+    from skin_tf.serving.guard import accuracy_split, separation, shifted_kept
     from skin_tf.serving.served import load_served
     from tests.serving.ood_images import FAMILIES, build_ood_set
 
     metadata = json.loads((real_export / "metadata.json").read_text())
     block = metadata["ood_guard"]
     assert block["comparison"]["chosen"] in block["chosen_from"]
-    assert "280 images" in block["fitted_on"]
+    assert "280 images" in block["fitted_on"] and "+shifts" in block["fitted_on"]
+    assert set(block["benign_shifts"]["families"]) == set(BENIGN_FAMILIES)
     split = split_by_lesion(real_frame, seed=42)
-    test = split[split["split"] == "test"].sample(300, random_state=0)
-    test_images = [np.asarray(Image.open(p).convert("RGB")) for p in test["path"]]
+    test = split[split["split"] == "test"].sample(150, random_state=0)
+    sources = SourceImages([read_rgb_image(p) for p in test["path"]], test["label"].to_numpy(),
+                           "150 test images")  # fmt: skip
+    families = {f: [np.asarray(i) for i in shifted(sources.images, f, seed=1)]
+                for f in BENIGN_FAMILIES}  # fmt: skip
     ood = build_ood_set(real_data_root)
     assert list(ood) == list(FAMILIES) and sum(len(v) for v in ood.values()) == 162
-    lines = []
+    lines, failures = [], []
     for engine in ("savedmodel", "tflite", "tflite-int8"):
         served = load_served(real_export, engine=engine)
-        assert block["thresholds"][engine]["val_kept"] >= 0.95  # by construction
-        kept = served.assess(test_images)
+        thresholds = block["thresholds"][engine]
+        assert thresholds["val_kept"] >= 0.95  # by construction
+        assert min(thresholds["shifted_kept"].values()) >= 0.95
+        plain = served.assess(sources.images)
+        on_shifted = {f: served.assess(images) for f, images in families.items()}
         scores = {f: served.assess([o.pixels for o in members]).ood_score
                   for f, members in ood.items()}  # fmt: skip
-        figures = separation(served.ood_threshold, kept.ood_score, scores)
+        figures = separation(served.ood_threshold, plain.ood_score, scores)
+        kept = shifted_kept(served.ood_threshold, {f: a.ood_score for f, a in on_shifted.items()})
+        assessed = [plain, *on_shifted.values()]
+        correct = np.concatenate([a.probs.argmax(axis=1) == sources.labels for a in assessed])
+        pooled = np.concatenate([a.ood_score for a in assessed])
+        acc = accuracy_split(served.ood_threshold, pooled, correct)
         rejected = figures["rejected"]
         lines.append(
-            f"{engine}: test kept {figures['kept']:.3f}, OOD rejected {rejected['all']:.3f} "
-            f"(" + ", ".join(f"{f} {rejected[f]:.2f}" for f in FAMILIES) + f"), AUROC "
-            f"{figures['auroc']:.4f}"
+            f"{engine}: test kept {figures['kept']:.3f}, shifted kept min {min(kept.values()):.3f}"
+            f" ({min(kept, key=kept.get)}), OOD rejected {rejected['all']:.3f} ("
+            + ", ".join(f"{f} {rejected[f]:.2f}" for f in FAMILIES)
+            + f"), accuracy kept {acc['kept']:.3f} / rejected {acc['rejected'] or 0:.3f} "
+            f"({acc['n_rejected']})"
         )
-        # The issue's aims (measured here: 0.957 kept, 1.000 rejected, AUROC >= 0.999).
-        assert figures["kept"] >= 0.93
-        assert rejected["all"] >= 0.95 and figures["auroc"] >= 0.99
-        for family in ("photos", "documents", "flat_colours", "noise", "inverted"):
-            assert rejected[family] >= 0.9, (engine, family)
+        failures += [f"{engine}: {what}" for what, ok in (
+            ("test kept < 0.93", figures["kept"] >= 0.93),
+            (f"a benign-shift family kept < 0.93 ({kept})", min(kept.values()) >= 0.93),
+            ("OOD rejected < 0.95", rejected["all"] >= 0.95),
+            ("AUROC < 0.99", figures["auroc"] >= 0.99),
+            ("a family of photos, documents, colours, noise or negatives passes",
+             min(rejected[f] for f in ("photos", "documents", "flat_colours", "noise",
+                                       "inverted")) >= 0.9),
+            # Refuses right answers no more often than wrong ones, within sampling error: this
+            # miniature run rejects a few dozen of these images (the demo's figures, over 12,000
+            # images, are in benchmarks/README.md).
+            ("rejected images right more often than kept ones", acc["rejected"] is None
+             or acc["rejected"] <= acc["kept"] + 2 * np.sqrt(0.25 / acc["n_rejected"])),
+        ) if not ok]  # fmt: skip
     with capsys.disabled():
         print(f"\nguard {block['comparison']['chosen']}:\n  " + "\n  ".join(lines))
+    assert not failures, failures
+    # On validation, where it was chosen, the rule held by construction.
+    chosen = block["comparison"]["candidates"][block["comparison"]["chosen"]]
+    assert block["comparison"]["accuracy_rule_applied"]
+    assert chosen["accuracy"]["rejected"] <= chosen["accuracy"]["kept"]
