@@ -1,30 +1,37 @@
-"""What the out-of-distribution guard keeps and rejects on a real run: every candidate score
-against the run's test split and the out-of-distribution test images, and the exported guard
-through every engine.
+"""What the out-of-distribution guard of an export keeps and rejects on a real run: valid images
+changed in benign ways beside non-lesion images, with the model's accuracy on what it keeps and
+what it refuses, through every engine and for every candidate export compared (issue 32).
 
-    .venv/bin/python benchmarks/bench_ood.py runs/20261202T001251Z__demo \
-        --data-root ../shared/data/ham10000 --json benchmarks/ood/demo.json
+    .venv/bin/python benchmarks/bench_ood.py runs/20261206T061141Z__demo \\
+        --data-root ../shared/data/ham10000 --json benchmarks/ood/2026-12-06_demo.json
 
 1. Exports the run twice into a temporary folder, with the guard and without it
    (`skin_tf.serving.export.export_run`), timing both: the guard's extra export time.
-2. Candidates (as export fits them, `skin_tf.serving.guard_choice`): Mahalanobis on each stage
-   of the backbone and on the penultimate features, and the energy score, fitted on the same
-   training images, each with the threshold that keeps 95 % of the validation split. For each:
-   the share of the test split kept, the share of each out-of-distribution test family rejected
-   (`tests/serving/ood_images.py`: scikit-image photos, documents, flat colours, gradients, noise,
-   HAM10000 corner crops of plain skin, greyscale, inverted), and the AUROC of the score, test
-   split against all of them. Export chose among these on validation data only; which one it
-   chose is marked.
-3. The export as clients get it: `ServedModel.assess` with each engine (its own threshold) on the
-   test split and the OOD images, and the largest difference between the class probabilities of
-   the guarded and the unguarded export over the test split (the aim: none).
+2. Test sets, none of which export saw: the test split; every benign-shift family made from the
+   test split (`skin_tf.data.shifts`, seed 1; export made its families from validation images
+   with seed 0); the out-of-distribution test images (`tests/serving/ood_images.py`: photos,
+   documents, flat colours, gradients, noise, HAM10000 corner crops of plain skin, greyscale,
+   inverted). Shifted images are brought to the model's input by serve's own resize
+   (`skin_tf.serving.guard_sets.to_model_input`), which is what `assess` does to any image.
+3. The export as clients get it: `ServedModel.assess` with each engine (its own threshold):
+   validation kept, test kept, each benign-shift family kept, each OOD family rejected, AUROC
+   (test split vs OOD), the model's accuracy on the kept and on the rejected images (test split
+   and its shifts; a guard that refuses right answers more often than wrong ones is flagged),
+   and the largest class-probability change against the export without the guard.
+4. The candidates, refitted on the same images as export fits them
+   (`skin_tf.serving.guard_choice.fit_run_guard`), each at the threshold export's rule gives
+   it, on the same test sets (float features of the Keras model); the chosen one is marked.
+   Beside them, the guard the rule before issue 32 would have chosen (Mahalanobis on each depth
+   or energy, fitted on training images alone, each at the threshold keeping 95 % of validation
+   alone, the one rejecting the most generated images), at its own threshold.
 
-Prints markdown tables and, with --json, writes the figures.
+Prints markdown tables and, with --json, writes every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,155 +44,310 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.serving.ood_images
 
 ENGINES = ("savedmodel", "tflite", "tflite-int8")
+SHIFT_SEED = 1  # export draws its validation shifts with seed 0
+KEPT_AIM, OOD_AIM = 0.93, 0.95
 
 
-def candidate_figures(run_dir: Path, data_root: Path, ood: dict, guard_images: int) -> dict:
-    """Every candidate guard, fitted as export fits it, on test and the OOD test images."""
-    import keras
+# ---------------------------------------------------------------- the test sets
 
+
+def test_sets(run_dir: Path, data_root: Path, size: tuple[int, int], resize: str, n: int | None):
+    """(test split at the model's size, its benign-shift families at the model's size, the OOD
+    test images at their own sizes), all with labels where they have them."""
+    from skin_tf.data.shifts import BENIGN_FAMILIES
     from skin_tf.serving import engines
-    from skin_tf.serving.endpoints import input_side, softmax_head
-    from skin_tf.serving.guard import energy_guard, fit_mahalanobis, keep_threshold
-    from skin_tf.serving.guard_choice import candidate_layers, pooled_features, separation
-    from skin_tf.serving.litert import to_model_size
+    from skin_tf.serving.guard_sets import benign_images, run_source_images
+    from tests.serving.ood_images import build_ood_set
 
-    model = keras.models.load_model(run_dir / "best.keras", compile=False)
-    side = input_side(model)
-    resize = json.loads((run_dir / "config.json").read_text()).get("resize", "squash")
-    images = {
-        "train": engines.run_images(run_dir, "train", side, resize, data_root, guard_images),
-        "val": engines.run_images(run_dir, "val", side, resize, data_root),
-        "test": engines.run_images(run_dir, "test", side, resize, data_root),
-    }
-    layers = [*candidate_layers(model), None]
-    features = {k: pooled_features(model, v.images, layers) for k, v in images.items()}
-    ood_features = {
-        family: pooled_features(
-            model, np.stack([to_model_size(o.pixels, side, resize) for o in members]), layers
-        )
-        for family, members in ood.items()
-    }
-    head = softmax_head(model)
-    guards = {
-        f"mahalanobis:{layer or 'penultimate'}": fit_mahalanobis(
-            features["train"][layer], images["train"].labels, layer
-        )
-        for layer in layers
-    }
-    guards["energy"] = energy_guard(head.kernel.numpy(), head.bias.numpy())
-    rows = {}
-    for name, guard in guards.items():
-        val = guard.score(features["val"][guard.layer])
-        threshold = keep_threshold(val)
-        test = guard.score(features["test"][guard.layer])
-        scores = {family: guard.score(f[guard.layer]) for family, f in ood_features.items()}
-        rows[name] = {"val_kept": float(np.mean(val <= threshold)), **separation(threshold, test,
-                                                                               scores)}  # fmt: skip
-    return rows
+    test = engines.run_images(run_dir, "test", size, resize, data_root, n)
+    sources = run_source_images(run_dir, "test", data_root, n)
+    if not np.array_equal(sources.labels, test.labels):
+        raise SystemExit("the test split read twice differs: is the data folder the run's?")
+    shifted = benign_images(sources, size, resize, BENIGN_FAMILIES, seed=SHIFT_SEED)
+    return test, shifted, build_ood_set(data_root)
 
 
-def engine_figures(guarded: Path, plain: Path, data_root: Path, ood: dict) -> dict:
-    """The export through every engine: test kept, OOD rejected, AUROC, probability change."""
-    from skin_tf.serving import engines
-    from skin_tf.serving.guard_choice import separation
+# ---------------------------------------------------------------- figures
+
+
+def figures(
+    threshold: float,
+    test: np.ndarray,
+    shifted: dict[str, np.ndarray],
+    ood: dict[str, np.ndarray],
+    correct: dict[str, np.ndarray],
+) -> dict:
+    """Kept/rejected shares and accuracies of one guard at one threshold on the test sets.
+    `correct`: whether the model got each test image and each shifted image right."""
+    from skin_tf.serving.guard import accuracy_split, refuses_the_doubtful, separation, shifted_kept
+
+    out = separation(threshold, test, ood)
+    out["shifted_kept"] = shifted_kept(threshold, shifted)
+    out["shifted_kept_min"] = min(out["shifted_kept"].values())
+    out["accuracy_test"] = accuracy_split(threshold, test, correct["test"])
+    pooled = np.concatenate([test, *shifted.values()])
+    everything = np.concatenate([correct["test"], *(correct[f] for f in shifted)])
+    out["accuracy_test_and_shifted"] = accuracy_split(threshold, pooled, everything)
+    out["aims"] = {
+        "shifted_families_kept_>=0.93": out["shifted_kept_min"] >= KEPT_AIM,
+        "ood_rejected_>=0.95": out["rejected"]["all"] >= OOD_AIM,
+        "refuses_the_doubtful": refuses_the_doubtful(out["accuracy_test_and_shifted"]),
+    }
+    return out
+
+
+def engine_figures(guarded: Path, plain: Path, sets, metadata: dict) -> dict:
+    """The export through every engine: what it keeps and rejects, its accuracy on each side,
+    and the largest probability change against the export without the guard."""
     from skin_tf.serving.served import load_served
 
-    metadata = json.loads((guarded / "metadata.json").read_text())
-    run_dir = Path(metadata["run_dir"])
-    side, resize = metadata["input_size"][0], metadata["resize"]
-    test = list(engines.run_images(run_dir, "test", side, resize, data_root).images)
+    test, shifted, ood = sets
     rows = {}
     for engine in ENGINES:
         served, before = load_served(guarded, engine), load_served(plain, engine)
         start = time.perf_counter()
-        on_test = served.assess(test)
-        scores = {family: served.assess([o.pixels for o in members]).ood_score
-                  for family, members in ood.items()}  # fmt: skip
+        on_test = served.assess(list(test.images))
+        on_shifted = {f: served.assess(list(s.images)) for f, s in shifted.items()}
+        ood_scores = {family: served.assess([o.pixels for o in members]).ood_score
+                      for family, members in ood.items()}  # fmt: skip
         seconds = time.perf_counter() - start
-        figures = separation(served.ood_threshold, on_test.ood_score, scores)
+        correct = {"test": on_test.probs.argmax(axis=1) == test.labels}
+        correct.update({f: a.probs.argmax(axis=1) == shifted[f].labels
+                        for f, a in on_shifted.items()})  # fmt: skip
+        row = figures(
+            served.ood_threshold,
+            on_test.ood_score,
+            {f: a.ood_score for f, a in on_shifted.items()},
+            ood_scores,
+            correct,
+        )
+        change = np.abs(on_test.probs - before.predict_many(list(test.images))).max()
         thresholds = metadata["ood_guard"]["thresholds"][engine]
         rows[engine] = {
             "val_kept": thresholds["val_kept"],
-            **figures,
-            "max_prob_change": float(np.abs(on_test.probs - before.predict_many(test)).max()),
+            "val_shifted_kept": thresholds.get("shifted_kept"),
+            **row,
+            "max_prob_change": float(change),
             "assess_s": seconds,
         }
     return rows
 
 
-def run(run_dir: Path, data_root: Path, guard_images: int) -> dict:
+def candidate_figures(run_dir: Path, data_root: Path, sets, guard_images: int, n_shifted: int):
+    """Every candidate as export fits and thresholds it, and the previous rule's pick, on the
+    test sets (float Keras features)."""
+    import keras
+    from scipy.special import softmax
+
+    from skin_tf.evaluation.calibration import read_temperature
+    from skin_tf.serving import engines
+    from skin_tf.serving.endpoints import softmax_head
+    from skin_tf.serving.guard import keep_threshold
+    from skin_tf.serving.guard_choice import candidate_layers, features_function, fit_run_guard
+    from skin_tf.serving.guard_sets import ood_validation_images, run_guard_images, to_model_input
+
+    model = keras.models.load_model(run_dir / "best.keras", compile=False)
+    size = tuple(int(d) for d in model.input_shape[1:3])
+    resize = json.loads((run_dir / "config.json").read_text()).get("resize", "squash")
+    temperature = read_temperature(run_dir)
+    train, shifted_train, shifted_val = run_guard_images(
+        run_dir, size, resize, data_root, guard_images, n_shifted
+    )
+    val = engines.run_images(run_dir, "val", size, resize, data_root)
+    fitted = fit_run_guard(model, train, val, shifted_val, shifted_train, temperature)
+    comparison = fitted.record["comparison"]
+
+    test, shifted, ood = sets
+    head = softmax_head(model)
+    features_of = features_function(model, [*candidate_layers(model), None])
+    images = {"test": test.images, **{f: s.images for f, s in shifted.items()}}
+    images.update({f"ood/{f}": to_model_input([o.pixels for o in m], size, resize)
+                   for f, m in ood.items()})  # fmt: skip
+    images["val"] = val.images
+    images.update({f"ood_val/{f}": i for f, i in ood_validation_images(train.images).items()})
+    features = {name: features_of(batch) for name, batch in images.items()}
+    probs = {name: softmax((f[None] @ head.kernel.numpy() + head.bias.numpy())
+                           / (temperature or 1.0), axis=1)
+             for name, f in features.items()}  # fmt: skip
+    labels = {"test": test.labels, **{f: s.labels for f, s in shifted.items()}}
+    correct = {name: probs[name].argmax(axis=1) == y for name, y in labels.items()}
+
+    plain: dict[int, dict[str, np.ndarray]] = {}  # a fit's scores without its confidence term
+
+    def scores_of(guard) -> dict[str, np.ndarray]:
+        """guard.score on every set; the confidence variants of one fit share its plain scores."""
+        key = id(next(iter(guard.arrays.values())))
+        if key not in plain:
+            bare = dataclasses.replace(guard, confidence_weight=0.0)
+            plain[key] = {n: bare.score(f[guard.layer]) for n, f in features.items()}
+        return {n: plain[key][n] + guard.confidence_weight * (1 - probs[n].max(axis=1))
+                for n in features}  # fmt: skip
+
+    def on_test(threshold: float, scores: dict[str, np.ndarray]) -> dict:
+        return figures(
+            threshold,
+            scores["test"],
+            {f: scores[f] for f in shifted},
+            {f: scores[f"ood/{f}"] for f in ood},
+            correct,
+        )
+
+    rows = {}
+    for name, guard in fitted.candidates.items():
+        scores = scores_of(guard)
+        rows[name] = {"val": comparison["candidates"][name], "test": on_test(
+            comparison["candidates"][name]["threshold"], scores)}  # fmt: skip
+    # The rule before issue 32: plain Mahalanobis (training images only) or energy, at the
+    # threshold keeping 95 % of validation, the one rejecting the most generated images.
+    previous = {}
+    for name, guard in fitted.candidates.items():
+        if "+" in name.split(":", 1)[-1] or "+shifts" in name:
+            continue
+        scores = scores_of(dataclasses.replace(guard, confidence_weight=0.0))
+        threshold = keep_threshold(scores["val"])
+        generated = np.concatenate([scores[n] for n in scores if n.startswith("ood_val/")])
+        previous[name] = (float(np.mean(generated > threshold)), threshold, scores)
+    pick = max(previous, key=lambda n: previous[n][0])
+    rejected, threshold, scores = previous[pick]
+    before = {"candidate": pick, "generated_rejected": rejected, "threshold": threshold,
+              "test": on_test(threshold, scores)}  # fmt: skip
+    return {"chosen": comparison["chosen"], "candidates": rows, "previous_rule": before}
+
+
+def run(run_dir: Path, data_root: Path, guard_images: int, n_shifted: int, n_test: int | None):
     from skin_tf.serving.export import export_run
-    from tests.serving.ood_images import build_ood_set
 
     load_before = os.getloadavg()
-    ood = build_ood_set(data_root)
     with tempfile.TemporaryDirectory() as tmp:
         export_s = {}
         for name, guard in (("with_guard", True), ("without_guard", False)):
             start = time.perf_counter()
             export_run(run_dir, Path(tmp) / name, data_root=data_root, guard=guard,
-                       guard_images=guard_images)  # fmt: skip
+                       guard_images=guard_images, shifted_images=n_shifted)  # fmt: skip
             export_s[name] = time.perf_counter() - start
             print(f"export {name}: {export_s[name]:.1f} s", flush=True)
         guarded, plain = Path(tmp) / "with_guard", Path(tmp) / "without_guard"
         metadata = json.loads((guarded / "metadata.json").read_text())
-        exported = engine_figures(guarded, plain, data_root, ood)
-    candidates = candidate_figures(run_dir, data_root, ood, guard_images)
+        size = tuple(metadata["input_size"])
+        sets = test_sets(run_dir, data_root, size, metadata["resize"], n_test)
+        exported = engine_figures(guarded, plain, sets, metadata)
+    print("engines done", flush=True)
+    candidates = candidate_figures(run_dir, data_root, sets, guard_images, n_shifted)
+    block = metadata["ood_guard"]
+    test, shifted, ood = sets
     return {
         "run": metadata["run"],
         "model": metadata["model"],
         "input_size": metadata["input_size"],
+        "n_test": len(test.images),
+        "shifted_families": list(shifted),
         "ood_families": {family: len(members) for family, members in ood.items()},
-        "guard": {key: metadata["ood_guard"][key] for key in ("method", "layer", "fitted_on")},
-        "chosen": metadata["ood_guard"]["comparison"]["chosen"],
-        "ood_validation": metadata["ood_guard"]["comparison"],
+        "guard": {key: block[key] for key in ("method", "layer", "score", "fitted_on")},
+        "chosen": block["comparison"]["chosen"],
+        "rule": block["comparison"]["rule"],
         "export_s": export_s,
-        "candidates": candidates,
         "engines": exported,
+        **candidates,
         "cpu_cores": len(os.sched_getaffinity(0)),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
 
 
-def table(result: dict) -> str:
-    families = list(result["ood_families"])
-    head = ["| guard | val kept | test kept | " + " | ".join(families) + " | all OOD | AUROC |",
-            "|---|---:|---:|" + "---:|" * (len(families) + 2)]  # fmt: skip
+# ---------------------------------------------------------------- tables
 
-    def row(label: str, figures: dict) -> str:
-        rejected = figures["rejected"]
-        cells = " | ".join(f"{rejected[f]:.2f}" for f in families)
-        return (
-            f"| {label} | {figures['val_kept']:.3f} | {figures['kept']:.3f} | {cells} | "
-            f"**{rejected['all']:.3f}** | {figures['auroc']:.4f} |"
-        )
+
+def _accuracy(acc: dict | None) -> str:
+    if not acc or acc["kept"] is None:
+        return "–"
+    rejected = "–" if acc["rejected"] is None else f"{acc['rejected']:.3f}"
+    flag = "" if acc["rejected"] is None or acc["rejected"] <= acc["kept"] else " ⚠"
+    return f"{acc['kept']:.3f} / {rejected} ({acc['n_rejected']}){flag}"
+
+
+def tables(result: dict) -> str:
+    shifted, ood = result["shifted_families"], list(result["ood_families"])
+    kept_head = ["| guard | val kept | test kept | " + " | ".join(shifted) + " | min |",
+                 "|---|---:|---:|" + "---:|" * (len(shifted) + 1)]  # fmt: skip
+    ood_head = ["| guard | " + " | ".join(ood) + " | all OOD | AUROC | accuracy kept / "
+                "rejected (n rejected): test | test + shifts |",
+                "|---|" + "---:|" * (len(ood) + 2) + "---:|---:|"]  # fmt: skip
+
+    def kept_row(label: str, val_kept: float, f: dict) -> str:
+        cells = " | ".join(f"{f['shifted_kept'][s]:.3f}" for s in shifted)
+        return (f"| {label} | {val_kept:.3f} | {f['kept']:.3f} | {cells} | "
+                f"**{f['shifted_kept_min']:.3f}** |")  # fmt: skip
+
+    def ood_row(label: str, f: dict) -> str:
+        cells = " | ".join(f"{f['rejected'][o]:.2f}" for o in ood)
+        accuracy = [_accuracy(f["accuracy_test"]), _accuracy(f["accuracy_test_and_shifted"])]
+        return (f"| {label} | {cells} | **{f['rejected']['all']:.3f}** | {f['auroc']:.4f} | "
+                f"{accuracy[0]} | {accuracy[1]} |")  # fmt: skip
 
     lines = [
-        f"Run {result['run']} ({result['model']}, {result['input_size'][0]} px); OOD test images "
+        f"Run {result['run']} ({result['model']}, input {result['input_size']}); "
+        f"{result['n_test']} test images, each also in {len(shifted)} benign-shift families; "
+        "OOD test images "
         + ", ".join(f"{f} {n}" for f, n in result["ood_families"].items())
-        + "; columns per family: share rejected.",
+        + ". Export's choice: "
+        + result["chosen"]
+        + f" ({result['guard']['score']}).",
         "",
-        "Candidates (float features of the Keras model; each with its own threshold keeping 95 % "
-        f"of validation; * = chosen by export on validation data: {result['chosen']}):",
+        "The export through each engine (its own threshold), what it keeps (share of each "
+        "benign-shift family of the test split kept):",
         "",
-        *head,
+        *kept_head,
+        *(kept_row(f"`{e}`", f["val_kept"], f) for e, f in result["engines"].items()),
+        "",
+        "What it rejects (share of each OOD family) and the model's accuracy on the images it "
+        "keeps and on those it rejects (⚠: it refuses right answers more often than wrong ones):",
+        "",
+        *ood_head,
+        *(ood_row(f"`{e}`", f) for e, f in result["engines"].items()),
+        "",
     ]
-    for name, figures in result["candidates"].items():
-        lines.append(row(name + (" *" if name == result["chosen"] else ""), figures))
-    lines += ["", "The export, through each engine (its own threshold):", "", *head]
-    for engine, figures in result["engines"].items():
-        lines.append(row(f"`{engine}`", figures))
-    lines.append("")
-    for engine, figures in result["engines"].items():
-        lines.append(
-            f"{engine}: largest class-probability change against the export without the guard "
-            f"over the test split {figures['max_prob_change']:.1e}; assess over test + OOD "
-            f"{figures['assess_s']:.1f} s."
-        )
-    export_s = result["export_s"]
+    for engine, f in result["engines"].items():
+        aims = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in f["aims"].items())
+        lines.append(f"- {engine}: {aims}; largest class-probability change against the "
+                     f"export without the guard {f['max_prob_change']:.1e}; assess "
+                     f"{f['assess_s']:.0f} s.")  # fmt: skip
+    before = result["previous_rule"]
+    ranked = sorted(result["candidates"].items(),
+                    key=lambda kv: -kv[1]["val"]["rejected"]["all"])  # fmt: skip
+    shown = [kv for kv in ranked if kv[0] == result["chosen"]] + [
+        kv for kv in ranked if kv[0] != result["chosen"]][:7]  # fmt: skip
+    for name in ("mahalanobis:penultimate", "energy", before["candidate"]):
+        if name not in dict(shown):
+            shown.append((name, result["candidates"][name]))
     lines += [
         "",
+        "Candidates (float Keras features), each at the threshold export's rule gives it; "
+        f"* chosen; the 8 that rejected the most generated validation images, and a few others "
+        f"(all {len(result['candidates'])} in the JSON). 'generated' is that validation share:",
+        "",
+        kept_head[0].replace("| guard |", "| guard | generated |"),
+        kept_head[1].replace("|---|", "|---|---:|", 1),
+    ]
+    for name, f in shown:
+        label = name + (" *" if name == result["chosen"] else "")
+        lines.append(kept_row(label, f["val"]["kept"], f["test"]).replace(
+            f"| {label} |", f"| {label} | {f['val']['rejected']['all']:.3f} |", 1))  # fmt: skip
+    lines += ["", *ood_head, *(ood_row(n, f["test"]) for n, f in shown), ""]
+    lines += [
+        f"The rule before issue 32 (each candidate at the threshold keeping 95 % of validation "
+        f"alone, the most generated images rejected) picks {before['candidate']} "
+        f"({before['generated_rejected']:.3f} of the generated images) at threshold "
+        f"{before['threshold']:.3f}:",
+        "",
+        *kept_head,
+        kept_row(before["candidate"], 0.95, before["test"]),
+        "",
+        *ood_head,
+        ood_row(before["candidate"], before["test"]),
+        "",
+    ]
+    export_s = result["export_s"]
+    lines += [
         f"Export with the guard {export_s['with_guard']:.1f} s, without "
         f"{export_s['without_guard']:.1f} s "
         f"(+{export_s['with_guard'] - export_s['without_guard']:.1f} s).",
@@ -196,14 +358,32 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skin_tf.serving.guard_choice import DEFAULT_GUARD_IMAGES
+    from skin_tf.serving.guard_sets import BENIGN_PER_FAMILY
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a trained, calibrated, thresholded run")
     parser.add_argument("--data-root", type=Path, required=True, help="the HAM10000 folder")
-    parser.add_argument("--guard-images", type=int, default=2000, help="training images")
+    parser.add_argument(
+        "--guard-images",
+        type=int,
+        default=DEFAULT_GUARD_IMAGES,
+        help="training images the guard is fitted on (export's default)",
+    )
+    parser.add_argument(
+        "--shifted-images",
+        type=int,
+        default=BENIGN_PER_FAMILY,
+        help="validation images per benign-shift family (export's default)",
+    )
+    parser.add_argument("--test-images", type=int, default=None,
+                        help="test images (default: the whole test split), drawn in turn "
+                        "from each class when fewer")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    result = run(args.run_dir, args.data_root, args.guard_images)
-    print(table(result))
+    result = run(args.run_dir, args.data_root, args.guard_images, args.shifted_images,
+                 args.test_images)  # fmt: skip
+    print(tables(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
