@@ -33,8 +33,9 @@ def resize_images(images: tf.Tensor, size: tuple[int, int], resize: str) -> tf.T
     """Batch (N, H, W, 3) → float32 (N, h, w, 3): `skin_tf.data.pipeline.decode_resize` after
     decoding.
 
-    The same steps in the same order: "crop" takes the centre square, the resize antialiases
-    only when the longer side exceeds twice the target, and pixels are rounded to whole values
+    The same steps in the same order: "crop" takes the largest centred box of the target's shape
+    (the centre square for a square target), the resize antialiases only when a side exceeds
+    twice the target's, and pixels are rounded to whole values
     (the pipeline stores uint8) so the model sees what it saw in evaluation. What cannot be
     repeated on pixels is the pipeline's DCT-domain JPEG downscaling of large files; that is
     why `skin_tf.data.images.prepare_image` feeds decodable files through the pipeline itself.
@@ -43,11 +44,13 @@ def resize_images(images: tf.Tensor, size: tuple[int, int], resize: str) -> tf.T
     images = tf.cast(images, tf.float32)
     if resize_rule(resize) == "crop":
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        side = tf.minimum(height, width)
-        images = images[:, (height - side) // 2 :, (width - side) // 2 :][:, :side, :side]
+        box_h = tf.minimum(height, (width * size[0]) // size[1])  # as pipeline._centre_box
+        box_w = tf.minimum(width, (box_h * size[1]) // size[0])
+        top, left = (height - box_h) // 2, (width - box_w) // 2
+        images = images[:, top : top + box_h, left : left + box_w]
     target = tf.constant(size, tf.int32)
     resized = tf.cond(
-        tf.reduce_max(tf.shape(images)[1:3]) > 2 * tf.reduce_max(target),
+        tf.reduce_any(tf.shape(images)[1:3] > 2 * target),
         lambda: tf.image.resize(images, target, antialias=True),
         lambda: tf.image.resize(images, target),
     )
@@ -68,15 +71,20 @@ def softmax_head(model: keras.Model) -> keras.layers.Dense:
     return head
 
 
-def input_side(model: keras.Model) -> int:
-    """The side of the model's square input; ValueError for a non-square model."""
-    size = tuple(int(d) for d in model.input_shape[1:3])
-    if size[0] != size[1]:
+def input_size(model: keras.Model) -> tuple[int, int]:
+    """(height, width) of the model's input; ValueError for a model built for any size.
+
+    Example:
+        >>> input_size(build_classifier("efficientnet_lite0", (96, 128)))  # doctest: +SKIP
+        (96, 128)
+    """
+    height, width = model.input_shape[1:3]
+    if height is None or width is None:
         raise ValueError(
-            f"model input {size} is not square: skin_tf.data.pipeline makes square images, "
-            "so export a model built with one image_size"
+            f"model input {model.input_shape} has no fixed size: fix it with "
+            "skin_tf.models.classifier.with_input_size(model, image_size) before exporting"
         )
-    return size[0]
+    return int(height), int(width)
 
 
 def _check_temperature(temperature: float | None) -> tf.Tensor:
@@ -121,7 +129,7 @@ def probabilities_function(
     features: bool = False,
     layer: str | None = None,
 ) -> tf.types.experimental.GenericFunction:
-    """softmax(logits / T) of float32 images already at the model's size, (N, S, S, 3) → (N, 7).
+    """softmax(logits / T) of float32 images already at the model's size, (N, H, W, 3) → (N, 7).
 
     The body of `serve` after its resize, as its own tf.function with a fixed input signature
     (batch left open): what `skin_tf.serving.litert` converts. features=True returns
@@ -138,12 +146,13 @@ def probabilities_function(
     """
     head = softmax_head(model)
     inv_t = _check_temperature(temperature)
-    side = input_side(model)
+    height, width = input_size(model)
     outputs = [head.input, pooled_output(model, layer)] if features else head.input
     body = keras.Model(model.inputs[0], outputs)
     logits_of = _logits_function(head)
+    spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32, name="images")])
+    @tf.function(input_signature=[spec])
     def probabilities(images):
         if not features:
             return tf.nn.softmax(logits_of(body(images, training=False)) * inv_t)
@@ -236,8 +245,7 @@ def build_endpoints(
     inv_t = _check_temperature(temperature)
     conv = model.get_layer(layer or last_conv_layer_name(model))
     resize = resize_rule(resize)
-    side = input_side(model)
-    size = (side, side)
+    size = input_size(model)
     guard_layer = None if guard is None else guard.layer
     probabilities = probabilities_function(model, temperature, guard is not None, guard_layer)
     cam_outputs = [conv.output, head.input]

@@ -40,7 +40,7 @@ DEFAULT_CALIBRATION_IMAGES = 256
 
 @dataclass(frozen=True)
 class CheckImages:
-    """Images at the model's size (uint8 (N, S, S, 3)) that every engine scores at export, with
+    """Images at the model's size (uint8 (N, H, W, 3)) that every engine scores at export, with
     their labels (None for synthetic probe images) and a phrase saying where they come from."""
 
     images: np.ndarray
@@ -48,29 +48,32 @@ class CheckImages:
     source: str
 
 
-def probe_images(side: int, n: int = 8, seed: int = 0) -> CheckImages:
+def probe_images(size: int | tuple[int, int], n: int = 8, seed: int = 0) -> CheckImages:
     """Synthetic smooth blobs on noisy skin-coloured backgrounds: enough to compare engines when
     a model is exported without a run (no labels, so no metrics).
 
     Example:
-        >>> probe_images(32, n=2).images.shape
-        (2, 32, 32, 3)
+        >>> probe_images(32, n=2).images.shape, probe_images((24, 32), n=1).images.shape
+        ((2, 32, 32, 3), (1, 24, 32, 3))
     """
+    from skin_tf.data.sizes import image_hw
+
+    height, width = image_hw(size)
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:side, 0:side] / side
+    yy, xx = np.mgrid[0:height, 0:width] / np.array([height, width])[:, None, None]
     images = []
     for _ in range(n):
         cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.1, 0.3)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None]
         skin = rng.uniform(120, 230, 3) * (1 - rng.uniform(0.3, 0.8) * blob)
-        images.append(np.clip(skin + rng.normal(0, 12, (side, side, 3)), 0, 255))
+        images.append(np.clip(skin + rng.normal(0, 12, (height, width, 3)), 0, 255))
     return CheckImages(np.stack(images).astype(np.uint8), None, f"{n} synthetic probe images")
 
 
 def run_images(
     run_dir: str | os.PathLike,
     split: str,
-    side: int,
+    size: int | tuple[int, int],
     resize: str,
     data_root: str | os.PathLike | None = None,
     limit: int | None = None,
@@ -97,7 +100,7 @@ def run_images(
         raise ValueError(f"the {split} split of {run_dir} has no images")
     if limit is not None and limit < len(frame):
         frame = frame.iloc[class_turns(frame["label"].to_numpy(), limit, seed)]
-    dataset = make_dataset(frame, side, training=False, batch_size=64, resize=resize, cache=False)
+    dataset = make_dataset(frame, size, training=False, batch_size=64, resize=resize, cache=False)
     images = np.concatenate([batch.numpy().astype(np.uint8) for batch, _ in dataset])
     source = f"{split} split of run {run_name_of(run_dir)} ({len(frame)} images)"
     return CheckImages(images, frame["label"].to_numpy(), source)

@@ -51,7 +51,7 @@ from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.data.pipeline import resize_rule
 from skin_tf.runs import json_ready, read_json
 from skin_tf.serving import engines, litert
-from skin_tf.serving.endpoints import GuardGraph, build_endpoints, input_side
+from skin_tf.serving.endpoints import GuardGraph, build_endpoints, input_size
 from skin_tf.serving.guard import GUARD_FILE, OodGuard
 from skin_tf.serving.guard_choice import (
     DEFAULT_GUARD_IMAGES,
@@ -112,7 +112,7 @@ def export_model(
         for dtype in INPUT_DTYPES:
             fn.get_concrete_function(tf.TensorSpec([None, None, None, 3], dtype, name="images"))
     if check is None and (litert_models or guard is not None):
-        check = engines.probe_images(input_side(model))
+        check = engines.probe_images(input_size(model))
     served_check = None if check is None else _served_outputs(serve, check.images)
     guard_scores = EngineScores(check, fitted.shifted if fitted is not None else {})
     if guard_graph is not None:  # the threshold of what `serve` itself scores, before saving
@@ -221,7 +221,7 @@ def _write_litert(
 ) -> dict[str, Any]:
     """Convert, write and check the LiteRT models: the `engines` block of metadata.json; with a
     guard, each engine's guard scores go into `guard_scores`."""
-    side = input_side(model)
+    height, width = input_size(model)
     features, layer = guard is not None, None if guard is None else guard.layer
     files = {"tflite": folder / litert.FLOAT_FILE}
     files["tflite"].write_bytes(litert.convert_float(model, temperature, features, layer))
@@ -248,7 +248,7 @@ def _write_litert(
         }
     report["runtime"] = litert.RUNTIME
     report["litert_input"] = (
-        f"float32 (N, {side}, {side}, 3) pixels 0..255, resized with the `{resize}` "
+        f"float32 (N, {height}, {width}, 3) pixels 0..255, resized with the `{resize}` "
         "rule exactly as serve does (skin_tf.serving.litert.to_model_size)"
     )
     return report
@@ -352,7 +352,7 @@ def export_run(
     if litert_models or guard:
         n_calibration = calibration_images if int8 and litert_models else 0
         check, calibration, skipped = _run_images(
-            run_dir, input_side(model), resize, data_root, n_calibration
+            run_dir, input_size(model), resize, data_root, n_calibration
         )
     fitted, guard_skipped = None, "not requested (guard=False / --no-guard)"
     if guard:
@@ -384,7 +384,7 @@ def _fit_guard(
     """
     if check is None or check.labels is None:
         return None, "the run's validation images could not be read: no threshold to choose"
-    size = tuple(int(d) for d in model.input_shape[1:3])
+    size = input_size(model)
     try:
         train, shifted_train, shifted = run_guard_images(
             run_dir, size, resize, data_root, n_images, n_shifted
@@ -398,16 +398,20 @@ def _fit_guard(
 
 
 def _run_images(
-    run_dir: Path, side: int, resize: str, data_root: str | os.PathLike | None, n_calibration: int
+    run_dir: Path,
+    size: tuple[int, int],
+    resize: str,
+    data_root: str | os.PathLike | None,
+    n_calibration: int,
 ) -> tuple[engines.CheckImages | None, np.ndarray | None, str | None]:
     """(validation images, int8 calibration images, why there is no int8 model) of a run; no
     validation images either when the run's images cannot be read."""
     not_requested = "not requested (int8=False / --no-int8)"
     try:
-        check = engines.run_images(run_dir, "val", side, resize, data_root)
+        check = engines.run_images(run_dir, "val", size, resize, data_root)
         if n_calibration <= 0:
             return check, None, not_requested
-        train = engines.run_images(run_dir, "train", side, resize, data_root, n_calibration)
+        train = engines.run_images(run_dir, "train", size, resize, data_root, n_calibration)
     except (ValueError, OSError) as err:  # DataError is a ValueError
         unreadable = f"the run's images could not be read ({err})"
         return None, None, unreadable if n_calibration > 0 else not_requested

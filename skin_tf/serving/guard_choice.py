@@ -119,13 +119,12 @@ def features_function(
     import keras
     import tensorflow as tf
 
-    from skin_tf.serving.endpoints import pooled_output
+    from skin_tf.serving.endpoints import input_size, pooled_output
 
     body = keras.Model(model.inputs[0], [pooled_output(model, layer) for layer in layers])
     # A list even for one layer (a one-output Keras model returns a bare tensor); the batch
     # dimension left open, so batches of any size share one trace.
-    height, width = (int(d) for d in model.input_shape[1:3])
-    spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+    spec = tf.TensorSpec([None, *input_size(model), 3], tf.float32)
     forward = tf.function(
         lambda x: tf.nest.flatten(body(x, training=False)), input_signature=[spec]
     )

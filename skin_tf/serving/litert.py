@@ -172,8 +172,11 @@ def _native_stderr_captured() -> Iterator[None]:
 # ---------------------------------------------------------------- preprocessing
 
 
-def to_model_size(image: np.ndarray, side: int, resize: str = "squash") -> np.ndarray:
-    """An (H, W, 3) image as float32 (side, side, 3) pixels, resized exactly as `serve` does.
+def to_model_size(
+    image: np.ndarray, size: int | tuple[int, int], resize: str = "squash"
+) -> np.ndarray:
+    """An (H, W, 3) image as float32 pixels at the model's size (a side or (height, width)),
+    resized exactly as `serve` does.
 
     An image already at the model's size (what `skin_tf.data.images.prepare_image` returns for
     files the pipeline decodes) is only cast; any other size goes through
@@ -183,21 +186,24 @@ def to_model_size(image: np.ndarray, side: int, resize: str = "squash") -> np.nd
         >>> to_model_size(np.zeros((64, 64, 3), np.uint8), 64).dtype
         dtype('float32')
     """
+    from skin_tf.data.sizes import image_hw
+
+    target = image_hw(size)
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {array.shape}")
-    if array.shape[:2] == (side, side):
+    if array.shape[:2] == target:
         return array.astype(np.float32)
     from skin_tf.serving.endpoints import resize_images
 
-    return resize_images(array[None], (side, side), resize)[0].numpy()
+    return resize_images(array[None], target, resize)[0].numpy()
 
 
 # ---------------------------------------------------------------- the interpreter
 
 
 class LiteRTModel:
-    """One .tflite classifier under the LiteRT interpreter: (N, S, S, 3) images → (N, 7) probs,
+    """One .tflite classifier under the LiteRT interpreter: (N, H, W, 3) images → (N, 7) probs,
     and, from a model exported with the out-of-distribution guard, the (N, d) penultimate
     features beside them (`predict_with_features`).
 
@@ -208,7 +214,7 @@ class LiteRTModel:
     Example:
         >>> runner = LiteRTModel("saved_models/b0/model_int8.tflite")  # doctest: +SKIP
         >>> runner.image_size, runner.has_features  # doctest: +SKIP
-        (224, True)
+        ((224, 224), True)
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
@@ -232,9 +238,9 @@ class LiteRTModel:
             ) from None
         (self._input,) = self._interpreter.get_input_details()
         shape = self._input["shape_signature"]
-        if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
-            raise LiteRTError(f"{self.path} takes {list(shape)}, not square RGB image batches")
-        self.image_size = int(shape[1])
+        if len(shape) != 4 or shape[3] != 3 or min(shape[1:3]) < 1:
+            raise LiteRTError(f"{self.path} takes {list(shape)}, not RGB image batches of one size")
+        self.image_size = (int(shape[1]), int(shape[2]))  # (height, width)
         self._batch = int(self._input["shape"][0])
         self._lock = threading.Lock()
 
@@ -254,7 +260,7 @@ class LiteRTModel:
         return self._features is not None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, 7) float32 probabilities of images (N, S, S, 3) or one image (S, S, 3)."""
+        """(N, 7) float32 probabilities of images (N, H, W, 3) or one image (H, W, 3)."""
         return self.predict_with_features(images)[0]
 
     def predict_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -262,17 +268,17 @@ class LiteRTModel:
         batch = np.asarray(images, np.float32)
         if batch.ndim == 3:
             batch = batch[None]
-        side = self.image_size
-        if batch.ndim != 4 or batch.shape[1:] != (side, side, 3):
+        height, width = self.image_size
+        if batch.ndim != 4 or batch.shape[1:] != (height, width, 3):
             raise ValueError(
-                f"{self.path.name} takes images of {side}x{side}x3, got {batch.shape}: resize "
+                f"{self.path.name} takes images of {height}x{width}x3, got {batch.shape}: resize "
                 "them with skin_tf.serving.litert.to_model_size"
             )
         with self._lock:
             if len(batch) == 0:
                 return self._empty(self._probs), self._empty(self._features)
             if len(batch) != self._batch:
-                shape = [len(batch), side, side, 3]
+                shape = [len(batch), height, width, 3]
                 self._interpreter.resize_tensor_input(self._input["index"], shape)
                 self._interpreter.allocate_tensors()
                 self._batch = len(batch)

@@ -93,7 +93,7 @@ def predict_files(
     from tqdm import tqdm
 
     files = expand_image_paths(paths)
-    size, resize = served.image_size[0], served.resize
+    size, resize = served.image_size, served.resize
     engine = served.engine
     results: list[dict[str, Any] | None] = [None] * len(files)
     pending: list[tuple[int, np.ndarray]] = []

@@ -143,6 +143,7 @@ class ServedModel:
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
         return tuple(self.metadata["input_size"])
 
     @property
@@ -250,9 +251,8 @@ class ServedModel:
             return Assessment.concatenate([self._serve(_as_batch(image)) for image in images])
         from skin_tf.serving.litert import to_model_size
 
-        side = self.image_size[0]
         runner = self._loaded.runner(self.engine)
-        batch = np.stack([to_model_size(image, side, self.resize) for image in images])
+        batch = np.stack([to_model_size(image, self.image_size, self.resize) for image in images])
         outputs = [runner.predict_with_features(batch[i : i + BATCH_SIZE])
                    for i in range(0, len(batch), BATCH_SIZE)]  # fmt: skip
         probs = np.concatenate([p for p, _ in outputs])

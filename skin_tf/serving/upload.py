@@ -107,14 +107,8 @@ def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
     """
     from skin_tf.data.images import ImageError, prepare_image
 
-    height, width = served.image_size
-    if height != width:
-        raise ValueError(
-            f"the model's input is {height}x{width}; skin_tf's pipeline only prepares square "
-            "inputs: export a model trained with one image_size"
-        )
     try:
-        prepared = prepare_image(data, int(height), served.resize)
+        prepared = prepare_image(data, served.image_size, served.resize)
     except ImageError as err:
         return UploadResult(name=name, error=str(err))
     explained, heatmaps = served.explain_assessed(prepared.model_input)

@@ -265,6 +265,48 @@ def test_an_imagenet_efficientnet_lite_exports_with_both_endpoints(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_4_3_model_is_served_at_its_shape_by_every_engine(real_data_root, tmp_path):
+    """A Lite0 at 48x64 (height x width, the copy's 4:3): a real 200x150 image is prepared by the
+    pipeline at that shape, every engine agrees with Keras, the crop rule keeps the centred 4:3
+    box, and explain's map covers the original picture."""
+    from skin_tf.data.images import prepare_image
+
+    keras.utils.set_random_seed(4)
+    model = build_classifier("efficientnet_lite0", (48, 64), weights="imagenet")
+    from skin_tf.data.pipeline import load_image
+
+    paths = sorted((real_data_root / "images").glob("ISIC_00250*.jpg"))[:32]  # as export_run
+    calibration = np.stack([load_image(p, (48, 64)) for p in paths])  # calibrates on real images
+    folder = export_model(model, tmp_path / "wide", metadata={"run": "t"}, calibration=calibration)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["input_size"] == [48, 64] and "48, 64, 3" in metadata["engines"]["litert_input"]
+    path = real_data_root / "images" / "ISIC_0024306.jpg"
+    prepared = prepare_image(path, (48, 64))
+    assert prepared.via_pipeline and prepared.model_input.shape == (48, 64, 3)
+    expected = keras_probs(model, prepared.model_input[None])
+    # The picture at its own size goes through serve's resize (or the same one before LiteRT).
+    resized = load_served(folder, engine="savedmodel").predict(prepared.original)
+    for engine in ("savedmodel", "tflite", "tflite-int8"):
+        served = load_served(folder, engine=engine)
+        assert served.image_size == (48, 64)
+        atol = 0.1 if engine == "tflite-int8" else 1e-4  # int8: quantised (shape is the point)
+        probs = served.predict(prepared.model_input)
+        np.testing.assert_allclose(probs, expected, atol=atol)
+        assert probs.argmax() == expected.argmax()
+        np.testing.assert_allclose(served.predict(prepared.original), resized, atol=atol)
+    probs, heatmap = load_served(folder).explain(prepared.original)
+    assert heatmap.shape == (1, 150, 200) and heatmap.std() > 0.01
+    serve, _ = build_endpoints(model, resize="crop")
+    wide = lesion_like(80, 240)  # crop: the centred 80x106 box, then 48x64
+    box = wide[:, 67:173]
+    np.testing.assert_allclose(
+        serve(wide[None]).numpy(),
+        keras_probs(model, tf.image.resize(box[None].astype("float32"), (48, 64)).numpy().round()),
+        atol=1e-4,
+    )
+
+
+@pytest.mark.slow
 def test_export_run_checks_every_engine_on_the_runs_validation_split(real_export, real_run):
     """metadata.json of a real run's export: the float LiteRT model is faithful, the int8 model
     has its validation metrics, its gate and its own threshold (re-chosen on validation with the

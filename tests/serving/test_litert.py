@@ -50,6 +50,9 @@ def test_to_model_size_is_the_serve_resize():
     assert squashed.shape == cropped.shape == (32, 32, 3)
     assert not np.array_equal(squashed, cropped)
     assert np.array_equal(squashed, np.round(squashed))  # whole pixel values, as the pipeline
+    # A (height, width) size: an image at that shape passes through, others are resized to it.
+    np.testing.assert_array_equal(to_model_size(wide, (150, 200)), wide.astype(np.float32))
+    assert to_model_size(wide, (24, 32), "crop").shape == (24, 32, 3)
     with pytest.raises(ValueError, match="RGB image"):
         to_model_size(np.zeros((8, 8)), 8)
 
