@@ -2,7 +2,7 @@
 how well it did (with intervals), its melanoma operating point and calibration, and where it fails.
 
 Every number is read from the run directory (metrics.json, operating_point.json,
-temperature.json, meta.json); nothing is typed in by hand.
+temperature.json, meta.json, explain_check.json); nothing is typed in by hand.
 
 Example:
     >>> write_model_card("runs/20261127T102247Z__baseline-cpu")  # doctest: +SKIP
@@ -17,7 +17,7 @@ from typing import Any
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES
 from skin_tf.evaluation.run_summary import HEADLINE, fmt, fmt_ci
-from skin_tf.runs import provenance, read_json
+from skin_tf.runs import file_digest, provenance, read_json
 
 _INTENDED_USE = """\
 **Intended use.** Teaching and research on dermatoscopic image classification: reproducing
@@ -35,7 +35,8 @@ _FAILURE_MODES = """\
   fair skin (Fitzpatrick I–III); performance on darker skin types, other dermatoscopes, clinical
   (non-dermatoscopic) photos or other populations is unknown and likely worse.
 - **Image handling.** Images are squashed to a square; crops, rulers, ink marks, hair and
-  vignetting can all drive predictions (check the Grad-CAM galleries).
+  vignetting can all drive predictions (the heatmaps show them only as far as their checks
+  above allow).
 - **Lesion-level dependence.** Several images of one lesion are correlated: the split keeps each
   lesion in one split and the intervals resample lesions, but 1,002 test images are ~750 lesions."""
 
@@ -93,6 +94,50 @@ def _calibration(run_dir: Path) -> str:
         f"{test['nll_before']:.3f} → {test['nll_after']:.3f} and expected calibration error "
         f"(15 bins) {test['ece_before']:.3f} → {test['ece_after']:.3f}."
     )
+
+
+def _explanations(run_dir: Path) -> list[str]:
+    """The heatmaps' checks (`skin-tf explain-check`, explain_check.json): the default method's
+    verdict in one sentence and every method's scores; says so when there is no check, or only
+    one of another best.keras."""
+    path = run_dir / "explain_check.json"
+    if not path.is_file():
+        return [
+            "The heatmaps have not been checked (`skin-tf explain-check RUN_DIR`): it is not "
+            "known whether they say more about the model than 'the lesion is in the middle'."
+        ]
+    record = read_json(path)
+    if record.get("model_sha256") != file_digest(run_dir / "best.keras"):
+        return [
+            "The explanation check on file was made for another best.keras: run "
+            "`skin-tf explain-check RUN_DIR` again."
+        ]
+    choice = record["default"]
+    verdict = choice["headline"] + "."
+    lines = [
+        verdict if choice["explanation"] else f"**{verdict}**",
+        "",
+        f"Deletion and insertion AUC (Petsiuk et al. 2018) on {record['images']['n']} test "
+        "images with 95% intervals over lesions, paired against a centred Gaussian; median "
+        "Spearman correlation of the maps with those of the model whose top block (last conv "
+        "and head) was re-initialised (Adebayo et al. 2018; passes below "
+        f"{record['config']['sanity_limit']}). Report: `{record.get('report')}`.",
+        "",
+        "| method | deletion AUC [95% CI] | vs centre [95% CI] | insertion AUC | median ρ | "
+        "sanity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for facts in [*record["methods"].values(), *record["baselines"].values()]:
+        deletion, insertion = facts["deletion"], facts["insertion"]
+        rho = facts.get("spearman_median", {}).get("top")
+        sanity = {True: "passes", False: "fails"}.get(facts.get("passes_sanity"), "–")
+        lines.append(
+            f"| {facts['title']} | {fmt_ci(deletion['auc'], deletion['ci'])} | "
+            f"{deletion['vs_centre']:+.3f} [{deletion['vs_centre_ci'][0]:+.3f}, "
+            f"{deletion['vs_centre_ci'][1]:+.3f}] | {fmt(insertion['auc'])} | "
+            f"{'–' if rho is None else f'{rho:.2f}'} | {sanity} |"
+        )
+    return lines
 
 
 def _recipe(description: str | None, profile: str | None) -> list[str]:
@@ -157,6 +202,10 @@ def model_card_text(run_dir: str | os.PathLike) -> str:
             "## Calibration",
             "",
             _calibration(run_dir),
+            "",
+            "## Explanations (heatmaps)",
+            "",
+            *_explanations(run_dir),
             "",
             "## Known failure modes and limits",
             "",

@@ -178,11 +178,18 @@ for upload in uploads:
         continue
     image_col, cam_col, chart_col = st.columns([1, 1, 1.2])
     image_col.image(result.display, caption=f"Original, {width}×{height} px", width="stretch")
-    cam_col.image(
-        overlay(result.display, result.heatmap, alpha=alpha, resize=served.resize),
-        caption=analysis.gradcam_caption(result),
-        width="stretch",
-    )
+    # The heatmap method was checked at export (`skin-tf explain-check`): a map that did not
+    # beat a centred blob is not shown as an explanation, only on request, below the reason.
+    explain = served.metadata.get("explain")
+    note = support.explanation_note(served.metadata)
+    if note is not None:
+        cam_col.info(note)
+    with cam_col if note is None else cam_col.expander("The map anyway (not an explanation)"):
+        st.image(
+            overlay(result.display, result.heatmap, alpha=alpha, resize=served.resize),
+            caption=analysis.gradcam_caption(result, explain),
+            width="stretch",
+        )
     top = support.top_k_frame(result.probs, top_k)
     with chart_col:
         st.altair_chart(

@@ -23,7 +23,6 @@ import keras
 import tensorflow as tf
 
 from skin_tf.data.pipeline import resize_rule
-from skin_tf.explain.gradcam import heatmap_to_input, normalize_heatmaps
 from skin_tf.serving.guard import OodGuard
 
 # ---------------------------------------------------------------- in-graph preprocessing
@@ -227,28 +226,40 @@ def build_endpoints(
     temperature: float | None = None,
     layer: str | None = None,
     guard: GuardGraph | None = None,
+    method: str = "gradcam",
 ) -> tuple[tf.types.experimental.GenericFunction, tf.types.experimental.GenericFunction]:
     """The `serve` and `explain` tf.functions of a flat softmax classifier (traced on first use).
 
     The last layer must be a Dense softmax layer: its input and weights give the logits, which
-    both Grad-CAM (tf-keras-vis' ReplaceToLinear convention) and temperature scaling need.
-    One functional model with two outputs (conv activations, pre-logit features) over the same
-    layers gives activations and prediction in one forward pass.
+    both the heatmap (tf-keras-vis' ReplaceToLinear convention) and temperature scaling need.
+    One functional model with the conv activations and the pre-logit features as outputs over
+    the same layers gives activations and prediction in one forward pass. `method` is the
+    heatmap `explain` computes (`skin_tf.explain.methods`: a gradient method, optionally on
+    other layers, e.g. "gradcam@block5"; `skin-tf explain-check` chooses it); `layer`, a layer
+    name, overrides its layers.
 
     Without a guard `serve` returns the (N, 7) probabilities; with one it returns {"probs",
     "ood_score", "in_distribution"}, and `explain` adds the same two to {"probs", "heatmap"}. The
     guard reads the features the probabilities are computed from: it only adds outputs.
     """
-    from skin_tf.models.classifier import last_conv_layer_name
+    from skin_tf.explain.gradcam import cam_layers, fused_heatmaps
+    from skin_tf.explain.methods import GRADIENT_METHODS, parse_method
 
     head = softmax_head(model)
     inv_t = _check_temperature(temperature)
-    conv = model.get_layer(layer or last_conv_layer_name(model))
+    cam_method, cam_stages = parse_method(method)
+    if cam_method not in GRADIENT_METHODS:
+        raise ValueError(
+            f"the explain endpoint computes {', '.join(GRADIENT_METHODS)} in its graph, not "
+            f"{method!r}: export with one of them"
+        )
+    names = [layer] if layer else cam_layers(model, cam_stages)
+    convs = [model.get_layer(name) for name in names]
     resize = resize_rule(resize)
     size = input_size(model)
     guard_layer = None if guard is None else guard.layer
     probabilities = probabilities_function(model, temperature, guard is not None, guard_layer)
-    cam_outputs = [conv.output, head.input]
+    cam_outputs = [*(conv.output for conv in convs), head.input]
     if guard is not None:
         cam_outputs.append(pooled_output(model, guard_layer))
     cam_model = keras.Model(model.inputs[0], cam_outputs)
@@ -268,15 +279,15 @@ def build_endpoints(
     def explain_float(images):
         x = resize_images(images, size, resize)
         with tf.GradientTape() as tape:
-            activations, features, *guard_features = cam_model(x, training=False)
+            outputs = cam_model(x, training=False)
+            activations, features = outputs[: len(convs)], outputs[len(convs)]
+            guard_features = outputs[len(convs) + 1 :]
             tape.watch(activations)
             logits = logits_of(features)
             top_score = tf.gather(logits, tf.argmax(logits, axis=-1), batch_dims=1)
-        grads = tf.cast(tape.gradient(top_score, activations), tf.float32)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(tf.cast(activations, tf.float32) * weights, axis=-1))
-        cam = heatmap_to_input(cam, tf.shape(images)[1:3], size, resize)
-        out = {"probs": tf.nn.softmax(logits * inv_t), "heatmap": normalize_heatmaps(cam)}
+        grads = tape.gradient(top_score, activations)
+        cam = fused_heatmaps(cam_method, activations, grads, tf.shape(images)[1:3], size, resize)
+        out = {"probs": tf.nn.softmax(logits * inv_t), "heatmap": cam}
         return out if guard is None else {**out, **guard(guard_features[0], out["probs"])}
 
     # Public endpoints: one trace per input dtype, each a thin cast around the single float32

@@ -8,7 +8,9 @@ writes `saved_models/b0/`:
   uint8 or float32 pixels 0..255 (`skin_tf.serving.endpoints`):
   `serve(images)` → {"probs" (N, 7) class probabilities, temperature-scaled when the run has a
   temperature, "ood_score" (N,), "in_distribution" (N,)}; `explain(images)` → the same plus
-  "heatmap" (N, H, W): Grad-CAM of the top class, computed in the graph. `ood_score` is the
+  "heatmap" (N, H, W): a class-activation map of the top class computed in the graph, by the
+  method `skin-tf explain-check` chose (metadata.json `explain`: which, and how it scored
+  against a centred blob; Grad-CAM, unchecked, without a check). `ood_score` is the
   out-of-distribution guard's score (`skin_tf.serving.guard`; higher: less like the training
   images). TF-Serving sees one signature per endpoint (float32; `serving_default` is serve).
   Exported with guard=False, `serve` returns the probabilities alone, as before the guard
@@ -49,6 +51,7 @@ import tensorflow as tf
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.data.pipeline import resize_rule
+from skin_tf.explain.choice import explain_choice, unchecked_choice
 from skin_tf.runs import json_ready, read_json
 from skin_tf.serving import engines, litert
 from skin_tf.serving.endpoints import GuardGraph, build_endpoints, input_size
@@ -81,9 +84,14 @@ def export_model(
     int8_skipped: str | None = None,
     guard: OodGuard | FittedGuard | None = None,
     guard_skipped: str | None = None,
+    explain_method: str = "gradcam",
 ) -> Path:
     """Write `model` as a SavedModel with `serve` and `explain`, LiteRT flatbuffers and
     metadata.json to `out`.
+
+    `explain_method`: the heatmap `explain` computes (`skin_tf.explain.methods`); metadata's
+    `explain` block (from `skin_tf.explain.choice.explain_choice`) says how it was chosen, and
+    marks it unchecked when `metadata` has none.
 
     litert_models=False writes the SavedModel alone. `check`: images every engine scores (the
     run's validation split; default: synthetic probe images, which show agreement but give no
@@ -106,7 +114,7 @@ def export_model(
     guard = fitted.guard if fitted is not None else guard
     guard_graph = None if guard is None else GuardGraph(guard)
     serve, explain = build_endpoints(
-        model, resize=resize, temperature=temperature, guard=guard_graph
+        model, resize=resize, temperature=temperature, guard=guard_graph, method=explain_method
     )
     for fn in (serve, explain):  # ExportArchive stores the traces a tf.function already has
         for dtype in INPUT_DTYPES:
@@ -144,6 +152,7 @@ def export_model(
             "input": "RGB images (N, H, W, 3), uint8 or float32 pixels 0..255, any H and W",
             "endpoints": _endpoint_notes(guard is not None),
             "temperature": temperature,
+            "explain": unchecked_choice(explain_method),
             **(metadata or {}),
         }
         if litert_models:
@@ -176,8 +185,8 @@ def _endpoint_notes(guarded: bool) -> dict[str, str]:
     if not guarded:
         return {
             "serve": "images -> (N, 7) class probabilities (temperature-scaled if any)",
-            "explain": "images -> {probs (N, 7), heatmap (N, H, W) Grad-CAM of the top "
-            "class on the input pixels, 0..1}",
+            "explain": "images -> {probs (N, 7), heatmap (N, H, W) of the top class on the "
+            "input pixels, 0..1, by the method under `explain`}",
         }
     guard = (
         "ood_score (N,) (higher: less like the training images) and in_distribution (N,) "
@@ -186,8 +195,8 @@ def _endpoint_notes(guarded: bool) -> dict[str, str]:
     return {
         "serve": "images -> {probs (N, 7) class probabilities (temperature-scaled if any), "
         f"{guard}}}",
-        "explain": "images -> {probs (N, 7), heatmap (N, H, W) Grad-CAM of the top class on the "
-        f"input pixels, 0..1, {guard}}}",
+        "explain": "images -> {probs (N, 7), heatmap (N, H, W) of the top class on the input "
+        f"pixels, 0..1, by the method under `explain`, {guard}}}",
     }
 
 
@@ -344,6 +353,7 @@ def export_run(
             else None,
         },
         "provenance": _provenance(run_dir),
+        "explain": explain_choice(run_dir),
     }
     _check_destination(Path(out), overwrite)  # before the slow part
     model = keras.models.load_model(model_path, compile=False)
@@ -363,6 +373,7 @@ def export_run(
         model, out, resize=resize, temperature=temperature, metadata=metadata,
         overwrite=overwrite, litert_models=litert_models, check=check,
         calibration=calibration, int8_skipped=skipped, guard=fitted, guard_skipped=guard_skipped,
+        explain_method=metadata["explain"]["method"],
     )  # fmt: skip
 
 

@@ -359,6 +359,25 @@ def engine_details(metadata: Mapping[str, Any], engine: str) -> str:
     return ", ".join(details)
 
 
+def explanation_note(metadata: Mapping[str, Any]) -> str | None:
+    """What the page says instead of a heatmap that was checked and is no explanation (no method
+    beat a centred blob, or none passed the randomisation test): the check's own sentence. None
+    when the map may be shown (it beat the centre, or the export was not checked, which its
+    caption says).
+
+    Example:
+        >>> explanation_note({"explain": {"checked": True, "explanation": False,
+        ...                               "headline": "No heatmap method beat a centred blob"}})
+        'No heatmap method beat a centred blob. The map is shown below only on request.'
+        >>> explanation_note({}) is None
+        True
+    """
+    explain = metadata.get("explain") or {}
+    if not explain.get("checked") or explain.get("explanation"):
+        return None
+    return f"{explain['headline']}. The map is shown below only on request."
+
+
 def engine_help(metadata: Mapping[str, Any], engines: Sequence[str]) -> str:
     """The engine picker's help: every engine with `engine_details`; Grad-CAM's source.
 

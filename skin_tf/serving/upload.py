@@ -14,8 +14,9 @@ Example:
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -156,20 +157,44 @@ def ood_notice(result: UploadResult) -> str | None:
     )
 
 
-def gradcam_caption(result: UploadResult) -> str:
-    """The caption under the Grad-CAM overlay; says so when the map is for another class than the
-    engine's top class.
+def gradcam_caption(result: UploadResult, explain: Mapping[str, Any] | None = None) -> str:
+    """The caption under the heatmap overlay: what the map is (the export's `explain` method,
+    Grad-CAM when the export does not say), for which class (the SavedModel's top class, which
+    may not be this engine's), and how the method scored in `skin-tf explain-check`.
 
     Example:
         >>> gradcam_caption(UploadResult("a", probs=np.eye(7)[4], heatmap_class="mel"))[:34]
         'Grad-CAM for the top class (mel): '
     """
+    title = (explain or {}).get("title") or "Grad-CAM"
     if result.heatmap_class in (None, result.top_class):
-        return f"Grad-CAM for the top class ({result.top_class}): where the model looked, not why"
-    return (
-        f"Grad-CAM for {result.heatmap_class}, the SavedModel's top class (this engine's top "
-        f"class is {result.top_class}): where the model looked, not why"
+        text = f"{title} for the top class ({result.top_class}): where the model looked, not why"
+    else:
+        text = (
+            f"{title} for {result.heatmap_class}, the SavedModel's top class (this engine's top "
+            f"class is {result.top_class}): where the model looked, not why"
+        )
+    return f"{text}. {check_phrase(explain)}" if explain else text
+
+
+def check_phrase(explain: Mapping[str, Any]) -> str:
+    """How the export's heatmap method scored, in a sentence for the page.
+
+    Example:
+        >>> check_phrase({"checked": True, "deletion_auc": 0.25, "centre_deletion_auc": 0.3,
+        ...               "n_images": 200, "explanation": True})
+        'Deletion AUC 0.250 vs 0.300 for a centred blob on 200 test images (lower is better).'
+    """
+    if not explain.get("checked"):
+        return (
+            "Not checked (skin-tf explain-check): the map may show no more than that the "
+            "lesion is in the middle."
+        )
+    text = (
+        f"Deletion AUC {explain['deletion_auc']:.3f} vs {explain['centre_deletion_auc']:.3f} for "
+        f"a centred blob on {explain['n_images']} test images (lower is better)."
     )
+    return text if explain.get("explanation") else f"{text} Not an explanation."
 
 
 def conversion_notes(data: bytes) -> list[str]:

@@ -41,3 +41,41 @@ def test_a_description_written_for_another_profile_is_labelled_so(two_runs):
     text = model_card_text(run)
     assert "Recipe, as the config describes itself before the `cpu` profile: Reference" in text
     assert "Recipe: " not in text
+
+
+def test_card_reports_the_heatmap_checks_of_this_model_only(two_runs):
+    from skin_tf.runs import file_digest
+
+    run = two_runs["newer"]
+    write_run_config(run, dataclasses.asdict(load_config("demo")), "full")
+    assert "have not been checked (`skin-tf explain-check RUN_DIR`)" in model_card_text(run)
+    (run / "best.keras").write_bytes(b"the run's model")
+    entry = {
+        "title": "Grad-CAM on block5", "passes_sanity": True,
+        "deletion": {"auc": 0.362, "ci": [0.323, 0.4], "vs_centre": 0.03,
+                     "vs_centre_ci": [0.012, 0.05]},
+        "insertion": {"auc": 0.55}, "spearman_median": {"top": 0.11},
+    }  # fmt: skip
+    centre = {
+        "title": "centred Gaussian", "insertion": {"auc": 0.52},
+        "deletion": {"auc": 0.332, "ci": [0.29, 0.37], "vs_centre": 0.0, "vs_centre_ci": [0, 0]},
+    }  # fmt: skip
+    record = {
+        "model_sha256": file_digest(run / "best.keras"), "report": "results/explain/b0.md",
+        "images": {"n": 200}, "config": {"sanity_limit": 0.3},
+        "methods": {"gradcam@block5": entry}, "baselines": {"centre": centre},
+        "default": {"explanation": False, "headline": "No heatmap method beat a centred blob"},
+    }  # fmt: skip
+    (run / "explain_check.json").write_text(json.dumps(record))
+    text = model_card_text(run)
+    assert "## Explanations (heatmaps)" in text
+    assert "**No heatmap method beat a centred blob.**" in text  # said plainly, in bold
+    assert (
+        "| Grad-CAM on block5 | 0.362 [0.323, 0.400] | +0.030 [+0.012, +0.050] | 0.550 | " in text
+    )
+    assert (
+        "| centred Gaussian | 0.332 [0.290, 0.370] | +0.000 [+0.000, +0.000] | 0.520 | – | – |"
+        in text
+    )
+    (run / "best.keras").write_bytes(b"retrained")
+    assert "made for another best.keras" in model_card_text(run)

@@ -480,6 +480,32 @@ def test_model_picker_offers_the_requested_model_and_the_exports(
 
 
 @pytest.mark.slow
+def test_a_map_that_did_not_beat_a_centred_blob_is_shown_only_on_request(
+    demo_model, sample_bytes, tmp_path, monkeypatch
+):
+    """An export whose `skin-tf explain-check` found no method better than a centred blob: the
+    page says so plainly where the map was, and keeps the map in an expander, labelled."""
+    checked = shutil.copytree(demo_model, tmp_path / "models" / "checked")
+    metadata = json.loads((checked / "metadata.json").read_text())
+    headline = "No heatmap method beat a centred blob on this model: the best that passes …"
+    metadata["explain"] = {
+        "method": "gradcam", "title": "Grad-CAM", "checked": True, "explanation": False,
+        "deletion_auc": 0.362, "centre_deletion_auc": 0.332, "n_images": 200,
+        "headline": headline,
+    }  # fmt: skip
+    (checked / "metadata.json").write_text(json.dumps(metadata))
+    at = page(monkeypatch, checked.parent, model=checked)
+    upload(at, (SAMPLE_IMAGE, sample_bytes))
+    assert not at.exception
+    notes = [text for text in values(at.info) if text.startswith(headline)]
+    assert len(notes) == 1 and "only on request" in notes[0]
+    assert "The map anyway (not an explanation)" in [e.label for e in at.expander]
+    captions = [c for image in at.image for c in image.captions]
+    assert "Deletion AUC 0.362 vs 0.332 for a centred blob" in captions[1]
+    assert captions[1].endswith("Not an explanation.")
+
+
+@pytest.mark.slow
 def test_page_scores_with_the_chosen_engine_and_explains_with_the_savedmodel(
     real_export, sample_bytes, monkeypatch
 ):

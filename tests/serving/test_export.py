@@ -137,6 +137,69 @@ def test_explain_heatmap_covers_the_input_pixels(served):
     np.testing.assert_allclose(probs, served.predict(image), atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["gradcam++", "layercam", "gradcam@block5+top"])
+def test_explain_computes_the_chosen_method_as_tf_keras_vis_does(model, method):
+    """The endpoint's in-graph map of another method or of several layers is the map
+    skin_tf.explain.gradcam draws (tf-keras-vis underneath) for the same method."""
+    _, explain = build_endpoints(model, method=method)
+    image = lesion_like(SIZE, SIZE, seed=7)
+    out = explain(image[None])
+    top = int(out["probs"].numpy()[0].argmax())
+    ours = gradcam_heatmaps(model, image[None].astype(np.float32), class_index=top, method=method)
+    heatmap = out["heatmap"].numpy()
+    assert heatmap.shape == (1, SIZE, SIZE) and heatmap.std() > 0.01
+    np.testing.assert_allclose(heatmap, ours, atol=2e-3)
+
+
+def test_explain_refuses_a_method_it_cannot_compute_in_its_graph(model):
+    with pytest.raises(ValueError, match="scorecam"):
+        build_endpoints(model, method="scorecam")
+    with pytest.raises(ValueError, match="no 'block99' feature maps"):
+        build_endpoints(model, method="gradcam@block99")
+
+
+def test_an_export_without_a_check_says_its_map_is_unchecked(served):
+    explain = served.metadata["explain"]
+    assert explain["method"] == "gradcam" and explain["checked"] is False
+    assert explain["explanation"] is None and "not checked" in explain["headline"]
+
+
+@pytest.mark.slow
+def test_export_run_takes_the_method_the_runs_check_chose(model, tmp_path):
+    from skin_tf.explain.choice import CHECK_FILE, headline
+    from skin_tf.runs import file_digest
+
+    run_dir = tmp_path / "runs" / "checked"
+    write_run(run_dir, model, temperature=None, op=None)
+    choice = {
+        "method": "gradcam@block5", "title": "Grad-CAM on block5", "checked": True,
+        "passes_sanity": True, "beats_centre": True, "explanation": True, "n_images": 200,
+        "centre_deletion_auc": 0.30, "layers": ["block5c_add"], "grid": [8, 8],
+        "deletion_auc": 0.25, "deletion_ci": [0.23, 0.27], "vs_centre": -0.05,
+        "vs_centre_ci": [-0.07, -0.03], "insertion_auc": 0.6, "spearman_top": 0.1,
+    }  # fmt: skip
+    choice["headline"] = headline(choice)
+    record = {"run": "checked", "model_sha256": file_digest(run_dir / "best.keras"),
+              "default": choice, "report": "results/explain/checked.md"}  # fmt: skip
+    (run_dir / CHECK_FILE).write_text(json.dumps(record))
+    out = export_run(run_dir, tmp_path / "saved" / "checked", litert_models=False, guard=False)
+    served = load_served(out)
+    explain = served.metadata["explain"]
+    assert explain["method"] == "gradcam@block5" and explain["explanation"] is True
+    assert "deletion AUC 0.250" in explain["headline"] and explain["source"].endswith("checked")
+    image = lesion_like(SIZE, SIZE, seed=8)
+    probs, heatmap = served.explain(image)
+    ours = gradcam_heatmaps(model, image[None].astype(np.float32), int(probs.argmax()),
+                            method="gradcam@block5")  # fmt: skip
+    np.testing.assert_allclose(heatmap, ours, atol=2e-3)
+
+    (run_dir / "best.keras").write_bytes(b"another model")  # the check no longer applies
+    from skin_tf.explain.choice import explain_choice
+
+    stale = explain_choice(run_dir)
+    assert stale["checked"] is False and "another best.keras" in stale["reason"]
+
+
 def test_export_refuses_to_overwrite(model, served, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_model(model, served.path)

@@ -97,3 +97,14 @@ def test_engine_labels_are_short_and_the_details_are_in_the_help():
     text = support.engine_help(metadata, ["tflite-int8", "savedmodel"])
     assert "- `tflite-int8`: LiteRT int8, 4.0 MB, val balanced accuracy 0.652" in text
     assert "- `savedmodel`: SavedModel, val balanced accuracy 0.661" in text
+
+
+def test_a_checked_map_that_is_no_explanation_gets_the_checks_sentence_instead():
+    headline = "No heatmap method beat a centred blob on this model: the best … (+0.030)"
+    explain = {"checked": True, "explanation": False, "headline": headline}
+    note = support.explanation_note({"explain": explain})
+    assert note == f"{headline}. The map is shown below only on request."
+    assert support.explanation_note({"explain": {**explain, "explanation": True}}) is None
+    # Not checked (an older export, or no `skin-tf explain-check`): shown, its caption says so.
+    assert support.explanation_note({"explain": {"checked": False}}) is None
+    assert support.explanation_note({}) is None

@@ -41,6 +41,23 @@ def test_gradcam_caption_names_the_class_the_map_is_for():
     assert "this engine's top class is mel" in text
 
 
+CHECKED = {"method": "gradcam@block5", "title": "Grad-CAM on block5", "checked": True,
+           "deletion_auc": 0.362, "centre_deletion_auc": 0.332, "n_images": 200}  # fmt: skip
+
+
+def test_the_caption_says_what_the_map_is_and_how_it_scored():
+    result = analysis.UploadResult("a", probs=np.eye(7)[4], heatmap_class="mel")
+    good = analysis.gradcam_caption(result, {**CHECKED, "explanation": True})
+    assert good.startswith("Grad-CAM on block5 for the top class (mel): where the model looked")
+    assert good.endswith(
+        "Deletion AUC 0.362 vs 0.332 for a centred blob on 200 test images (lower is better)."
+    )
+    bad = analysis.gradcam_caption(result, {**CHECKED, "explanation": False})
+    assert bad.endswith("(lower is better). Not an explanation.")
+    unchecked = analysis.gradcam_caption(result, {"title": "Grad-CAM", "checked": False})
+    assert "Not checked (skin-tf explain-check)" in unchecked
+
+
 def test_a_rejected_upload_gets_a_plain_notice_and_the_others_none():
     UploadResult, ood_notice = analysis.UploadResult, analysis.ood_notice
     rejected = UploadResult("cat.jpg", probs=np.eye(7)[4], ood_score=41.7, in_distribution=False,
