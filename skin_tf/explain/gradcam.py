@@ -214,17 +214,13 @@ def _scorecam_cams(
     on every image of a call, and its model.predict costs about a second per call on 2 cores;
     this is the same computation per image (its channel choice, scipy zoom of the channels
     to the input, 0..1 scaling, masked inputs, softmax of the class logit as the channel's
-    weight, ReLU of the weighted sum), batched through one traced function.
+    weight, ReLU of the weighted sum), in batches of the model's own predict_on_batch.
     """
-    import tensorflow as tf
     from scipy.ndimage import zoom
 
     features = keras.Model(logits.inputs[0], logits.get_layer(layer).output)
-    spec = [tf.TensorSpec([None, *batch.shape[1:]], tf.float32)]
-    score = tf.function(lambda x: tf.nn.softmax(logits(x, training=False)), input_signature=spec)
-    activation = tf.function(lambda x: features(x, training=False), input_signature=spec)
     activations = np.concatenate(
-        [activation(batch[i : i + _BATCH]).numpy() for i in range(0, len(batch), _BATCH)]
+        [features(batch[i : i + _BATCH], training=False) for i in range(0, len(batch), _BATCH)]
     ).astype(np.float32)
     cams = []
     for image, act, target in zip(batch, activations, targets, strict=True):
@@ -236,11 +232,18 @@ def _scorecam_cams(
         low = masks.min(axis=(0, 1), keepdims=True)
         masks = (masks - low) / (masks.max(axis=(0, 1), keepdims=True) - low + _EPSILON)
         masked = image[None] * np.moveaxis(masks, -1, 0)[..., None]  # (k, H, W, 3)
-        weights = np.concatenate(
-            [score(masked[i : i + _BATCH]).numpy()[:, target] for i in range(0, len(top), _BATCH)]
+        # predict_on_batch: traced once per model (the cascade reuses one copy), no progress bar
+        scores = np.concatenate(
+            [logits.predict_on_batch(masked[i : i + _BATCH]) for i in range(0, len(top), _BATCH)]
         )
+        weights = _softmax(scores)[:, target]
         cams.append(np.maximum(chosen @ weights, 0.0))
     return np.stack(cams).astype(np.float32)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 @contextlib.contextmanager
