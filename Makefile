@@ -42,7 +42,7 @@ format: install
 
 # Full suite: fast unit tests plus the real-data tier (SKIN_TF_TEST_DATA, default ../shared/data/ham10000).
 test: lint browser
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=40
 
 # Quick tier only.
 test-fast: install
