@@ -281,6 +281,7 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(real_data_root: Path, tm
     weights = tmp_path / "start.weights.h5"  # stands in for ImageNet weights (offline)
     build_classifier("efficientnet_b0", 32, weights=None).save_weights(weights)
     common = [
+        "model=efficientnet_b0",  # the full profile's network (smoke would swap in Lite0)
         "strategy=mirrored",
         "image_size=32",
         "dropout=0",

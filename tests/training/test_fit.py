@@ -213,15 +213,18 @@ def _check_complete_run(run_dir: Path, config: TrainConfig, epochs: int) -> None
 def test_smoke_run_end_to_end(real_data_root: Path, tmp_path: Path, capsys):
     from skin_tf.cli.main import _train as train_command
 
+    # Keras' EfficientNet-B0, which the full profile trains on a GPU (smoke swaps in Lite0).
+    sets = ["select_metric=val_balanced_acc", "model=efficientnet_b0"]
     args = _parse(
         ["--config", "baseline", "--profile", "smoke", "--data", str(real_data_root),
-         "--runs-dir", str(tmp_path), "--set", "select_metric=val_balanced_acc"]
+         "--runs-dir", str(tmp_path), "--set", sets[0], "--set", sets[1]]
     )  # fmt: skip
     assert train_command(args) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     run_dir = Path(printed[-1])  # the last line printed is the run directory
     assert run_dir.parent == tmp_path and run_dir.name.endswith("__baseline-smoke")
-    config = load_config("baseline", profile="smoke", overrides=["select_metric=val_balanced_acc"])
+    config = load_config("baseline", profile="smoke", overrides=sets)
+    assert config.model == "efficientnet_b0"
     _check_complete_run(run_dir, config, epochs=1)
 
     import keras
@@ -279,7 +282,7 @@ def test_interrupted_two_phase_run_resumes_to_the_same_files(real_data_root: Pat
     from skin_tf.models.classifier import build_classifier
 
     weights = tmp_path / "pretrained.weights.h5"  # stands in for ImageNet weights (offline)
-    build_classifier("efficientnet_b0", 64, weights=None).save_weights(weights)
+    build_classifier("efficientnet_lite0", 64, weights=None).save_weights(weights)
     config = load_config(
         "mel_sensitive",
         profile="smoke",
