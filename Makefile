@@ -41,12 +41,16 @@ format: install
 	$(BIN)/ruff format skin_tf tests benchmarks
 
 # Full suite: fast unit tests plus the real-data tier (SKIN_TF_TEST_DATA, default ../shared/data/ham10000).
+# TEST_WORKERS pytest-xdist processes, one test file each at a time (a file's fixtures and order
+# are kept): most of a test's time is tracing and converting models on one core, so two workers
+# on two cores nearly halve the wall time. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: lint browser
-	$(BIN)/python -m pytest -ra --durations=40
+	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist loadfile --durations=40
 
 # Quick tier only.
 test-fast: install
-	$(BIN)/python -m pytest -ra -m "not slow"
+	$(BIN)/python -m pytest -ra -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # The main job: data (SKIN_TF_DATA, data/ham10000 or a download) -> train -> calibrate -> threshold
 # -> evaluate -> export saved_models/demo -> Streamlit page. NO_APP=1 stops before the page;
