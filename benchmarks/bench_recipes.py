@@ -22,9 +22,12 @@ epoch × step time at each epoch's size + one validation pass) and when it reach
         [--test VARIANT ...]
 
 Each finished arm writes `<out>/<arm>.json`; a rerun skips arms already measured, so an
-interrupted benchmark resumes (an arm cut off mid-training starts again). The tables print
-validation figures for every variant; test figures only for the variants named with `--test`
-(chosen on validation), with their paired difference from `lite0_128` on the same test images.
+interrupted benchmark resumes. An arm cut off mid-training resumes too, from its run's last
+finished epoch (`skin_tf.train(resume=...)`), its epochs so far read back from
+`<out>/<arm>.epochs.jsonl`; wall and CPU time then count the epochs trained, not the pause.
+The tables print validation figures for every variant; test figures only for the variants named
+with `--test` (chosen on validation), with their paired difference from `lite0_128` on the same
+test images.
 `--smoke` runs every arm on the smoke profile (tiny, 2 epochs): a check that the arms run.
 """
 
@@ -53,6 +56,7 @@ ARMS: dict[str, list[str]] = {
     "lite0_112x150": ["image_size=[112,150]"],  # the data's aspect at the baseline's pixel count
     "lite0_150x200": ["image_size=[150,200]"],  # every pixel of the 200×150 copy
     "lite0_prog_150x200": PROGRESSIVE,  # 7 epochs at 112×150, the last 3 at 150×200
+    "lite0_128_20ep": ["epochs=20"],  # a longer schedule: lite0_128 was still rising at 10
     "lite0_128_reg": REGULARISED,
     "lite0_prog_150x200_reg": [*PROGRESSIVE, *REGULARISED],
     "lite1_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite1"],
@@ -96,9 +100,16 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     val = frame[frame["split"] == "val"]
     val_images = make_dataset(val, config.image_size, training=False, resize=config.resize)
     loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
-    epochs: list[dict] = []
-    start, cpu_start = time.monotonic(), cpu_seconds()
     runs = args.out / "runs"
+    record = args.out / f"{arm}.epochs.jsonl"
+    resume = unfinished_run(runs, arm)
+    epochs = epochs_so_far(record, resume)
+    # A resumed arm's clocks go on from its last recorded epoch (unknown CPU time stays unknown).
+    wall_before = epochs[-1]["wall_s"] if epochs else 0.0
+    cpu_before = epochs[-1]["cpu_s"] if epochs else 0.0
+    start, cpu_start = time.monotonic(), cpu_seconds()
+    sign = -1 if config.select_mode == "min" else 1
+    best_raw = max((sign * e["raw"][config.select_metric] for e in epochs), default=None)
 
     class TrainedWeights(keras.callbacks.Callback):
         """After the run's own callbacks (which validate the average and put the trained
@@ -109,34 +120,41 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
             probs = predict_probs(self.model, val_images)
             raw = validation_logs(val["label"].to_numpy(), probs, loss)
             logs.update({f"raw_{k}": v for k, v in raw.items()})
+            cpu = None if cpu_before is None else cpu_before + cpu_seconds() - cpu_start
             epochs.append(
                 {
                     "epoch": epoch + 1,
-                    "wall_s": round(time.monotonic() - start, 1),
-                    "cpu_s": round(cpu_seconds() - cpu_start, 1),
+                    "wall_s": round(wall_before + time.monotonic() - start, 1),
+                    "cpu_s": None if cpu is None else round(cpu, 1),
                     "load_1min": round(os.getloadavg()[0], 2),
                     "ema": {k: float(v) for k, v in logs.items() if k.startswith("val_")},
                     "raw": {k: float(v) for k, v in raw.items()},
                 }
             )
+            with record.open("a") as out:  # read back if the arm is cut off and resumed
+                out.write(json.dumps(epochs[-1]) + "\n")
 
     raw_checkpoint = keras.callbacks.ModelCheckpoint(  # the trained weights' own best epoch
         runs / f"{arm}_raw_best.keras",
         monitor=f"raw_{config.select_metric}",
         mode=config.select_mode,
         save_best_only=True,
+        initial_value_threshold=None if best_raw is None else sign * best_raw,
     )
-    run_dir = train(
-        config, args.data_root, runs, run_name=arm, callbacks=[TrainedWeights(), raw_checkpoint]
-    )
+    callbacks = [TrainedWeights(), raw_checkpoint]
+    if resume is not None:
+        print(f"{arm}: resuming {resume} after epoch {len(epochs)}", flush=True)
+        run_dir = train(resume=resume, data_root=args.data_root, callbacks=callbacks)
+    else:
+        run_dir = train(config, args.data_root, runs, run_name=arm, callbacks=callbacks)
     metrics = read_json(run_dir / "metrics.json")
     return {
         "arm": arm,
         "overrides": ARMS[arm],
         "config": config.to_dict(),
         "run_dir": run_dir.name,
-        "total_wall_s": round(time.monotonic() - start, 1),
-        "total_cpu_s": round(cpu_seconds() - cpu_start, 1),
+        "total_wall_s": epochs[-1]["wall_s"],
+        "total_cpu_s": epochs[-1]["cpu_s"],
         "epochs": epochs,
         "variants": {
             f"{arm}+ema": {
@@ -148,6 +166,38 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
         "hardware": hardware(),
         "smoke": args.smoke,
     }
+
+
+def unfinished_run(runs: Path, arm: str) -> Path | None:
+    """The arm's run cut off mid-training (its backup there, its metrics not), if any."""
+    cut = [
+        run
+        for run in sorted(runs.glob(f"*__{arm}"))
+        if (run / "backup").is_dir() and not (run / "metrics.json").is_file()
+    ]
+    if len(cut) > 1:
+        raise SystemExit(f"{arm}: several unfinished runs {cut}: delete all but one")
+    return cut[0] if cut else None
+
+
+def epochs_so_far(record: Path, resume: Path | None) -> list[dict]:
+    """The recorded epochs a resumed run keeps (those of its last backup); none for a new run.
+    Epochs recorded after the backup are trained again, so they are dropped from the file."""
+    from skin_tf.runs import completed_epochs
+
+    if resume is None:
+        record.unlink(missing_ok=True)
+        return []
+    done = completed_epochs(resume / "backup")
+    lines = record.read_text().splitlines() if record.is_file() else []
+    epochs = [e for e in map(json.loads, lines) if e["epoch"] <= done]
+    if [e["epoch"] for e in epochs] != list(range(1, done + 1)):
+        raise SystemExit(
+            f"{record} does not hold epochs 1-{done} of the cut-off run {resume}: "
+            f"delete {resume} to train the arm again"
+        )
+    record.write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    return epochs
 
 
 def raw_variant(run_dir: Path, checkpoint: Path, config, epochs: list[dict], args) -> dict:
@@ -303,7 +353,7 @@ def val_table(results: list[dict], costs: dict | None) -> str:
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        loads = [e["load_1min"] for e in r["epochs"]]
+        loads = [e["load_1min"] for e in r["epochs"] if e["load_1min"] is not None]
         estimate = None if costs is None else epoch_seconds(r["arm"], costs["costs"])
         for name, v in r["variants"].items():
             reach = [epoch_to(r, name, t) for t in TARGETS]
@@ -313,13 +363,17 @@ def val_table(results: list[dict], costs: dict | None) -> str:
                 idle = f"{sum(estimate) / 60:.1f} min"
                 to = ["—" if e is None else f"{sum(estimate[:e]) / 60:.1f} min" for e in reach]
             rows.append(
-                f"| {name} | {r['total_wall_s'] / 60:.1f} min | {r['total_cpu_s'] / 60:.1f} min | "
+                f"| {name} | {minutes(r['total_wall_s'])} | {minutes(r['total_cpu_s'])} | "
                 f"{min(loads):.1f}–{max(loads):.1f} | {idle} | " + " | ".join(to)
                 + f" | {v['kept_epoch']} | "
                 + " | ".join(value(v["val"][k]) for k in HEADLINE)
                 + " |"
             )  # fmt: skip
     return "\n".join(rows)
+
+
+def minutes(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def cost_table(costs: dict) -> str:
