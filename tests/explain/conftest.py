@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,12 +16,8 @@ PROBE_HW = (48, 64)
 
 @pytest.fixture(scope="session")
 def probe_run(real_frame, real_data_root, tmp_path_factory) -> Path:
-    import keras
-    from sklearn.linear_model import LogisticRegression
-
-    from skin_tf.data.pipeline import make_dataset
     from skin_tf.data.splits import split_by_lesion, write_splits
-    from skin_tf.models.classifier import build_classifier
+    from tests.probe import linear_probe_lite0
 
     split = split_by_lesion(real_frame, seed=42)
     train = split[split["split"] == "train"].sample(frac=1.0, random_state=0).groupby("dx").head(20)
@@ -31,17 +26,7 @@ def probe_run(real_frame, real_data_root, tmp_path_factory) -> Path:
     run.mkdir()
     write_splits(pd.concat([train, test]), run / "splits.csv")
 
-    keras.utils.set_random_seed(0)
-    model = build_classifier("efficientnet_lite0", PROBE_HW, weights="imagenet")
-    head = model.get_layer("predictions")
-    features = keras.Model(model.inputs[0], head.input)
-    data = make_dataset(train, PROBE_HW, training=False, cache=False)
-    x = np.concatenate([features(batch, training=False).numpy() for batch, _ in data])
-    probe = LogisticRegression(max_iter=2000, C=0.5, class_weight="balanced")
-    probe.fit(x, train["label"].to_numpy())
-    head.kernel.assign(probe.coef_.T.astype("float32"))
-    head.bias.assign(probe.intercept_.astype("float32"))
-    model.save(run / "best.keras")
+    linear_probe_lite0(train, PROBE_HW).save(run / "best.keras")
     files = {
         "config.json": {
             "model": "efficientnet_lite0", "image_size": list(PROBE_HW), "resize": "squash",

@@ -101,14 +101,11 @@ def _subset(frame: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def real_run(real_frame, real_data_root, tmp_path_factory) -> Path:
     """A run directory on real images whose model is a linear probe on ImageNet Lite0 features."""
-    import keras
-    from sklearn.linear_model import LogisticRegression
-
     from skin_tf.data.pipeline import make_dataset
     from skin_tf.data.splits import split_by_lesion, write_splits
     from skin_tf.evaluation.calibration import apply_temperature
     from skin_tf.evaluation.threshold import choose_operating_point
-    from skin_tf.models.classifier import build_classifier
+    from tests.probe import linear_probe_lite0
 
     split = split_by_lesion(real_frame, seed=42)
     train = _subset(split[split["split"] == "train"], 40, seed=0)
@@ -118,19 +115,7 @@ def real_run(real_frame, real_data_root, tmp_path_factory) -> Path:
     run.mkdir()
     write_splits(pd.concat([train, val]), run / "splits.csv")
 
-    keras.utils.set_random_seed(0)
-    model = build_classifier("efficientnet_lite0", REAL_SIZE, weights="imagenet")
-    head = model.get_layer("predictions")
-    features = keras.Model(model.inputs[0], head.input)
-
-    def features_of(frame):
-        data = make_dataset(frame, REAL_SIZE, training=False, cache=False)
-        return np.concatenate([features(x, training=False).numpy() for x, _ in data])
-
-    probe = LogisticRegression(max_iter=2000, C=0.5, class_weight="balanced")
-    probe.fit(features_of(train), train["label"].to_numpy())
-    head.kernel.assign(probe.coef_.T.astype("float32"))
-    head.bias.assign(probe.intercept_.astype("float32"))
+    model = linear_probe_lite0(train, REAL_SIZE)
     model.save(run / "best.keras")
 
     data = make_dataset(val, REAL_SIZE, training=False, cache=False)

@@ -21,27 +21,15 @@ PROBS = [f"p_{c}" for c in CLASSES]
 def _probe_runs(real_frame, real_data_root, folder: Path) -> list[Path]:
     """Two runs on one real split (70 images per split), each a different linear probe on
     ImageNet Lite0 features (no training loop), calibrated (temperature.json)."""
-    import keras
-    from sklearn.linear_model import LogisticRegression
-
-    from skin_tf.data.pipeline import make_dataset
     from skin_tf.data.splits import split_by_lesion, write_splits
-    from skin_tf.models.classifier import build_classifier
+    from tests.probe import linear_probe_lite0
 
     split = split_by_lesion(real_frame, seed=42)
     subset = split.sample(frac=1.0, random_state=0).groupby(["split", "dx"]).head(10)
     train = subset[subset["split"] == "train"]
     runs = []
     for index, (c, temperature) in enumerate([(0.05, 1.4), (5.0, 0.8)]):
-        keras.utils.set_random_seed(index)
-        model = build_classifier("efficientnet_lite0", SIZE, weights="imagenet")
-        head = model.get_layer("predictions")
-        features = keras.Model(model.inputs[0], head.input)
-        data = make_dataset(train, SIZE, training=False, cache=False)
-        x = np.concatenate([features(images, training=False).numpy() for images, _ in data])
-        probe = LogisticRegression(C=c, max_iter=2000).fit(x, train["label"].to_numpy())
-        head.kernel.assign(probe.coef_.T.astype("float32"))
-        head.bias.assign(probe.intercept_.astype("float32"))
+        model = linear_probe_lite0(train, SIZE, c=c, class_weight=None, seed=index)
         run = folder / f"20260101T00000{index}Z__probe{index}"
         run.mkdir(parents=True)
         model.save(run / "best.keras")
