@@ -18,13 +18,23 @@ def _member(seed: int, size=(32, 48)) -> keras.Model:
     return model
 
 
+def _logits(member: keras.Model, images: np.ndarray) -> np.ndarray:
+    features = keras.Model(member.inputs, member.get_layer("predictions").input)
+    kernel, bias = member.get_layer("predictions").get_weights()
+    return features.predict(images, verbose=0).astype("float64") @ kernel + bias
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 def test_the_pooled_probabilities_are_the_geometric_mean_of_the_calibrated_ones(tmp_path):
     members, temperatures = [_member(0), _member(1), _member(2)], [1.5, 0.7, 1.0]
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 48, 3)).astype("float32")
     combined = combine_classifiers(members, temperatures)
-    logs = [
-        np.log(m.predict(images, verbose=0)) / t for m, t in zip(members, temperatures, strict=True)
-    ]
+    # From each member's logits in float64: its float32 probabilities can underflow to 0.
+    logs = [_log_softmax(_logits(m, images) / t) for m, t in zip(members, temperatures, strict=True)]
     expected = np.exp(np.mean(logs, axis=0))
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(combined.predict(images, verbose=0), expected, atol=1e-5)
