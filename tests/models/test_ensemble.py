@@ -34,7 +34,8 @@ def test_the_pooled_probabilities_are_the_geometric_mean_of_the_calibrated_ones(
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 48, 3)).astype("float32")
     combined = combine_classifiers(members, temperatures)
     # From each member's logits in float64: its float32 probabilities can underflow to 0.
-    logs = [_log_softmax(_logits(m, images) / t) for m, t in zip(members, temperatures, strict=True)]
+    pairs = zip(members, temperatures, strict=True)
+    logs = [_log_softmax(_logits(member, images) / t) for member, t in pairs]
     expected = np.exp(np.mean(logs, axis=0))
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(combined.predict(images, verbose=0), expected, atol=1e-5)
