@@ -204,6 +204,10 @@ def coerce_value(value: Any, hint: Any, where: str) -> Any:
             f"{where}: {value!r} is not one of {', '.join(map(repr, args))}"
             f"{did_you_mean(str(value), map(str, args))}"
         )
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[str, ...]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(coerce_value(v, args[0], where) for v in value)
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")

@@ -15,6 +15,7 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from PIL import Image
 
 from skin_tf.data.augment import AugmentConfig, augment_batch
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX, DataError
+from skin_tf.data.meta_fields import blank_fields, check_fields, encode_fields
 from skin_tf.data.sizes import ImageSize, image_hw
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -158,6 +160,8 @@ def make_dataset(
     shuffle_buffer: int | None = None,
     synthetic_dir: str | Path | None = None,
     seed: int | None = None,
+    metadata: Sequence[str] = (),
+    metadata_dropout: float = 0.0,
 ) -> tf.data.Dataset:
     """Batches of (float32 images 0..255 (B, H, W, 3), int32 labels) from a frame's path/label.
 
@@ -181,29 +185,48 @@ def make_dataset(
     one another — on the same TensorFlow version: shuffles, sampler draws and augmentation are
     all seeded, and every map keeps its order. None: fresh randomness.
 
+    metadata: patient fields beside the image (`skin_tf.data.meta_fields`: "age", "sex",
+    "localization"), read from the frame's columns; the batches are then ({"image": images,
+    "metadata": float32 (B, meta_width)}, labels), what a classifier built with those fields
+    takes. metadata_dropout: in training, each field of each image is blanked ("not given") with
+    this probability, so the model also learns to answer without it. Synthetic images have none.
+
     >>> train = make_dataset(frame[frame.split == "train"], 224, training=True)  # doctest: +SKIP
     >>> model.fit(train, epochs=10)  # doctest: +SKIP
     """
     _check_columns(frame, ("path", "label"))
+    metadata = check_fields(metadata)
+    if not 0.0 <= metadata_dropout < 1.0:
+        raise ValueError(f"metadata_dropout must be in [0, 1), got {metadata_dropout}.")
     if synthetic_dir is not None:
         if not training:
             raise ValueError(
                 "synthetic_dir is for training only: evaluate on real images (training=False)."
             )
-        frame = pd.concat([frame[["path", "label"]], read_image_folder(synthetic_dir)])
+        kept = ["path", "label", *[name for name in metadata if name in frame.columns]]
+        frame = pd.concat([frame[kept], read_image_folder(synthetic_dir)])
     paths = frame["path"].astype(str).to_numpy()
     labels = _check_labels(frame["label"].to_numpy())
+    vectors = encode_fields(frame, metadata) if metadata else None
 
     def source(class_index: int | None) -> tf.data.Dataset:
         keep = slice(None) if class_index is None else labels == class_index
-        return tf.data.Dataset.from_tensor_slices((paths[keep], labels[keep]))
+        if vectors is None:
+            return tf.data.Dataset.from_tensor_slices((paths[keep], labels[keep]))
+        inputs = {"path": paths[keep], "metadata": vectors[keep]}
+        return tf.data.Dataset.from_tensor_slices((inputs, labels[keep]))
 
-    fingerprint = hashlib.sha1(repr((paths.tolist(), labels.tolist())).encode()).hexdigest()
+    # The file cache holds what the source gives, so its name covers the fields' values too.
+    described = (paths.tolist(), labels.tolist(), metadata)
+    fingerprint = hashlib.sha1(repr(described).encode())
+    if vectors is not None:
+        fingerprint.update(vectors.tobytes())
     return _assemble(
-        source, np.bincount(labels, minlength=len(CLASSES)), True, fingerprint[:16],
+        source, np.bincount(labels, minlength=len(CLASSES)), True, fingerprint.hexdigest()[:16],
         image_size=image_size, training=training, batch_size=batch_size, resize=resize,
         augment=augment, balance=balance, sampler_power=sampler_power,
         steps_per_epoch=steps_per_epoch, cache=cache, shuffle_buffer=shuffle_buffer, seed=seed,
+        metadata=metadata, metadata_dropout=metadata_dropout,
     )  # fmt: skip
 
 
@@ -265,11 +288,14 @@ def _assemble(
     cache: bool | str | Path,
     shuffle_buffer: int | None,
     seed: int | None,
+    metadata: tuple[str, ...] = (),
+    metadata_dropout: float = 0.0,
 ) -> tf.data.Dataset:
     """The shared body of make_dataset / make_dataset_from_encoded (see their docstrings).
 
-    source(None) gives every (path or bytes, label); source(c) those of class c. `counts` are
-    the class counts; `fingerprint` names file caches.
+    source(None) gives every (path or bytes, label), or ({"path", "metadata"}, label) with
+    `metadata` fields; source(c) those of class c. `counts` are the class counts; `fingerprint`
+    names file caches.
     """
     _check_choice("resize", resize, RESIZE_MODES)
     _check_choice("balance", balance, BALANCE_MODES)
@@ -284,10 +310,14 @@ def _assemble(
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
 
-    def decode(x: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def decode(x, label: tf.Tensor) -> tuple[Any, tf.Tensor]:
+        fields = x["metadata"] if isinstance(x, dict) else None
+        x = x["path"] if isinstance(x, dict) else x
         encoded = tf.io.read_file(x) if from_paths else x
         name = x if from_paths else None
-        return decode_resize(encoded, image_size, resize, name), tf.cast(label, tf.int32)
+        image = decode_resize(encoded, image_size, resize, name)
+        features = image if fields is None else {"image": image, "metadata": fields}
+        return features, tf.cast(label, tf.int32)
 
     def stream(ds: tf.data.Dataset, tag: str, size: int, shuffle_seed: int | None, shuffle: bool):
         """Cached decoded images, or (uncached) paths/bytes, which are cheaper to shuffle."""
@@ -304,9 +334,10 @@ def _assemble(
         return ds.map(decode, AUTOTUNE) if cache is False else ds
 
     total = int(counts.sum())
+    as_float = functools.partial(_on_images, lambda images: tf.cast(images, tf.float32))
     if not training:
         ds = decoded(stream(source(None), "all", total, None, shuffle=False)).batch(batch_size)
-        ds = ds.map(lambda images, labels: (tf.cast(images, tf.float32), labels), AUTOTUNE)
+        ds = ds.map(lambda features, labels: (as_float(features), labels), AUTOTUNE)
         return ds.prefetch(AUTOTUNE)
     if balance == "none":
         ds = decoded(stream(source(None), "all", total, seed, shuffle=True)).batch(batch_size)
@@ -322,16 +353,31 @@ def _assemble(
         )
         steps = steps_per_epoch or math.ceil(total / batch_size)
         ds = decoded(mixed).batch(batch_size, drop_remainder=True).take(steps)
-    if augment is None:
-        ds = ds.map(lambda images, labels: (tf.cast(images, tf.float32), labels), AUTOTUNE)
-    else:
-        # One random int64 per batch, re-drawn every epoch (deterministic when seed is set).
-        batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, batch_seeds).map(
-            lambda batch, key: (augment_batch(batch[0], augment, tf.stack([key, 0])), batch[1]),
-            AUTOTUNE,
-        )
-    return ds.prefetch(AUTOTUNE)
+    # One random int64 per batch, re-drawn every epoch (deterministic when seed is set).
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def finish(batch: tuple[Any, tf.Tensor], key: tf.Tensor) -> tuple[Any, tf.Tensor]:
+        features, labels = batch
+        if augment is None:
+            features = as_float(features)
+        else:
+            augmented = functools.partial(augment_batch, config=augment, seed=tf.stack([key, 0]))
+            features = _on_images(augmented, features)
+        if metadata and metadata_dropout > 0:
+            blanked = blank_fields(
+                features["metadata"], metadata, metadata_dropout, tf.stack([key, 1])
+            )
+            features = {**features, "metadata": blanked}
+        return features, labels
+
+    return tf.data.Dataset.zip(ds, batch_seeds).map(finish, AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _on_images(function: Callable[[tf.Tensor], tf.Tensor], features: Any) -> Any:
+    """`function` applied to the images of a batch's features (a tensor, or a dict's "image")."""
+    if isinstance(features, dict):
+        return {**features, "image": function(features["image"])}
+    return function(features)
 
 
 def _class_seed(seed: int | None, class_index: int) -> int | None:

@@ -177,22 +177,29 @@ def dihedral_views(images: tf.Tensor) -> tf.Tensor:
 
 
 def predict_tta(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """Mean softmax over the views of `tta_views` of every image in `dataset` ((images, labels)).
+    """Mean softmax over the views of `tta_views` of every image in `dataset` ((images, labels),
+    or ({"image", "metadata"}, labels): each view keeps its image's fields).
 
     Example:
         >>> probs = predict_tta(model, make_dataset(frame, 112, training=False))  # doctest: +SKIP
     """
     import tensorflow as tf
 
-    n_views = len(tta_views(dataset.element_spec[0].shape[1:3]))
+    spec = dataset.element_spec[0]
+    n_views = len(tta_views((spec["image"] if isinstance(spec, dict) else spec).shape[1:3]))
 
     @tf.function(reduce_retracing=True)
-    def averaged(images: tf.Tensor) -> tf.Tensor:
-        probs = model(dihedral_views(images), training=False)
+    def averaged(features) -> tf.Tensor:
+        images = features["image"] if isinstance(features, dict) else features
+        views = dihedral_views(images)
+        if isinstance(features, dict):
+            views = {**features, "image": views}
+            views["metadata"] = tf.tile(features["metadata"], [n_views, 1])
+        probs = model(views, training=False)
         probs = tf.reshape(tf.cast(probs, tf.float32), [n_views, tf.shape(images)[0], -1])
         return tf.reduce_mean(probs, axis=0)
 
-    batches = [averaged(images).numpy() for images, _ in dataset]
+    batches = [averaged(features).numpy() for features, _ in dataset]
     probs = np.concatenate(batches).astype(np.float64)
     return probs / probs.sum(axis=1, keepdims=True)  # float32 round-off; rows sum to 1 in CSV
 

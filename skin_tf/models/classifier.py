@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 
 from skin_tf.models import efficientnet_lite
+from skin_tf.models.meta_fusion import META_INPUT, META_PREFIX, fuse_metadata, metadata_shape
 from skin_tf.models.weights import fetch_keras_weights, load_keras_notop_weights
 
 # Head layers added on top of every backbone; everything else in the model is the backbone.
@@ -104,6 +105,8 @@ def build_classifier(
     weights: str | os.PathLike[str] | None = "imagenet",
     dropout: float = 0.2,
     num_classes: int = 7,
+    metadata_width: int = 0,
+    fusion: str = "concat",
 ) -> keras.Model:
     """Build a flat classifier: backbone → global average pooling → dropout → dense softmax.
 
@@ -118,6 +121,10 @@ def build_classifier(
             `*.weights.h5` written by `model.save_weights`.
         dropout: dropout rate before the final Dense layer, in [0, 1).
         num_classes: output classes (7 for HAM10000).
+        metadata_width: > 0 adds a second input, "metadata", of that many floats (the encoded
+            patient fields, `skin_tf.data.meta_fields.meta_width`), joined to the pooled image
+            features by `fusion` ("concat" or "metablock", `skin_tf.models.meta_fusion`); the
+            model then takes {"image": …, "metadata": …}.
 
     The final Dense layer computes in float32 even under a mixed-precision policy, so the
     probabilities are float32. Set the policy (`skin_tf.models.losses.configure_precision`) before
@@ -146,6 +153,10 @@ def build_classifier(
     elif notop_path is not None:
         load_keras_notop_weights(backbone, notop_path)
     x = keras.layers.GlobalAveragePooling2D(name="head_pool")(backbone.output)
+    if metadata_width > 0:
+        fields = keras.Input(shape=(metadata_width,), dtype="float32", name=META_INPUT)
+        x = fuse_metadata(x, fields, fusion)
+        inputs = {"image": inputs, META_INPUT: fields}
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="predictions"
@@ -172,12 +183,15 @@ def with_input_size(model: keras.Model, image_size: int | tuple[int, int]) -> ke
         >>> with_input_size(model, (96, 128)).input_shape
         (None, 96, 128, 3)
     """
+    width, fusion = metadata_shape(model)
     fixed = build_classifier(
         model.name,
         image_size,
         weights=None,
         dropout=model.get_layer("head_dropout").rate,
         num_classes=int(model.output_shape[-1]),
+        metadata_width=width,
+        fusion=fusion or "concat",
     )
     fixed.set_weights(model.get_weights())
     return fixed
@@ -206,6 +220,7 @@ def set_backbone_trainable(
 
     Frozen: every backbone layer is non-trainable, and Keras 3 runs non-trainable
     BatchNormalization layers in inference mode (moving statistics stay fixed).
+    The metadata fusion's layers (`meta_*`) are head too.
     Unfrozen: backbone layers become trainable except BatchNormalization, unless
     `train_batchnorm=True`; keeping BN in inference mode while fine-tuning pretrained weights on
     small batches follows the Keras transfer-learning guide.
@@ -218,7 +233,7 @@ def set_backbone_trainable(
         ['predictions/kernel', 'predictions/bias']
     """
     for layer in model.layers:
-        if layer.name in HEAD_LAYER_NAMES:
+        if layer.name in HEAD_LAYER_NAMES or layer.name.startswith(META_PREFIX):
             layer.trainable = True
         elif isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = trainable and train_batchnorm

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from skin_tf.models.classifier import HEAD_LAYER_NAMES
+from skin_tf.models.meta_fusion import metadata_shape
 
 MEMBER_PREFIX = "m{index}_"
 ENSEMBLE_NAME = "ensemble"
@@ -47,6 +48,11 @@ def combine_classifiers(
     temperatures = list(temperatures) if temperatures is not None else [None] * len(members)
     if len(temperatures) != len(members):
         raise ValueError(f"{len(temperatures)} temperatures for {len(members)} members")
+    if any(metadata_shape(m)[0] for m in members):
+        raise ValueError(
+            "ensemble members must be image-only: combining models that take patient fields "
+            "(metadata) is not built; ensemble image-only runs"
+        )
     shapes = {tuple(m.input_shape[1:]) for m in members}
     if len(shapes) != 1 or None in next(iter(shapes)):
         raise ValueError(

@@ -54,6 +54,7 @@ from skin_tf.config_files import (
     shipped_names_for,
 )
 from skin_tf.data.augment import REFERENCE_AUGMENT, AugmentConfig
+from skin_tf.data.meta_fields import check_fields
 from skin_tf.data.sizes import image_hw
 
 MODELS = (  # skin_tf.models.classifier's registry (a test keeps the two equal)
@@ -123,6 +124,11 @@ class TrainConfig:
     image_size: int | tuple[int, int] = 224  # square side, or [height, width] (4:3 is [150, 200])
     weights: str | None = "imagenet"  # "imagenet", None (from scratch) or a .weights.h5 path
     dropout: float = 0.2  # before the classification layer
+    # Patient fields beside the image (skin_tf.data.meta_fields: age, sex, localization); empty
+    # for an image-only model. Never dx_type: it records how the diagnosis was made (a leak).
+    metadata: tuple[str, ...] = ()
+    metadata_fusion: Literal["concat", "metablock"] = "concat"  # skin_tf.models.meta_fusion
+    metadata_dropout: float = 0.3  # training: each field blanked ("not given") at this rate
     # Optimisation
     epochs: int = 10
     batch_size: int = 32
@@ -355,6 +361,12 @@ def _check_values(c: TrainConfig, source: str) -> None:
                  "another size")  # fmt: skip
         if c.freeze_epochs:
             fail("low_res_size", "cannot be combined with freeze_epochs (one phase only)")
+    try:
+        check_fields(c.metadata)
+    except ValueError as error:
+        raise ConfigError(f"{source}: metadata: {error}") from None
+    if not 0 <= c.metadata_dropout < 1:
+        fail("metadata_dropout", "must be in [0, 1): the chance of blanking each field")
     if c.ema_momentum is not None and not 0 < c.ema_momentum < 1:
         fail("ema_momentum", "must be null (off) or in (0, 1), e.g. 0.998")
     if not 0.0 <= c.dropout < 1.0:

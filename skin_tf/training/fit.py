@@ -216,6 +216,7 @@ def build_model(config: TrainConfig, dist: Distribution) -> tuple[keras.Model, s
     returns (model, policy)."""
     import keras
 
+    from skin_tf.data.meta_fields import meta_width
     from skin_tf.models.classifier import build_classifier
     from skin_tf.models.losses import configure_precision
 
@@ -224,7 +225,10 @@ def build_model(config: TrainConfig, dist: Distribution) -> tuple[keras.Model, s
     # Trained at two sizes, the model takes any size; `_evaluate` fixes it to image_size.
     size = config.image_size if config.low_res_size is None else (None, None)
     with dist.strategy.scope():
-        model = build_classifier(config.model, size, config.weights, config.dropout)
+        model = build_classifier(
+            config.model, size, config.weights, config.dropout,
+            metadata_width=meta_width(config.metadata), fusion=config.metadata_fusion,
+        )  # fmt: skip
     return model, policy
 
 
@@ -325,7 +329,10 @@ def _datasets(
     from skin_tf.data.pipeline import make_dataset
 
     batch_size = batch_size or config.batch_size
-    common = {"resize": config.resize, "cache": config.cache, "batch_size": batch_size}
+    common = {
+        "resize": config.resize, "cache": config.cache, "batch_size": batch_size,
+        "metadata": config.metadata,
+    }  # fmt: skip
     datasets = {}
     if "train" in splits:
         datasets["train"] = make_dataset(
@@ -337,6 +344,7 @@ def _datasets(
             sampler_power=config.sampler_power,
             synthetic_dir=config.synthetic_dir,
             seed=config.seed + RESUME_SEED_STRIDE * epochs_done,
+            metadata_dropout=config.metadata_dropout,
             **common,
         )
     for split in [s for s in splits if s != "train"]:

@@ -410,3 +410,56 @@ def test_synthetic_images_join_training_only(tmp_path, fake_frame):
     assert counts.tolist() == expected.tolist() and len(dataset) == 5  # ceil(33 / 8)
     with pytest.raises(ValueError, match="training only"):
         make_dataset(fake_frame, SIZE, training=False, synthetic_dir=root)
+
+
+# ----------------------------------------------------------------------------- patient fields
+
+
+def test_real_fields_travel_beside_their_images_in_order(real_frame):
+    from skin_tf.data.meta_fields import META_FIELDS, encode_fields
+
+    frame = real_frame.sample(40, random_state=5).reset_index(drop=True)
+    dataset = make_dataset(frame, SIZE, training=False, batch_size=16, metadata=META_FIELDS)
+    features = [f for f, _ in dataset]
+    assert set(features[0]) == {"image", "metadata"} and features[0]["image"].dtype == tf.float32
+    images = np.concatenate([f["image"].numpy() for f in features])
+    fields = np.concatenate([f["metadata"].numpy() for f in features])
+    np.testing.assert_array_equal(fields, encode_fields(frame, META_FIELDS))
+    image_only = np.concatenate([b[0].numpy() for b in make_dataset(frame, SIZE, False, 16)])
+    np.testing.assert_array_equal(images, image_only)  # the images are what they were
+    assert np.array_equal(labels_of(dataset), frame["label"].to_numpy())
+
+
+def test_training_blanks_fields_at_the_rate_keeps_pairs_together_and_replays(real_frame):
+    from skin_tf.data.meta_fields import META_FIELDS, blank_vector, encode_fields, field_slices
+
+    frame = real_frame.sample(256, random_state=6).reset_index(drop=True)
+
+    def epoch(seed, rate):
+        dataset = make_dataset(
+            frame, SIZE, training=True, batch_size=32, augment=None, seed=seed,
+            metadata=META_FIELDS, metadata_dropout=rate, balance="sampler", steps_per_epoch=8,
+        )  # fmt: skip
+        batches = list(dataset)
+        return (
+            np.concatenate([f["image"].numpy() for f, _ in batches]),
+            np.concatenate([f["metadata"].numpy() for f, _ in batches]),
+        )
+
+    images, fields = epoch(3, 0.0)
+    given = encode_fields(frame, META_FIELDS)
+    # Unaugmented, each drawn image is its file's pixels: they say which row it came from.
+    pixels = {load_image(p, SIZE).tobytes(): i for i, p in enumerate(frame["path"])}
+    rows = [pixels[image.astype(np.uint8).tobytes()] for image in images]
+    np.testing.assert_array_equal(fields, given[rows])  # each image with its own fields
+    blanked_images, blanked = epoch(3, 0.5)
+    again = epoch(3, 0.5)
+    np.testing.assert_array_equal(blanked_images, images)  # blanking touches no image
+    np.testing.assert_array_equal(blanked, again[1])
+    blank = blank_vector(META_FIELDS)
+    for name, where in field_slices(META_FIELDS).items():
+        kept = (blanked[:, where] == given[rows][:, where]).all(axis=1)
+        emptied = (blanked[:, where] == blank[where]).all(axis=1)
+        assert (kept | emptied).all() and 0.35 < (emptied & ~kept).mean() < 0.6, name
+    with pytest.raises(ValueError, match="'dx_type' can never be a model input"):
+        make_dataset(frame, SIZE, training=False, metadata=["dx_type"])

@@ -310,6 +310,23 @@ def test_impossible_values_are_rejected_naming_the_key(override, key):
         load_config("baseline", overrides=[override])
 
 
+def test_patient_fields_are_off_by_default_named_by_list_and_never_a_leak():
+    assert all(not load_config(name).metadata for name in config_names())  # image-only nine
+    config = load_config("baseline", overrides=['metadata=["sex","age"]', "metadata_dropout=0"])
+    assert config.metadata == ("sex", "age") and config.metadata_dropout == 0.0
+    assert config_from_dict(config.to_dict()) == config  # a run's config.json reads back
+    for override, message in [
+        ('metadata=["dx_type"]', "metadata: 'dx_type' can never be a model input: .*leak"),
+        ('metadata=["site"]', "metadata: unknown metadata field 'site'"),
+        ('metadata=["age","age"]', r"\['age'\] listed twice"),
+        ("metadata=age", "metadata: expected a list"),
+        ("metadata_dropout=1", "metadata_dropout=1.0 must be in"),
+        ("metadata_fusion=sum", "'sum' is not one of 'concat', 'metablock'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config("baseline", overrides=[override])
+
+
 def test_progressive_resizing_and_weight_averaging_are_checked_together():
     config = load_config(
         "baseline",

@@ -262,6 +262,68 @@ def test_progressive_resizing_with_a_weight_average_end_to_end(real_data_root: P
     assert kept == int(history["val_balanced_acc"].idxmax()) + 1
 
 
+FIELDS = 'metadata=["age","sex","localization"]'
+
+
+@pytest.mark.slow
+def test_dx_type_never_reaches_the_model(real_data_root: Path):
+    """The batches a run trains and validates on, and the model it builds, are the same whatever
+    dx_type says, even when dx_type is the label itself."""
+    from skin_tf.data.meta_fields import meta_width
+    from skin_tf.training.distribute import make_distribution
+    from skin_tf.training.fit import _datasets, build_model, prepare_data
+
+    config = load_config("baseline", profile="smoke", overrides=[FIELDS, "metadata_dropout=0.3"])
+    frame, _ = prepare_data(config, real_data_root)
+    frames = {s: frame[frame["split"] == s] for s in ("train", "val", "test")}
+    leaked = {s: f.assign(dx_type=f["dx"]) for s, f in frames.items()}
+
+    def batches(frames):
+        datasets = _datasets(config, frames, splits=("train", "val"))
+        return [
+            (name, key, features[key].numpy(), labels.numpy())
+            for name, dataset in datasets.items()
+            for features, labels in dataset
+            for key in sorted(features)
+        ]
+
+    for (name, key, a, labels_a), (_, _, b, labels_b) in zip(
+        batches(frames), batches(leaked), strict=True
+    ):
+        np.testing.assert_array_equal(a, b, err_msg=f"{name} {key} changed with dx_type")
+        np.testing.assert_array_equal(labels_a, labels_b)
+    model, _ = build_model(config, make_distribution("auto"))
+    assert {t.name: t.shape[-1] for t in model.inputs} == {"image": 3, "metadata": meta_width(
+        config.metadata)} == {"image": 3, "metadata": 20}  # fmt: skip
+    with pytest.raises(ConfigError, match="'dx_type' can never be a model input"):
+        load_config("baseline", overrides=['metadata=["age","dx_type"]'])
+
+
+@pytest.mark.slow
+def test_a_run_with_patient_fields_end_to_end(real_data_root: Path, tmp_path: Path):
+    """Lite0 with age, sex and site (MetaBlock fusion), test-time augmentation: best.keras takes
+    {"image", "metadata"} and predicts what the run wrote."""
+    import keras
+
+    from skin_tf.data.pipeline import make_dataset
+    from skin_tf.data.splits import split_frames
+    from skin_tf.evaluation.evaluate import predict_tta
+
+    config = load_config("baseline", profile="smoke",
+                         overrides=[FIELDS, "metadata_fusion=metablock", "tta=true"])  # fmt: skip
+    run_dir = train(config, real_data_root, tmp_path / "runs")
+    _check_complete_run(run_dir, config, epochs=1)
+    model = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    test = split_frames(run_dir / "splits.csv", real_data_root)["test"]
+    dataset = make_dataset(test, 64, training=False, metadata=config.metadata)
+    written = pd.read_csv(run_dir / "predictions_test.csv")[PROB_COLUMNS].to_numpy()
+    np.testing.assert_allclose(predict_tta(model, dataset), written, atol=1e-5)
+    # The fields count: the same images with none given are answered differently.
+    blank = make_dataset(test.drop(columns=["age", "sex", "localization"]), 64, training=False,
+                         metadata=config.metadata)  # fmt: skip
+    assert not np.allclose(model.predict(blank, verbose=0), model.predict(dataset, verbose=0))
+
+
 class _InterruptAfterEpoch:
     """A Keras callback raising KeyboardInterrupt (like Ctrl-C) at the end of one epoch."""
 

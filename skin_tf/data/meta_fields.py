@@ -1,0 +1,169 @@
+"""The patient fields beside each image (age, sex, body site) as one float vector per image.
+
+HAM10000_metadata.csv gives every image an `age` (in 5-year steps, 57 missing), a `sex` (57
+`unknown`) and a `localization` (15 sites, 234 `unknown`). A model that takes them gets one
+float32 vector per image, the concatenation of the chosen fields in the order given:
+
+    age           [age / 100, 1 if missing else 0]               (2 values)
+    sex           one-hot over female, male, unknown             (3 values)
+    localization  one-hot over the 14 sites, unknown             (15 values)
+
+A field that is not given (NaN, empty, or the CSV's own "unknown") encodes as missing / unknown,
+so "not given" and "not recorded" are one state. Training blanks each field of each image at
+random (`blank_fields`), so one model answers with all, some or none of the fields.
+
+`dx_type` (how the diagnosis was made: histopathology for every melanoma) is a label leak and
+never a field; neither are the label's own columns (`dx`, `label`) or the identifiers.
+
+    >>> encode_fields(pd.DataFrame({"age": [45.0], "sex": ["male"]}), ("age", "sex")).tolist()
+    [[0.44999998807907104, 0.0, 0.0, 1.0, 0.0]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from skin_tf.data.ham10000 import DataError
+
+UNKNOWN = "unknown"
+SEXES = ("female", "male")
+SITES = (
+    *("abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand"),
+    *("lower extremity", "neck", "scalp", "trunk", "upper extremity"),
+)  # HAM10000's localization values besides "unknown"
+VOCABULARIES: dict[str, tuple[str, ...]] = {"sex": SEXES, "localization": SITES}
+META_FIELDS = ("age", "sex", "localization")
+MAX_AGE = 120.0
+LEAKS = {
+    "dx_type": "it records how the diagnosis was made (histopathology for every melanoma, "
+    "follow-up for many naevi): a label leak",
+    "dx": "it is the label",
+    "label": "it is the label",
+    "lesion_id": "it identifies the lesion, not the patient",
+    "image_id": "it identifies the image",
+}
+
+
+def check_fields(fields: Sequence[str]) -> tuple[str, ...]:
+    """`fields` as a tuple when each is one of META_FIELDS, once; ValueError naming the problem.
+
+    >>> check_fields(["age", "localization"])
+    ('age', 'localization')
+    """
+    fields = tuple(fields)
+    for name in fields:
+        if name in LEAKS:
+            raise ValueError(f"{name!r} can never be a model input: {LEAKS[name]}.")
+        if name not in META_FIELDS:
+            raise ValueError(
+                f"unknown metadata field {name!r}: choose from {', '.join(META_FIELDS)}."
+            )
+    repeated = sorted({name for name in fields if fields.count(name) > 1})
+    if repeated:
+        raise ValueError(f"metadata field(s) {repeated} listed twice: list each once.")
+    return fields
+
+
+def field_width(name: str) -> int:
+    """Values one field takes in the vector: 2 for age, one per category + unknown otherwise.
+
+    >>> [field_width(name) for name in META_FIELDS]
+    [2, 3, 15]
+    """
+    return 2 if name == "age" else len(VOCABULARIES[name]) + 1
+
+
+def meta_width(fields: Sequence[str]) -> int:
+    """Length of the encoded vector of `fields` (0 for none).
+
+    >>> meta_width(META_FIELDS)
+    20
+    """
+    return sum(field_width(name) for name in check_fields(fields))
+
+
+def field_slices(fields: Sequence[str]) -> dict[str, slice]:
+    """Where each field sits in the encoded vector.
+
+    >>> field_slices(["sex", "age"])
+    {'sex': slice(0, 3, None), 'age': slice(3, 5, None)}
+    """
+    slices, start = {}, 0
+    for name in check_fields(fields):
+        slices[name] = slice(start, start + field_width(name))
+        start += field_width(name)
+    return slices
+
+
+def blank_vector(fields: Sequence[str]) -> np.ndarray:
+    """The encoding of "nothing given" for `fields` (age missing, sex and site unknown).
+
+    >>> blank_vector(["age", "sex"]).tolist()
+    [0.0, 1.0, 0.0, 0.0, 1.0]
+    """
+    return encode_fields(pd.DataFrame(index=[0]), fields)[0]
+
+
+def encode_fields(frame: pd.DataFrame, fields: Sequence[str]) -> np.ndarray:
+    """float32 (len(frame), meta_width(fields)): the chosen fields of every row, encoded.
+
+    A column that is absent, NaN or empty means "not given" for that row. Ages must be numbers
+    in 0..120; sex and site names must be in the vocabulary (case and surrounding spaces are
+    ignored): anything else is a DataError naming the field, the rows' values and the valid ones.
+
+    >>> frame = pd.DataFrame({"localization": ["Back", None]})
+    >>> encode_fields(frame, ["localization"]).argmax(axis=1).tolist()
+    [2, 14]
+    """
+    fields = check_fields(fields)
+    parts = [np.zeros((len(frame), 0), np.float32)]
+    for name in fields:
+        column = frame[name] if name in frame.columns else pd.Series([None] * len(frame))
+        parts.append(_encode_age(column) if name == "age" else _encode_names(name, column))
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _encode_age(column: pd.Series) -> np.ndarray:
+    text = column.astype("string").str.strip().replace("", pd.NA)
+    ages = pd.to_numeric(text, errors="coerce")
+    bad = text.notna() & (ages.isna() | (ages < 0) | (ages > MAX_AGE))
+    if bad.any():
+        raise DataError(
+            f"age must be a number of years in 0..{MAX_AGE:.0f} (or empty when not given); got "
+            f"{sorted(set(text[bad].tolist()))[:5]}."
+        )
+    missing = ages.isna().to_numpy()
+    scaled = np.where(missing, 0.0, ages.fillna(0.0).to_numpy(dtype=np.float64) / 100.0)
+    return np.stack([scaled, missing.astype(np.float64)], axis=1).astype(np.float32)
+
+
+def _encode_names(name: str, column: pd.Series) -> np.ndarray:
+    vocabulary = VOCABULARIES[name]
+    text = column.astype("string").str.strip().str.lower().replace("", pd.NA).fillna(UNKNOWN)
+    bad = ~text.isin([*vocabulary, UNKNOWN])
+    if bad.any():
+        raise DataError(
+            f"{name}: {sorted(set(column[bad.to_numpy()].astype(str)))[:5]} not known; valid "
+            f"values: {', '.join(vocabulary)} (or {UNKNOWN!r} / empty when not given)."
+        )
+    index = text.map({value: i for i, value in enumerate([*vocabulary, UNKNOWN])})
+    return np.eye(len(vocabulary) + 1, dtype=np.float32)[index.to_numpy(dtype=np.int64)]
+
+
+def blank_fields(vectors, fields: Sequence[str], rate: float, seed):
+    """Each field of each row replaced by its "not given" encoding with probability `rate`.
+
+    vectors: a float32 tensor (batch, meta_width(fields)); seed: a stateless seed (shape [2]),
+    so a seeded pipeline blanks the same fields every time it is replayed.
+    """
+    import tensorflow as tf
+
+    blank = tf.constant(blank_vector(fields))
+    keys = tf.random.stateless_uniform([tf.shape(vectors)[0], len(fields)], seed) < rate
+    # One draw per field, spread over the field's columns.
+    widths = [field_width(name) for name in check_fields(fields)]
+    mask = tf.repeat(keys, widths, axis=1)
+    return tf.where(mask, blank[None, :], vectors)
