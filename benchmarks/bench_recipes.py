@@ -42,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+META_FIELDS = ("age", "sex", "localization")  # skin_tf.data.meta_fields
 BASE = "lite0_128"  # today's cpu recipe: the in-run baseline
 TARGETS = (0.70, 0.75, 0.80)
 HEADLINE = ("balanced_accuracy", "mel_roc_auc", "accuracy", "macro_f1")
@@ -58,6 +59,7 @@ ARMS: dict[str, list[str]] = {
     "lite0_prog_150x200": PROGRESSIVE,  # 7 epochs at 112×150, the last 3 at 150×200
     "lite0_128_20ep": ["epochs=20"],  # a longer schedule: lite0_128 was still rising at 10
     "lite0_128_reg": REGULARISED,
+    "lite0_128_meta": [f"metadata={json.dumps(list(META_FIELDS))}"],  # age, sex, site (issue 31)
     "lite0_prog_150x200_reg": [*PROGRESSIVE, *REGULARISED],
     "lite1_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite1"],
     "lite2_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite2"],
@@ -98,7 +100,9 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     config = arm_config(arm, args.smoke)
     frame, _ = prepare_data(config, args.data_root)  # the split train() will make (seeded)
     val = frame[frame["split"] == "val"]
-    val_images = make_dataset(val, config.image_size, training=False, resize=config.resize)
+    val_images = make_dataset(
+        val, config.image_size, training=False, resize=config.resize, metadata=config.metadata
+    )
     loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
     runs = args.out / "runs"
     record = args.out / f"{arm}.epochs.jsonl"
@@ -212,14 +216,17 @@ def raw_variant(run_dir: Path, checkpoint: Path, config, epochs: list[dict], arg
     from skin_tf.training.fit import predict_frame
 
     model = keras.saving.load_model(checkpoint, compile=False)
-    if model.input_shape[1] is None:
+    image_shape = {tensor.name: tensor.shape for tensor in model.inputs}["image"]
+    if image_shape[1] is None:  # trained at several sizes
         model = with_input_size(model, config.image_size)
     frames = split_frames(run_dir / "splits.csv", args.data_root)
     sign = -1 if config.select_mode == "min" else 1
     kept = max(epochs, key=lambda e: sign * e["raw"][config.select_metric])["epoch"]
     variant: dict = {"kept_epoch": kept}
     for split in ("val", "test"):
-        images = make_dataset(frames[split], config.image_size, False, resize=config.resize)
+        images = make_dataset(
+            frames[split], config.image_size, False, resize=config.resize, metadata=config.metadata
+        )
         predicted = predict_frame(model, images, frames[split])
         predicted.to_csv(run_dir / f"predictions_{split}_raw.csv", index=False, float_format="%.6f")
         predicted[["label", "lesion_id"]] = frames[split][["label", "lesion_id"]].to_numpy()
