@@ -326,6 +326,21 @@ def run_name_of(run_dir: str | os.PathLike) -> str:
     return Path(run_dir).name
 
 
+def require_image_only(run_dir: str | os.PathLike, what: str) -> None:
+    """ValueError when the run was trained with patient fields (config.json `metadata`): `what`
+    (a command that feeds images alone) cannot serve it yet.
+
+    >>> require_image_only("runs/20250101T120000Z__baseline-cpu", "export")  # doctest: +SKIP
+    """
+    fields = read_json(Path(run_dir) / "config.json").get("metadata") or []
+    if fields:
+        raise ValueError(
+            f"{Path(run_dir).name} takes patient fields {fields} beside the image; {what} feeds "
+            "images alone and is not built for such runs yet (issue 31). Use an image-only run, "
+            "or evaluate this one with `skin-tf evaluate` / `skin-tf meta-gain`."
+        )
+
+
 def run_caption(run_dir: str | os.PathLike, produced_by: str) -> str:
     """One-line figure/table footer: what produced it, then the run's `provenance`.
 

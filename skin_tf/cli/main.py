@@ -296,6 +296,38 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_report)
 
 
+def _meta_gain(args: argparse.Namespace) -> int:
+    from skin_tf.evaluation.meta_gain import write_metadata_gain
+
+    path = write_metadata_gain(
+        args.image_run, args.fields_run, args.results, args.data, args.bootstrap, args.seed
+    )
+    import pandas as pd
+
+    table = pd.read_csv(path.with_suffix(".csv"))
+    for row in table[table["metric"].isin(["balanced_accuracy", "mel_roc_auc"])].itertuples():
+        print(
+            f"{row.case:<10} {row.metric:<17} {row.image_only:.3f} -> {row.with_fields:.3f}  "
+            f"{row.difference:+.3f} [{row.low:+.3f}, {row.high:+.3f}]"
+        )
+    print(f"wrote {path}, {path.with_suffix('.png')} and {path.with_suffix('.csv')}")
+    return 0
+
+
+def _add_meta_gain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "meta-gain",
+        help="what age, sex and site add: a run with patient fields vs an image-only run, paired",
+    )
+    p.add_argument("image_run", type=Path, help="the image-only run")
+    p.add_argument("fields_run", type=Path, help="the same recipe trained with --set metadata=[…]")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("--data", type=Path, help="HAM10000 folder if not the run's own")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (lesions)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=_meta_gain)
+
+
 REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_split,
     _add_download,
@@ -304,6 +336,7 @@ REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_cv,
     _add_evaluate,
     _add_report,
+    _add_meta_gain,
     model_commands.add_calibrate,
     model_commands.add_threshold,
     cvae_commands.add_train_vae,

@@ -34,6 +34,7 @@ COMPARE_METRICS = (
     "mel_specificity",
     "mel_roc_auc",
 )
+CLASS_RECALLS = tuple(f"recall_{code}" for code in CLASSES)  # each class's recall at the argmax
 
 
 def paired_difference(
@@ -57,9 +58,7 @@ def paired_difference(
         >>> round(paired_difference(a, b, ["accuracy"], n_boot=50)["accuracy"][0], 3)
         0.857
     """
-    unknown = [m for m in metrics if m not in SPLIT_STATS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(SPLIT_STATS)}")
+    functions = {name: split_stat(name) for name in metrics}
     a, b = (_indexed(frame, name) for frame, name in ((frame_a, "A"), (frame_b, "B")))
     only_a, only_b = a.index.difference(b.index), b.index.difference(a.index)
     if len(only_a) or len(only_b):
@@ -77,13 +76,38 @@ def paired_difference(
     def change(fn):
         return lambda y, p: fn(y, p[:, k:]) - fn(y, p[:, :k])
 
-    stats = {name: change(SPLIT_STATS[name]) for name in metrics}
+    stats = {name: change(fn) for name, fn in functions.items()}
     labels = a["label"].to_numpy(dtype=int)
     if n_boot == 0:
         intervals = {name: (np.nan, np.nan) for name in stats}
     else:
         intervals = bootstrap_ci(labels, both, a["lesion_id"].to_numpy(), stats, n_boot, seed)
     return {name: (float(fn(labels, both)), *intervals[name]) for name, fn in stats.items()}
+
+
+def split_stat(name: str):
+    """The statistic `name` as fn(labels, probs): one of SPLIT_STATS, or `recall_<class>` (that
+    class's recall at the argmax, NaN when the images hold none of it).
+
+    >>> split_stat("recall_mel")(np.array([4, 4, 5]), np.eye(7)[[4, 5, 5]])
+    0.5
+    """
+    if name in SPLIT_STATS:
+        return SPLIT_STATS[name]
+    if name in CLASS_RECALLS:
+        index = CLASSES.index(name.removeprefix("recall_"))
+        return lambda labels, probs: _class_recall(labels, probs, index)
+    raise ValueError(
+        f"unknown metric {name!r}; choose from {', '.join(SPLIT_STATS)} or "
+        f"{', '.join(CLASS_RECALLS)}"
+    )
+
+
+def _class_recall(labels: np.ndarray, probs: np.ndarray, index: int) -> float:
+    of_class = labels == index
+    if not of_class.any():
+        return float("nan")
+    return float((probs[of_class].argmax(axis=1) == index).mean())
 
 
 def _indexed(frame: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from skin_tf.data.ham10000 import CLASSES
+from skin_tf.data.meta_fields import META_FIELDS
 from skin_tf.data.sizes import image_hw
 from skin_tf.evaluation import plots
 from skin_tf.evaluation.compare import paired_difference
@@ -207,7 +208,8 @@ def predict_tta(model: keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
 def image_frames(
     run_dir: Path, bases: dict[str, pd.DataFrame], data_root: str | os.PathLike | None
 ) -> dict[str, pd.DataFrame]:
-    """Each split's predicted images (row order of `bases`) with their file paths and labels."""
+    """Each split's predicted images (row order of `bases`) with their file paths, labels and
+    patient fields (age, sex, localization: what a run with `metadata` reads)."""
     from skin_tf.data.ham10000 import read_metadata, resolve_data_root
     from skin_tf.data.splits import index_rows
 
@@ -218,7 +220,8 @@ def image_frames(
     frames = {}
     for split, base in bases.items():
         frame = index_rows(index, base["image_id"], f"{split} images of {run_dir.name}", root)
-        frames[split] = frame[["image_id", "path"]].assign(label=base["label"].to_numpy())
+        columns = ["image_id", "path", *[c for c in META_FIELDS if c in frame.columns]]
+        frames[split] = frame[columns].assign(label=base["label"].to_numpy())
     return frames
 
 
@@ -248,8 +251,9 @@ def write_tta_predictions(
     paths = {}
     for split, frame in image_frames(run_dir, bases, data_root).items():
         dataset = make_dataset(
-            frame, image_size, training=False, batch_size=batch_size, resize=resize, cache=False
-        )
+            frame, image_size, training=False, batch_size=batch_size, resize=resize, cache=False,
+            metadata=config.get("metadata", ()),
+        )  # fmt: skip
         probs = predict_tta(model, dataset)
         out = bases[split][["image_id", "dx"]].copy()
         out[list(PROB_COLUMNS)] = probs

@@ -382,3 +382,44 @@ def per_class_recall(recalls: Mapping[str, pd.DataFrame], *, title: str, caption
     ax.legend(fontsize=8)
     ax.set_title(title)
     return _finish(fig, caption)
+
+
+def paired_class_changes(
+    changes: Mapping[str, pd.DataFrame], *, title: str, caption: str
+) -> Figure:
+    """Each class's paired change in recall (B − A) per case, as points with interval bars.
+
+    changes maps a case name to a frame indexed by class with columns change, lo and hi (the
+    interval ends, NaN when unknown); a zero line marks "no change".
+    """
+    import numpy as np
+
+    cases = list(changes)
+    classes = list(next(iter(changes.values())).index)
+    offset = 0.6 / max(1, len(cases))
+    fig = Figure(figsize=(9, 4.2))
+    ax = fig.subplots()
+    ax.axhline(0, color="0.5", linewidth=1)
+    for index, case in enumerate(cases):
+        table = changes[case].loc[classes]
+        x = np.arange(len(classes)) + (index - (len(cases) - 1) / 2) * offset
+        value = table["change"].to_numpy(float)
+        lo, hi = table["lo"].to_numpy(float), table["hi"].to_numpy(float)
+        known = np.isfinite(lo) & np.isfinite(hi)
+        ax.plot(x, value, "o", color=f"C{index}", label=case)
+        ax.errorbar(
+            x[known],
+            value[known],
+            yerr=[value[known] - lo[known], hi[known] - value[known]],
+            fmt="none",
+            ecolor=f"C{index}",
+            capsize=3,
+            linewidth=1,
+        )
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_xlabel("class")
+    ax.set_ylabel("change in recall (paired, 95 % interval)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _finish(fig, caption)

@@ -42,7 +42,7 @@ import pandas as pd
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.explain.choice import CHECK_FILE, SANITY_STEP, choose_default
 from skin_tf.explain.methods import GRADIENT_METHODS, method_title, parse_method
-from skin_tf.runs import file_digest, read_json, write_json
+from skin_tf.runs import file_digest, read_json, require_image_only, write_json
 
 FORMAT = "skin_tf.explain_check/1"
 DEFAULT_METHODS = (
@@ -108,6 +108,7 @@ def explain_check_run(
     model_path = run_dir / "best.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: train the run first (skin-tf train)")
+    require_image_only(run_dir, "skin-tf explain-check")
     resize = resize_rule(str(read_json(run_dir / "config.json").get("resize", "squash")))
     model = keras.models.load_model(model_path, compile=False)
     hw = tuple(int(d) for d in model.input_shape[1:3])

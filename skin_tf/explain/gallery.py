@@ -30,7 +30,7 @@ from skin_tf.data.ham10000 import CLASSES
 from skin_tf.data.sizes import image_hw
 from skin_tf.explain.gradcam import cam_layers, gradcam_heatmaps, overlay
 from skin_tf.explain.methods import method_slug, method_title, parse_method
-from skin_tf.runs import read_json
+from skin_tf.runs import read_json, require_image_only
 
 NOT_ADVICE = "research use only — not medical advice"
 
@@ -150,6 +150,7 @@ def gradcam_run(
     model_path = run_dir / "best.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: train the run first (skin-tf train)")
+    require_image_only(run_dir, "skin-tf gradcam")
     model = keras.models.load_model(model_path, compile=False)
     run_name = run_name_of(run_dir)
 

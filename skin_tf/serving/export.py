@@ -52,7 +52,7 @@ import tensorflow as tf
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.data.pipeline import resize_rule
 from skin_tf.explain.choice import explain_choice, unchecked_choice
-from skin_tf.runs import json_ready, read_json
+from skin_tf.runs import json_ready, read_json, require_image_only
 from skin_tf.serving import engines, litert
 from skin_tf.serving.endpoints import GuardGraph, build_endpoints, input_size
 from skin_tf.serving.guard import GUARD_FILE, OodGuard
@@ -336,6 +336,7 @@ def export_run(
     model_path = run_dir / "best.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: train the run first (skin-tf train)")
+    require_image_only(run_dir, "skin-tf export")
     config = read_json(run_dir / "config.json")
     temperature = read_temperature(run_dir)
     metadata = {

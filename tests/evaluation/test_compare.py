@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from skin_tf.data.ham10000 import CLASSES
 from skin_tf.evaluation.compare import paired_difference
 from skin_tf.evaluation.metrics import PROB_COLUMNS, SPLIT_STATS, read_predictions
 from skin_tf.evaluation.report import (
@@ -81,8 +82,25 @@ def test_different_images_labels_or_columns_are_refused(pair):
         paired_difference(weak, relabelled, n_boot=10)
     with pytest.raises(ValueError, match=r"lack columns \['lesion_id'\]"):
         paired_difference(weak.drop(columns="lesion_id"), strong, n_boot=10)
-    with pytest.raises(ValueError, match="unknown metrics"):
+    with pytest.raises(ValueError, match="unknown metric 'auroc'; choose from .* recall_akiec"):
         paired_difference(weak, strong, ["auroc"], n_boot=10)
+
+
+def test_class_recalls_are_paired_like_the_headline_metrics(pair):
+    weak, strong = pair
+    diffs = paired_difference(weak, strong, ["recall_mel", "balanced_accuracy"], n_boot=200)
+    labels = weak["label"].to_numpy()
+    is_mel = labels == CLASSES.index("mel")
+    recall = {
+        name: (frame[list(PROB_COLUMNS)].to_numpy()[is_mel].argmax(axis=1) == 4).mean()
+        for name, frame in (("weak", weak), ("strong", strong))
+    }
+    change, low, high = diffs["recall_mel"]
+    assert change == pytest.approx(recall["strong"] - recall["weak"]) and low <= change <= high
+    # Balanced accuracy is the mean of the seven recalls, paired or not.
+    recalls = [paired_difference(weak, strong, [f"recall_{c}"], n_boot=0) for c in CLASSES]
+    mean_change = np.mean([r[f"recall_{c}"][0] for r, c in zip(recalls, CLASSES, strict=True)])
+    assert diffs["balanced_accuracy"][0] == pytest.approx(mean_change)
 
 
 def test_evaluate_keeps_the_test_predictions_beside_the_record(two_runs):
