@@ -213,7 +213,7 @@ def make_dataset(
         keep = slice(None) if class_index is None else labels == class_index
         if vectors is None:
             return tf.data.Dataset.from_tensor_slices((paths[keep], labels[keep]))
-        inputs = {"path": paths[keep], "metadata": vectors[keep]}
+        inputs = {"image": paths[keep], "metadata": vectors[keep]}
         return tf.data.Dataset.from_tensor_slices((inputs, labels[keep]))
 
     # The file cache holds what the source gives, so its name covers the fields' values too.
@@ -244,12 +244,16 @@ def make_dataset_from_encoded(
     cache: bool | str | Path = True,
     shuffle_buffer: int | None = None,
     seed: int | None = None,
+    metadata: Sequence[str] = (),
+    metadata_dropout: float = 0.0,
 ) -> tf.data.Dataset:
     """`make_dataset` for a dataset of (encoded image bytes, label), e.g. TFDS with SkipDecoding.
 
     Same options and output. The labels are read once up front (one pass over the dataset) to
     count classes; the sampler filters one stream per class out of `dataset`. File caches are
     named by the number of images, image size and resize mode: use one directory per split.
+    With `metadata` fields, `dataset` gives ({"image": bytes, "metadata": the encoded fields
+    (`skin_tf.data.meta_fields.encode_fields`)}, label), and the batches carry them likewise.
 
     >>> ds = tfds.load("ham10000", split="train", as_supervised=True,  # doctest: +SKIP
     ...                decoders={"image": tfds.decode.SkipDecoding()})
@@ -263,11 +267,14 @@ def make_dataset_from_encoded(
             return dataset
         return dataset.filter(lambda _, label: tf.equal(tf.cast(label, tf.int32), class_index))
 
+    metadata = check_fields(metadata)
+    tag = f"encoded{len(labels)}" + "".join(f"_{name}" for name in metadata)
     return _assemble(
-        source, counts, False, f"encoded{len(labels)}",
+        source, counts, False, tag,
         image_size=image_size, training=training, batch_size=batch_size, resize=resize,
         augment=augment, balance=balance, sampler_power=sampler_power,
         steps_per_epoch=steps_per_epoch, cache=cache, shuffle_buffer=shuffle_buffer, seed=seed,
+        metadata=metadata, metadata_dropout=metadata_dropout,
     )  # fmt: skip
 
 
@@ -293,9 +300,9 @@ def _assemble(
 ) -> tf.data.Dataset:
     """The shared body of make_dataset / make_dataset_from_encoded (see their docstrings).
 
-    source(None) gives every (path or bytes, label), or ({"path", "metadata"}, label) with
-    `metadata` fields; source(c) those of class c. `counts` are the class counts; `fingerprint`
-    names file caches.
+    source(None) gives every (path or bytes, label), or ({"image": path or bytes, "metadata"},
+    label) with `metadata` fields; source(c) those of class c. `counts` are the class counts;
+    `fingerprint` names file caches.
     """
     _check_choice("resize", resize, RESIZE_MODES)
     _check_choice("balance", balance, BALANCE_MODES)
@@ -312,7 +319,7 @@ def _assemble(
 
     def decode(x, label: tf.Tensor) -> tuple[Any, tf.Tensor]:
         fields = x["metadata"] if isinstance(x, dict) else None
-        x = x["path"] if isinstance(x, dict) else x
+        x = x["image"] if isinstance(x, dict) else x
         encoded = tf.io.read_file(x) if from_paths else x
         name = x if from_paths else None
         image = decode_resize(encoded, image_size, resize, name)

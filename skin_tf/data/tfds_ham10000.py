@@ -30,6 +30,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from skin_tf.data.ham10000 import CLASSES, DataError, read_metadata
+from skin_tf.data.meta_fields import META_FIELDS, check_fields, encode_fields
 from skin_tf.data.pipeline import make_dataset_from_encoded
 from skin_tf.data.splits import split_by_lesion
 
@@ -297,14 +298,37 @@ def load_split(
 
     The stored bytes go undecoded into `skin_tf.data.pipeline.make_dataset_from_encoded`, so
     decoding, resizing, caching, augmentation and balancing are the code `make_dataset` uses for a
-    frame; `pipeline_options` are its keyword options (resize, augment, balance, cache, seed, …).
+    frame; `pipeline_options` are its keyword options (resize, augment, balance, cache, seed,
+    metadata, metadata_dropout, …). With `metadata=["age", "sex", "localization"]` the stored
+    patient fields are encoded (`skin_tf.data.meta_fields`) and ride beside each image, as from
+    a frame; dx_type is stored but never an input.
     training=False keeps stored order (see `split_image_ids`); training=True shuffles in the
     pipeline. `split` is "train", "val" (or "validation") or "test".
 
     >>> train = load_split("train", "/tmp/tfds", 224, training=True, seed=42)  # doctest: +SKIP
     >>> model.fit(train, validation_data=load_split("val", "/tmp/tfds", 224))  # doctest: +SKIP
     """
-    pairs = read_encoded(split, data_dir).map(
-        lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE
-    )
+    examples = read_encoded(split, data_dir)
+    fields = check_fields(pipeline_options.get("metadata", ()))
+    if not fields:
+        pairs = examples.map(
+            lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    else:  # the fields encoded once up front (checked like a frame's), zipped in stored order
+        vectors = tf.data.Dataset.from_tensor_slices(encode_fields(stored_fields(examples), fields))
+        pairs = tf.data.Dataset.zip(examples, vectors).map(
+            lambda ex, vector: ({"image": ex["image"], "metadata": vector}, ex["label"]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     return make_dataset_from_encoded(pairs, image_size, training, batch_size, **pipeline_options)
+
+
+def stored_fields(examples: tf.data.Dataset) -> pd.DataFrame:
+    """The patient fields of a prepared split's examples in stored order (age NaN where the
+    builder stored MISSING_AGE), as `encode_fields` reads them from a frame."""
+    fields = examples.map(lambda ex: {name: ex[name] for name in META_FIELDS})
+    frame = pd.DataFrame(list(fields.as_numpy_iterator()), columns=list(META_FIELDS))
+    for name in ("sex", "localization"):
+        frame[name] = frame[name].str.decode("utf-8")
+    frame["age"] = frame["age"].astype(float).where(frame["age"] != MISSING_AGE)
+    return frame

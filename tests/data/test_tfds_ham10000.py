@@ -230,6 +230,29 @@ def test_load_split_matches_the_frame_pipeline(fake_prepared):
     np.testing.assert_array_equal(a_labels.numpy(), b_labels.numpy())
 
 
+def test_missing_age_comes_back_as_not_given_beside_the_same_image(tmp_path):
+    """The patient fields through TFDS are the frame's, a missing age included."""
+    root = make_fake_ham10000(tmp_path / "ham", per_class=6, size=(20, 16))
+    frame = read_metadata(root)
+    frame.loc[frame.index[::3], "age"] = np.nan
+    frame.drop(columns=["path", "label"]).to_csv(root / "HAM10000_metadata.csv", index=False)
+    ham_tfds.prepare_ham10000(root, tmp_path / "tfds")
+    fields = ["age", "sex", "localization"]
+    for split in ("train", "test"):
+        ids = ham_tfds.split_image_ids(split, tmp_path / "tfds")
+        rows = read_metadata(root).set_index("image_id").loc[ids].reset_index()
+        if split == "train":
+            assert rows["age"].isna().any()  # the missing age is exercised
+        from_frame = make_dataset(rows, 16, False, batch_size=64, metadata=fields)
+        from_tfds = ham_tfds.load_split(
+            split, tmp_path / "tfds", 16, batch_size=64, metadata=fields
+        )
+        (a, a_labels), (b, b_labels) = next(iter(from_frame)), next(iter(from_tfds))
+        for key in ("image", "metadata"):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+        np.testing.assert_array_equal(a_labels.numpy(), b_labels.numpy())
+
+
 # --------------------------------------------------------------------------- real data
 
 
@@ -274,3 +297,13 @@ def test_real_subset_prepares_and_loads(real_data_root, real_frame, tmp_path, re
     assert float(tf.reduce_min(images)) >= 0.0 and float(tf.reduce_max(images)) <= 255.0
     assert float(tf.reduce_max(images)) > 1.0  # pixels, not 0..1
     assert labels.dtype.is_integer and labels.shape == (8,)
+    # The patient fields ride beside the same images as from a frame.
+    fields = ["age", "sex", "localization"]
+    ids = ham_tfds.split_image_ids("val", tmp_path / "tfds")
+    rows = real_frame.set_index("image_id").loc[ids].reset_index()
+    from_frame = make_dataset(rows, 64, False, batch_size=512, metadata=fields)
+    from_tfds = ham_tfds.load_split("val", tmp_path / "tfds", 64, batch_size=512, metadata=fields)
+    features, _ = next(iter(from_tfds))
+    expected, _ = next(iter(from_frame))
+    np.testing.assert_array_equal(features["metadata"].numpy(), expected["metadata"].numpy())
+    np.testing.assert_array_equal(features["image"].numpy(), expected["image"].numpy())
