@@ -40,11 +40,12 @@ REFERENCE_EXPERIMENTS = {
 
 
 def test_the_nine_reference_experiments_are_shipped():
-    assert set(config_names()) == REFERENCE_EXPERIMENTS | {"demo"}  # demo: `make demo`
+    # demo: `make demo`; baseline_meta: the baseline with the patient fields (issue 31)
+    assert set(config_names()) == REFERENCE_EXPERIMENTS | {"demo", "baseline_meta"}
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
-@pytest.mark.parametrize("name", sorted(REFERENCE_EXPERIMENTS))
+@pytest.mark.parametrize("name", sorted(REFERENCE_EXPERIMENTS | {"baseline_meta"}))
 def test_every_shipped_config_loads_under_every_profile(name, profile):
     config = load_config(name, profile=profile)
     assert config.name == name
@@ -55,7 +56,7 @@ def test_every_shipped_config_loads_under_every_profile(name, profile):
 def test_shipped_json_files_spell_out_every_field():
     folder = Path(str(config_files.configs_folder()))
     fields = set(TrainConfig().to_dict()) - {"profile"}
-    for name in REFERENCE_EXPERIMENTS:
+    for name in REFERENCE_EXPERIMENTS | {"baseline_meta"}:
         assert set(json.loads((folder / f"{name}.json").read_text())) == fields, name
 
 
@@ -311,7 +312,15 @@ def test_impossible_values_are_rejected_naming_the_key(override, key):
 
 
 def test_patient_fields_are_off_by_default_named_by_list_and_never_a_leak():
-    assert all(not load_config(name).metadata for name in config_names())  # image-only nine
+    assert all(not load_config(name).metadata for name in REFERENCE_EXPERIMENTS | {"demo"})
+    # baseline_meta is the baseline plus the three fields, and nothing else.
+    with_fields = load_config("baseline_meta").to_dict()
+    assert with_fields.pop("metadata") == ["age", "sex", "localization"]
+    image_only = load_config("baseline").to_dict()
+    image_only.pop("metadata")
+    assert {k: v for k, v in with_fields.items() if image_only[k] != v} == {
+        "name": "baseline_meta", "description": with_fields["description"]
+    }  # fmt: skip
     config = load_config("baseline", overrides=['metadata=["sex","age"]', "metadata_dropout=0"])
     assert config.metadata == ("sex", "age") and config.metadata_dropout == 0.0
     assert config_from_dict(config.to_dict()) == config  # a run's config.json reads back
