@@ -42,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-META_FIELDS = ("age", "sex", "localization")  # skin_tf.data.meta_fields
+FIELDS = 'metadata=["age","sex","localization"]'  # skin_tf.data.meta_fields
 BASE = "lite0_128"  # today's cpu recipe: the in-run baseline
 TARGETS = (0.70, 0.75, 0.80)
 HEADLINE = ("balanced_accuracy", "mel_roc_auc", "accuracy", "macro_f1")
@@ -59,7 +59,8 @@ ARMS: dict[str, list[str]] = {
     "lite0_prog_150x200": PROGRESSIVE,  # 7 epochs at 112×150, the last 3 at 150×200
     "lite0_128_20ep": ["epochs=20"],  # a longer schedule: lite0_128 was still rising at 10
     "lite0_128_reg": REGULARISED,
-    "lite0_128_meta": [f"metadata={json.dumps(list(META_FIELDS))}"],  # age, sex, site (issue 31)
+    "lite0_128_meta": [FIELDS],  # age, sex and site beside the image (issue 31), concatenated
+    "lite0_128_metablock": [FIELDS, "metadata_fusion=metablock"],  # ... or gating the features
     "lite0_prog_150x200_reg": [*PROGRESSIVE, *REGULARISED],
     "lite1_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite1"],
     "lite2_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite2"],
