@@ -168,6 +168,8 @@ def _markdown(table: pd.DataFrame, image_run: Path, fields_run: Path, name: str,
         "**none given**: its model on the same images with every field withheld. Differences "
         "are fields run − image-only, paired (one lesion bootstrap for both), 95 % intervals.",
         "",
+        f"Kept checkpoints: {_kept(image_run)} (image-only); {_kept(fields_run)} (with fields).",
+        "",
         "| case | metric | image-only | with fields | difference [95 % CI] |",
         "|---|---|---:|---:|---|",
     ]
@@ -182,3 +184,10 @@ def _markdown(table: pd.DataFrame, image_run: Path, fields_run: Path, name: str,
         )
     lines += ["", f"![per-class recall changes]({name}.png)", "", f"_{caption}_", ""]
     return "\n".join(lines)
+
+
+def _kept(run_dir: Path) -> str:
+    """Which epoch the run kept, and by what: e.g. "epoch 7 of 10 by val_loss"."""
+    config = read_json(run_dir / "config.json")
+    kept = read_json(run_dir / "metrics.json").get("best_epoch", "?")
+    return f"epoch {kept} of {config.get('epochs', '?')} by {config.get('select_metric', '?')}"

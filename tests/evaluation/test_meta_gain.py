@@ -53,6 +53,7 @@ def test_the_gain_is_paired_on_the_same_images_with_all_fields_and_with_none(two
     assert (path.parent / "fields.png").is_file()
     text = path.read_text()
     assert "| none given | recall_mel |" in text and "(age, sex, localization)" in text
+    assert "Kept checkpoints: epoch 1 of 1 by val_loss (image-only)" in text
 
 
 def test_withheld_fields_are_the_blank_vector_beside_each_image(two_runs, real_data_root):
