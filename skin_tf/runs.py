@@ -326,13 +326,22 @@ def run_name_of(run_dir: str | os.PathLike) -> str:
     return Path(run_dir).name
 
 
+def patient_fields(run_dir: str | os.PathLike) -> tuple[str, ...]:
+    """The patient fields a run was trained with (config.json's `metadata`), () for none.
+
+    >>> patient_fields("runs/20250101T120000Z__baseline_meta-cpu")  # doctest: +SKIP
+    ('age', 'sex', 'localization')
+    """
+    return tuple(read_json(Path(run_dir) / "config.json").get("metadata") or ())
+
+
 def require_image_only(run_dir: str | os.PathLike, what: str) -> None:
-    """ValueError when the run was trained with patient fields (config.json `metadata`): `what`
-    (a command that feeds images alone) cannot serve it yet.
+    """ValueError when the run was trained with patient fields (`patient_fields`): `what` (a
+    command that feeds images alone) cannot serve it yet.
 
     >>> require_image_only("runs/20250101T120000Z__baseline-cpu", "export")  # doctest: +SKIP
     """
-    fields = read_json(Path(run_dir) / "config.json").get("metadata") or []
+    fields = list(patient_fields(run_dir))
     if fields:
         raise ValueError(
             f"{Path(run_dir).name} takes patient fields {fields} beside the image; {what} feeds "

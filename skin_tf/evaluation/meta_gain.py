@@ -30,7 +30,7 @@ from skin_tf.evaluation import plots
 from skin_tf.evaluation.compare import CLASS_RECALLS, paired_difference, split_stat
 from skin_tf.evaluation.evaluate import image_frames, predict_tta
 from skin_tf.evaluation.metrics import PROB_COLUMNS, read_predictions
-from skin_tf.runs import read_json, run_caption, run_name_of
+from skin_tf.runs import patient_fields, read_json, run_caption, run_name_of
 
 GAIN_METRICS = ("balanced_accuracy", "mel_roc_auc", "accuracy", "macro_f1", *CLASS_RECALLS)
 CASES = ("all given", "none given")  # the fields run as tested; with every field withheld
@@ -50,10 +50,11 @@ def metadata_gain(
     data_root: the images, for the withheld case (default: the fields run's own data root).
     """
     image_run, fields_run = Path(image_run), Path(fields_run)
-    if fields_of(image_run):
+    wrong = patient_fields(image_run)
+    if wrong:
         raise ValueError(
-            f"{image_run} takes patient fields {list(fields_of(image_run))}: give an image-only "
-            "run first, then the run with fields"
+            f"{image_run} takes patient fields {list(wrong)}: give an image-only run first, then "
+            "the run with fields"
         )
     image_only = read_predictions(image_run, "test")
     cases = {
@@ -76,11 +77,6 @@ def metadata_gain(
     return pd.DataFrame(rows)
 
 
-def fields_of(run_dir: Path) -> tuple[str, ...]:
-    """The patient fields a run was trained with (config.json's `metadata`), () for none."""
-    return tuple(read_json(Path(run_dir) / "config.json").get("metadata") or ())
-
-
 def predict_with_fields_withheld(
     run_dir: str | os.PathLike,
     split: str = "test",
@@ -95,7 +91,7 @@ def predict_with_fields_withheld(
     from skin_tf.data.pipeline import make_dataset
 
     run_dir = Path(run_dir)
-    fields = fields_of(run_dir)
+    fields = patient_fields(run_dir)
     if not fields:
         raise ValueError(f"{run_dir} takes no patient fields (config metadata is empty)")
     config = read_json(run_dir / "config.json")
@@ -158,7 +154,7 @@ def _class_changes(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def _markdown(table: pd.DataFrame, image_run: Path, fields_run: Path, name: str, caption: str):
-    fields = ", ".join(fields_of(fields_run))
+    fields = ", ".join(patient_fields(fields_run))
     lines = [
         f"# What the patient fields add: {name}",
         "",
