@@ -14,19 +14,26 @@ def linear_probe_lite0(
     c: float = 0.5,
     class_weight: str | None = "balanced",
     seed: int = 0,
+    fields: tuple[str, ...] = (),
+    fusion: str = "concat",
 ):
-    """Lite0 at `size` whose head is fitted on `train`'s images (path, label columns)."""
+    """Lite0 at `size` whose head is fitted on `train`'s images (path, label columns) and, given
+    `fields`, their patient fields through the (untrained) fusion layers."""
     import keras
     from sklearn.linear_model import LogisticRegression
 
+    from skin_tf.data.meta_fields import meta_width
     from skin_tf.data.pipeline import make_dataset
     from skin_tf.models.classifier import build_classifier
 
     keras.utils.set_random_seed(seed)
-    model = build_classifier("efficientnet_lite0", size, weights="imagenet")
+    width = meta_width(fields) if fields else 0
+    model = build_classifier(
+        "efficientnet_lite0", size, weights="imagenet", metadata_width=width, fusion=fusion
+    )
     head = model.get_layer("predictions")
-    features = keras.Model(model.inputs[0], head.input)
-    data = make_dataset(train, size, training=False, cache=False)
+    features = keras.Model(model.input, head.input)
+    data = make_dataset(train, size, training=False, cache=False, metadata=fields)
     x = np.concatenate([features(batch, training=False).numpy() for batch, _ in data])
     probe = LogisticRegression(max_iter=2000, C=c, class_weight=class_weight)
     probe.fit(x, train["label"].to_numpy())

@@ -322,9 +322,13 @@ def _predict(args: argparse.Namespace) -> int:
           file=sys.stderr)  # fmt: skip
     if served.guard_note:
         print(f"note: {served.guard_note}", file=sys.stderr)
+    if served.fields and args.meta is None:
+        print(f"note: this model also takes {', '.join(served.fields)} (--meta FILE.csv); none "
+              "given, so every image is scored without them", file=sys.stderr)  # fmt: skip
     results = predict_files(
-        served, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=True
-    )
+        served, args.images, top_k=args.top_k, batch_size=args.batch_size, progress=True,
+        meta=args.meta,
+    )  # fmt: skip
     print(format_predictions(results, json=args.json))
     if not args.json:
         print(f"({served.disclaimer})", file=sys.stderr)
@@ -344,6 +348,11 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
         help="what computes the probabilities (default: the export's fastest faithful engine)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32, help="images per LiteRT call")
+    p.add_argument(
+        "--meta", type=Path, metavar="FILE.csv",
+        help="patient fields for a model trained with them: columns image, age, sex, "
+        "localization (any may be empty; an image without a row has none given)",
+    )  # fmt: skip
     p.set_defaults(func=_predict)
 
 

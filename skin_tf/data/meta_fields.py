@@ -107,6 +107,30 @@ def blank_vector(fields: Sequence[str]) -> np.ndarray:
     return encode_fields(pd.DataFrame(index=[0]), fields)[0]
 
 
+def describe_fields(fields: Sequence[str]) -> dict:
+    """How a model's fields are encoded, for clients outside Python (metadata.json's
+    `patient_fields`): the fields in order, the vector's width, each field's place and values,
+    and the blank vector (nothing given).
+
+    >>> describe_fields(["sex"])["slices"]
+    {'sex': [0, 3]}
+    """
+    slices = field_slices(fields)
+    return {
+        "fields": list(slices),
+        "width": meta_width(fields),
+        "slices": {name: [place.start, place.stop] for name, place in slices.items()},
+        "encoding": {
+            name: "[age / 100, 1 if not given else 0]; 0..120 years"
+            if name == "age"
+            else f"one-hot over {', '.join(VOCABULARIES[name])}, {UNKNOWN} (= not given)"
+            for name in slices
+        },
+        "vocabularies": {name: list(VOCABULARIES[name]) for name in slices if name != "age"},
+        "blank": blank_vector(fields).tolist(),
+    }
+
+
 def encode_fields(frame: pd.DataFrame, fields: Sequence[str]) -> np.ndarray:
     """float32 (len(frame), meta_width(fields)): the chosen fields of every row, encoded.
 

@@ -9,6 +9,11 @@ same probabilities; only where the resize happens differs (inside `serve`, befor
 With a guard (`GuardGraph`), `serve` and `explain` add `ood_score` and `in_distribution` to what
 they return, and the LiteRT models output the penultimate features the guard reads.
 
+A model trained with patient fields (`skin_tf.data.meta_fields`) takes them as a second input
+everywhere, `metadata` (N, width) float32, encoded; the blank vector means "not given". Its
+guard reads image features only (the backbone's, before the fields join), so whether an image is
+in distribution never depends on what the fields say.
+
 Example:
     >>> import numpy as np
     >>> resize_images(np.zeros((1, 150, 200, 3), np.uint8), (64, 64), "squash").shape
@@ -23,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from skin_tf.data.pipeline import resize_rule
+from skin_tf.models.meta_fusion import META_INPUT, metadata_shape
 from skin_tf.serving.guard import OodGuard
 
 # ---------------------------------------------------------------- in-graph preprocessing
@@ -77,10 +83,10 @@ def input_size(model: keras.Model) -> tuple[int, int]:
         >>> input_size(build_classifier("efficientnet_lite0", (96, 128)))  # doctest: +SKIP
         (96, 128)
     """
-    height, width = model.input_shape[1:3]
+    height, width = image_input(model).shape[1:3]
     if height is None or width is None:
         raise ValueError(
-            f"model input {model.input_shape} has no fixed size: fix it with "
+            f"model input {image_input(model).shape} has no fixed size: fix it with "
             "skin_tf.models.classifier.with_input_size(model, image_size) before exporting"
         )
     return int(height), int(width)
@@ -101,14 +107,41 @@ def _logits_function(head: keras.layers.Dense) -> Callable[[tf.Tensor], tf.Tenso
     return logits_of
 
 
+def image_input(model: keras.Model) -> keras.KerasTensor:
+    """The model's image input (its only input, or "image" beside the patient fields)."""
+    return model.input["image"] if isinstance(model.input, dict) else model.input
+
+
+def fields_width(model: keras.Model) -> int:
+    """How many floats of encoded patient fields the model takes beside the image (0: none)."""
+    return metadata_shape(model)[0]
+
+
+def model_input(model: keras.Model, images: tf.Tensor, fields: tf.Tensor | None = None):
+    """What to call `model` (or a model over its `model.input`) with: the images alone, or
+    {"image", "metadata"} for a model with patient fields, which then must be given."""
+    if not fields_width(model):
+        return images
+    if fields is None:
+        raise ValueError("this model takes patient fields: pass them (the blank vector: none)")
+    return {"image": images, META_INPUT: fields}
+
+
+def _specs(model: keras.Model, images: tf.TensorSpec) -> list[tf.TensorSpec]:
+    """The input signature of a function of images (and, for a model with fields, fields)."""
+    width = fields_width(model)
+    return [images] + ([tf.TensorSpec([None, width], tf.float32, name=META_INPUT)] if width else [])
+
+
 def features_model(model: keras.Model) -> keras.Model:
-    """The classifier up to its head: images → the pooled penultimate features the head reads."""
-    return keras.Model(model.inputs[0], softmax_head(model).input)
+    """The classifier up to its head: images (and fields) → the pooled features the head reads."""
+    return keras.Model(model.input, softmax_head(model).input)
 
 
 def pooled_output(model: keras.Model, layer: str | None) -> keras.KerasTensor:
     """The mean over height and width of `layer`'s output (None: the head's input, already
-    pooled): the features a guard reads, as a tensor of the model's graph.
+    pooled; a layer whose output is already (N, C), e.g. `head_pool`, as it is): the features a
+    guard reads, as a tensor of the model's graph.
 
     Example:
         >>> pooled_output(model, "block4c_add").shape  # doctest: +SKIP
@@ -117,6 +150,8 @@ def pooled_output(model: keras.Model, layer: str | None) -> keras.KerasTensor:
     if layer is None:
         return softmax_head(model).input
     output = model.get_layer(layer).output
+    if len(output.shape) == 2:
+        return output
     if len(output.shape) != 4:
         raise ValueError(f"layer {layer!r} gives {output.shape}, not (N, H, W, C) feature maps")
     return keras.layers.GlobalAveragePooling2D(name=f"ood_pool_{layer}")(output)
@@ -131,7 +166,8 @@ def probabilities_function(
     """softmax(logits / T) of float32 images already at the model's size, (N, H, W, 3) → (N, 7).
 
     The body of `serve` after its resize, as its own tf.function with a fixed input signature
-    (batch left open): what `skin_tf.serving.litert` converts. features=True returns
+    (batch left open): what `skin_tf.serving.litert` converts. A model with patient fields takes
+    them as a second argument, (N, width) float32. features=True returns
     (probs, features (N, d)) instead: the same probabilities plus the features the
     out-of-distribution guard reads (`pooled_output(model, layer)`), from the same forward pass.
     Its `features_model` attribute is the Keras model up to the head, the object whose variables
@@ -147,15 +183,16 @@ def probabilities_function(
     inv_t = _check_temperature(temperature)
     height, width = input_size(model)
     outputs = [head.input, pooled_output(model, layer)] if features else head.input
-    body = keras.Model(model.inputs[0], outputs)
+    body = keras.Model(model.input, outputs)
     logits_of = _logits_function(head)
     spec = tf.TensorSpec([None, height, width, 3], tf.float32, name="images")
 
-    @tf.function(input_signature=[spec])
-    def probabilities(images):
+    @tf.function(input_signature=_specs(model, spec))
+    def probabilities(images, *fields):
+        x = model_input(model, images, *fields)
         if not features:
-            return tf.nn.softmax(logits_of(body(images, training=False)) * inv_t)
-        pooled, guard_features = body(images, training=False)
+            return tf.nn.softmax(logits_of(body(x, training=False)) * inv_t)
+        pooled, guard_features = body(x, training=False)
         probs = tf.nn.softmax(logits_of(pooled) * inv_t)
         return probs, tf.cast(guard_features, tf.float32)  # a tuple: LiteRT keeps its order
 
@@ -241,6 +278,10 @@ def build_endpoints(
     Without a guard `serve` returns the (N, 7) probabilities; with one it returns {"probs",
     "ood_score", "in_distribution"}, and `explain` adds the same two to {"probs", "heatmap"}. The
     guard reads the features the probabilities are computed from: it only adds outputs.
+
+    A model with patient fields gives both endpoints a second argument, `metadata` (N, width)
+    float32 (`skin_tf.data.meta_fields.encode_fields`; the blank vector: not given): the heatmap
+    is then that of the image with those fields held fixed.
     """
     from skin_tf.explain.gradcam import cam_layers, fused_heatmaps
     from skin_tf.explain.methods import GRADIENT_METHODS, parse_method
@@ -262,22 +303,22 @@ def build_endpoints(
     cam_outputs = [*(conv.output for conv in convs), head.input]
     if guard is not None:
         cam_outputs.append(pooled_output(model, guard_layer))
-    cam_model = keras.Model(model.inputs[0], cam_outputs)
+    cam_model = keras.Model(model.input, cam_outputs)
     logits_of = _logits_function(head)
 
-    float_batch = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+    float_batch = _specs(model, tf.TensorSpec([None, None, None, 3], tf.float32, name="images"))
 
-    @tf.function(input_signature=[float_batch])
-    def serve_float(images):
-        out = probabilities(resize_images(images, size, resize))
+    @tf.function(input_signature=float_batch)
+    def serve_float(images, *fields):
+        out = probabilities(resize_images(images, size, resize), *fields)
         if guard is None:
             return out
         probs, features = out
         return {"probs": probs, **guard(features, probs)}
 
-    @tf.function(input_signature=[float_batch])
-    def explain_float(images):
-        x = resize_images(images, size, resize)
+    @tf.function(input_signature=float_batch)
+    def explain_float(images, *fields):
+        x = model_input(model, resize_images(images, size, resize), *fields)
         with tf.GradientTape() as tape:
             outputs = cam_model(x, training=False)
             activations, features = outputs[: len(convs)], outputs[len(convs)]
@@ -293,11 +334,11 @@ def build_endpoints(
     # Public endpoints: one trace per input dtype, each a thin cast around the single float32
     # graph, so the network is traced and stored once per endpoint rather than once per dtype.
     @tf.function
-    def serve(images):
-        return serve_float(tf.cast(images, tf.float32))
+    def serve(images, *fields):
+        return serve_float(tf.cast(images, tf.float32), *fields)
 
     @tf.function
-    def explain(images):
-        return explain_float(tf.cast(images, tf.float32))
+    def explain(images, *fields):
+        return explain_float(tf.cast(images, tf.float32), *fields)
 
     return serve, explain

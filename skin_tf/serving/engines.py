@@ -41,16 +41,28 @@ DEFAULT_CALIBRATION_IMAGES = 256
 @dataclass(frozen=True)
 class CheckImages:
     """Images at the model's size (uint8 (N, H, W, 3)) that every engine scores at export, with
-    their labels (None for synthetic probe images) and a phrase saying where they come from."""
+    their labels (None for synthetic probe images), a phrase saying where they come from and,
+    for a model with patient fields, each image's encoded fields (N, width)."""
 
     images: np.ndarray
     labels: np.ndarray | None
     source: str
+    fields: np.ndarray | None = None
+
+    def inputs(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, ...]:
+        """(images,) or (images, fields) of rows start:stop: what an engine is called with."""
+        rows = slice(start, stop)
+        if self.fields is None:
+            return (self.images[rows],)
+        return self.images[rows], self.fields[rows]
 
 
-def probe_images(size: int | tuple[int, int], n: int = 8, seed: int = 0) -> CheckImages:
+def probe_images(
+    size: int | tuple[int, int], n: int = 8, seed: int = 0, fields: tuple[str, ...] = ()
+) -> CheckImages:
     """Synthetic smooth blobs on noisy skin-coloured backgrounds: enough to compare engines when
-    a model is exported without a run (no labels, so no metrics).
+    a model is exported without a run (no labels, so no metrics). `fields`: the patient fields
+    of a model that takes them, given as "not given" (the blank vector) for every image.
 
     Example:
         >>> probe_images(32, n=2).images.shape, probe_images((24, 32), n=1).images.shape
@@ -67,7 +79,14 @@ def probe_images(size: int | tuple[int, int], n: int = 8, seed: int = 0) -> Chec
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None]
         skin = rng.uniform(120, 230, 3) * (1 - rng.uniform(0.3, 0.8) * blob)
         images.append(np.clip(skin + rng.normal(0, 12, (height, width, 3)), 0, 255))
-    return CheckImages(np.stack(images).astype(np.uint8), None, f"{n} synthetic probe images")
+    blank = None
+    if fields:
+        from skin_tf.data.meta_fields import blank_vector
+
+        blank = np.tile(blank_vector(fields), (n, 1))
+    return CheckImages(
+        np.stack(images).astype(np.uint8), None, f"{n} synthetic probe images", blank
+    )
 
 
 def run_images(
@@ -80,8 +99,9 @@ def run_images(
     seed: int = 0,
 ) -> CheckImages:
     """A run's `split` images (its splits.csv, files from `data_root` or the run's own data
-    folder), decoded and resized by the training pipeline. `limit` keeps that many, drawn in
-    turn from each class (seeded), e.g. for int8 calibration.
+    folder), decoded and resized by the training pipeline, with their patient fields when the
+    run was trained with some (`run_fields`). `limit` keeps that many, drawn in turn from each
+    class (seeded), e.g. for int8 calibration.
 
     Example:
         >>> run_images("runs/x", "val", 224, "squash").source  # doctest: +SKIP
@@ -103,7 +123,17 @@ def run_images(
     dataset = make_dataset(frame, size, training=False, batch_size=64, resize=resize, cache=False)
     images = np.concatenate([batch.numpy().astype(np.uint8) for batch, _ in dataset])
     source = f"{split} split of run {run_name_of(run_dir)} ({len(frame)} images)"
-    return CheckImages(images, frame["label"].to_numpy(), source)
+    return CheckImages(images, frame["label"].to_numpy(), source, run_fields(run_dir, frame))
+
+
+def run_fields(run_dir: str | os.PathLike, frame) -> np.ndarray | None:
+    """The encoded patient fields of `frame`'s rows that the run was trained with, as given in
+    the data's metadata (None for an image-only run)."""
+    from skin_tf.data.meta_fields import encode_fields
+    from skin_tf.runs import patient_fields
+
+    fields = patient_fields(run_dir)
+    return encode_fields(frame, fields) if fields else None
 
 
 def class_turns(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -19,6 +19,9 @@ writes `saved_models/b0/`:
   training images), the same probabilities for images already resized to the model's size, and
   the penultimate features the guard scores (`skin_tf.serving.litert`);
 - `ood_guard.npz`: the guard's constants, which the LiteRT engines score features with;
+- for a run trained with patient fields, every endpoint and both LiteRT models take a second
+  input, `metadata` (N, width) float32: the encoded fields (`skin_tf.data.meta_fields`; the
+  blank vector: not given), described under `patient_fields` in metadata.json;
 - `metadata.json`: classes, input size, resize rule, melanoma threshold with its validation
   sensitivity/specificity, temperature, the run's test metrics, provenance, and under `engines`
   each engine's file, size, quantisation, validation metrics, agreement with `serve` and its own
@@ -50,11 +53,12 @@ import numpy as np
 import tensorflow as tf
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
+from skin_tf.data.meta_fields import describe_fields, meta_width
 from skin_tf.data.pipeline import resize_rule
 from skin_tf.explain.choice import explain_choice, unchecked_choice
-from skin_tf.runs import json_ready, read_json, require_image_only
+from skin_tf.runs import json_ready, patient_fields, read_json
 from skin_tf.serving import engines, litert
-from skin_tf.serving.endpoints import GuardGraph, build_endpoints, input_size
+from skin_tf.serving.endpoints import GuardGraph, build_endpoints, fields_width, input_size
 from skin_tf.serving.guard import GUARD_FILE, OodGuard
 from skin_tf.serving.guard_choice import (
     DEFAULT_GUARD_IMAGES,
@@ -80,11 +84,12 @@ def export_model(
     overwrite: bool = False,
     litert_models: bool = True,
     check: engines.CheckImages | None = None,
-    calibration: np.ndarray | None = None,
+    calibration: np.ndarray | engines.CheckImages | None = None,
     int8_skipped: str | None = None,
     guard: OodGuard | FittedGuard | None = None,
     guard_skipped: str | None = None,
     explain_method: str = "gradcam",
+    fields: tuple[str, ...] = (),
 ) -> Path:
     """Write `model` as a SavedModel with `serve` and `explain`, LiteRT flatbuffers and
     metadata.json to `out`.
@@ -95,8 +100,10 @@ def export_model(
 
     litert_models=False writes the SavedModel alone. `check`: images every engine scores (the
     run's validation split; default: synthetic probe images, which show agreement but give no
-    metrics). `calibration`: training images for `model_int8.tflite`; without them no int8 model
-    is written and `int8_skipped` (or a default reason) is recorded. `guard`: the
+    metrics). `calibration`: training images for `model_int8.tflite` (with their fields, as
+    CheckImages, for a model with patient fields); without them no int8 model is written and
+    `int8_skipped` (or a default reason) is recorded. `fields`: the patient fields a model with
+    a second input was trained with, in order (`skin_tf.runs.patient_fields`). `guard`: the
     out-of-distribution guard (`skin_tf.serving.guard_choice.fit_run_guard` fits one for a run):
     every engine then also returns `ood_score` and `in_distribution`, with its own threshold
     chosen on `check` to keep 95 % of those images; without one, `guard_skipped` says why.
@@ -110,24 +117,28 @@ def export_model(
     """
     out = Path(out)
     _check_destination(out, overwrite)
+    _check_fields(model, fields)
     fitted = guard if isinstance(guard, FittedGuard) else None
     guard = fitted.guard if fitted is not None else guard
     guard_graph = None if guard is None else GuardGraph(guard)
     serve, explain = build_endpoints(
         model, resize=resize, temperature=temperature, guard=guard_graph, method=explain_method
     )
+    width = fields_width(model)
+    with_fields = [tf.TensorSpec([None, width], tf.float32, name="metadata")] if width else []
     for fn in (serve, explain):  # ExportArchive stores the traces a tf.function already has
         for dtype in INPUT_DTYPES:
-            fn.get_concrete_function(tf.TensorSpec([None, None, None, 3], dtype, name="images"))
+            images = tf.TensorSpec([None, None, None, 3], dtype, name="images")
+            fn.get_concrete_function(images, *with_fields)
     if check is None and (litert_models or guard is not None):
-        check = engines.probe_images(input_size(model))
-    served_check = None if check is None else _served_outputs(serve, check.images)
+        check = engines.probe_images(input_size(model), fields=fields)
+    served_check = None if check is None else _served_outputs(serve, *check.inputs())
     guard_scores = EngineScores(check, fitted.shifted if fitted is not None else {})
     if guard_graph is not None:  # the threshold of what `serve` itself scores, before saving
         guard_scores.add(
             "savedmodel",
             (served_check["probs"], served_check["ood_score"]),
-            lambda images: _served_guard_outputs(serve, images),
+            lambda *inputs: _served_guard_outputs(serve, *inputs),
         )
         guard_graph.threshold.assign(guard_scores.threshold("savedmodel"))
     # No archive.track(model): the endpoints' variables are tracked automatically, and leaving
@@ -147,7 +158,7 @@ def export_model(
             "classes": list(CLASSES),
             "class_names": dict(CLASS_NAMES),
             "mel_index": MEL_INDEX,
-            "input_size": [int(d) for d in model.input_shape[1:3]],
+            "input_size": list(input_size(model)),
             "resize": resize_rule(resize),
             "input": "RGB images (N, H, W, 3), uint8 or float32 pixels 0..255, any H and W",
             "endpoints": _endpoint_notes(guard is not None),
@@ -155,6 +166,9 @@ def export_model(
             "explain": unchecked_choice(explain_method),
             **(metadata or {}),
         }
+        if fields:
+            info["input"] += "; and metadata (N, width) float32, the encoded patient fields"
+            info["patient_fields"] = describe_fields(fields)
         if litert_models:
             info["engines"] = _write_litert(
                 model, staging, served_check["probs"], info["resize"], temperature,
@@ -200,16 +214,28 @@ def _endpoint_notes(guarded: bool) -> dict[str, str]:
     }
 
 
-def _served_guard_outputs(serve: Any, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    out = _served_outputs(serve, images)
+def _check_fields(model: keras.Model, fields: tuple[str, ...]) -> None:
+    width = fields_width(model)
+    if (meta_width(fields) if fields else 0) != width:
+        raise ValueError(
+            f"the model takes {width} floats of patient fields but fields={list(fields)} encode "
+            f"to {meta_width(fields) if fields else 0}: pass the fields it was trained with "
+            "(skin_tf.runs.patient_fields of its run)"
+        )
+
+
+def _served_guard_outputs(serve: Any, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = _served_outputs(serve, *inputs)
     return out["probs"], out["ood_score"]
 
 
-def _served_outputs(serve: Any, images: np.ndarray) -> dict[str, np.ndarray]:
-    """`serve` on images in batches: {"probs"} and, with a guard, "ood_score", "in_distribution"."""
+def _served_outputs(serve: Any, images: np.ndarray, *fields: np.ndarray) -> dict[str, np.ndarray]:
+    """`serve` on images (and their fields) in batches: {"probs"} and, with a guard,
+    "ood_score", "in_distribution"."""
     parts = []
     for i in range(0, len(images), _CHECK_BATCH):
-        out = serve(images[i : i + _CHECK_BATCH])
+        rows = slice(i, i + _CHECK_BATCH)
+        out = serve(images[rows], *(f[rows] for f in fields))
         out = out if isinstance(out, dict) else {"probs": out}
         parts.append({key: value.numpy() for key, value in out.items()})
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -223,7 +249,7 @@ def _write_litert(
     temperature: float | None,
     mel_point: dict[str, Any] | None,
     check: engines.CheckImages,
-    calibration: np.ndarray | None,
+    calibration: np.ndarray | engines.CheckImages | None,
     int8_skipped: str | None,
     guard: OodGuard | None,
     guard_scores: EngineScores,
@@ -235,16 +261,22 @@ def _write_litert(
     files = {"tflite": folder / litert.FLOAT_FILE}
     files["tflite"].write_bytes(litert.convert_float(model, temperature, features, layer))
     skipped = {}
+    if isinstance(calibration, engines.CheckImages):
+        calibration_fields, calibration = calibration.fields, calibration.images
+    else:
+        calibration_fields = None
     if calibration is not None:
         files["tflite-int8"] = folder / litert.INT8_FILE
-        blob = litert.convert_int8(model, calibration, temperature, features, layer)
+        blob = litert.convert_int8(
+            model, calibration, temperature, features, layer, calibration_fields
+        )
         files["tflite-int8"].write_bytes(blob)
     else:
         skipped["tflite-int8"] = int8_skipped or "no calibration images were given"
     probs = {"savedmodel": serve_probs}
     for engine, path in files.items():
         outputs = functools.partial(_litert_outputs, litert.LiteRTModel(path), guard)
-        on_check = outputs(check.images)
+        on_check = outputs(*check.inputs())
         probs[engine] = on_check[0]
         if guard is not None:
             guard_scores.add(engine, on_check, outputs)
@@ -264,13 +296,20 @@ def _write_litert(
 
 
 def _litert_outputs(
-    runner: litert.LiteRTModel, guard: OodGuard | None, images: np.ndarray
+    runner: litert.LiteRTModel,
+    guard: OodGuard | None,
+    images: np.ndarray,
+    fields: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A LiteRT model's probabilities on images at its size, in batches, and the guard's scores
-    of the features it outputs beside them (None without a guard)."""
+    """A LiteRT model's probabilities on images at its size (given their fields, for a model
+    with patient fields), in batches, and the guard's scores of the features it outputs beside
+    them (None without a guard)."""
+    rows = [slice(i, i + _CHECK_BATCH) for i in range(0, len(images), _CHECK_BATCH)]
     parts = [
-        runner.predict_with_features(images[i : i + _CHECK_BATCH].astype(np.float32))
-        for i in range(0, len(images), _CHECK_BATCH)
+        runner.predict_with_features(
+            images[r].astype(np.float32), None if fields is None else fields[r]
+        )
+        for r in rows
     ]
     probs = np.concatenate([p for p, _ in parts])
     if guard is None:
@@ -336,7 +375,6 @@ def export_run(
     model_path = run_dir / "best.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: train the run first (skin-tf train)")
-    require_image_only(run_dir, "skin-tf export")
     config = read_json(run_dir / "config.json")
     temperature = read_temperature(run_dir)
     metadata = {
@@ -374,7 +412,7 @@ def export_run(
         model, out, resize=resize, temperature=temperature, metadata=metadata,
         overwrite=overwrite, litert_models=litert_models, check=check,
         calibration=calibration, int8_skipped=skipped, guard=fitted, guard_skipped=guard_skipped,
-        explain_method=metadata["explain"]["method"],
+        explain_method=metadata["explain"]["method"], fields=patient_fields(run_dir),
     )  # fmt: skip
 
 
@@ -415,7 +453,7 @@ def _run_images(
     resize: str,
     data_root: str | os.PathLike | None,
     n_calibration: int,
-) -> tuple[engines.CheckImages | None, np.ndarray | None, str | None]:
+) -> tuple[engines.CheckImages | None, engines.CheckImages | None, str | None]:
     """(validation images, int8 calibration images, why there is no int8 model) of a run; no
     validation images either when the run's images cannot be read."""
     not_requested = "not requested (int8=False / --no-int8)"
@@ -427,7 +465,7 @@ def _run_images(
     except (ValueError, OSError) as err:  # DataError is a ValueError
         unreadable = f"the run's images could not be read ({err})"
         return None, None, unreadable if n_calibration > 0 else not_requested
-    return check, train.images, None
+    return check, train, None
 
 
 def mel_threshold(run_dir: Path, temperature: float | None) -> dict[str, Any]:

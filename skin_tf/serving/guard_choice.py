@@ -23,6 +23,12 @@ without looking at any test image.
    engine and gives each its own threshold by the same rule (`engine_thresholds`): int8
    features are not the float ones.
 
+For a model with patient fields, only guards of image features compete (each stage and the
+pooled backbone features, `head_pool`, before the fields join; no confidence term and no
+energy, which read the fields through the probabilities): an image is in or out of distribution
+whatever fields come with it. The accuracy rule then uses the probabilities given each image's
+own fields.
+
 Issue 32 is why steps 1-3 look beyond validation images: a guard chosen only to reject the
 generated set, at a threshold keeping 95 % of the run's own validation split, refused one valid
 dermoscopic image in five from another source (other zoom, framing, preprocessing), and refused
@@ -115,13 +121,14 @@ def features_function(
 ) -> Callable[[np.ndarray], dict[str | None, np.ndarray]]:
     """images (N, H, W, 3) at the model's size → each layer's mean-pooled output (None: the
     head's input), float32 (N, d), from one forward pass per batch; traced once, so it can be
-    called on many image sets."""
+    called on many image sets. The layers must be reached from the image alone (for a model
+    with patient fields: the backbone's, up to `head_pool`)."""
     import keras
     import tensorflow as tf
 
-    from skin_tf.serving.endpoints import input_size, pooled_output
+    from skin_tf.serving.endpoints import image_input, input_size, pooled_output
 
-    body = keras.Model(model.inputs[0], [pooled_output(model, layer) for layer in layers])
+    body = keras.Model(image_input(model), [pooled_output(model, layer) for layer in layers])
     # A list even for one layer (a one-output Keras model returns a bare tensor); the batch
     # dimension left open, so batches of any size share one trace.
     spec = tf.TensorSpec([None, *input_size(model), 3], tf.float32)
@@ -168,13 +175,15 @@ def fit_run_guard(
     """
     from scipy.special import softmax
 
-    from skin_tf.serving.endpoints import softmax_head
+    from skin_tf.serving.endpoints import fields_width, softmax_head
 
     if train.labels is None or val.labels is None:
         raise ValueError("the guard is fitted on labelled training images and checked on labelled "
                          "validation images")  # fmt: skip
     shifted = dict(shifted or {})
-    layers: list[str | None] = [*candidate_layers(model), None]
+    with_fields = fields_width(model) > 0  # then image features only (module docstring)
+    layers: list[str | None] = [*candidate_layers(model), "head_pool" if with_fields else None]
+    weights = (0.0,) if with_fields else CONFIDENCE_WEIGHTS
     head = softmax_head(model)
     kernel, bias = head.kernel.numpy(), head.bias.numpy()
     features_of = features_function(model, layers)
@@ -193,7 +202,12 @@ def fit_run_guard(
     ood = ood_validation_images(train.images, seed=seed)
     sets.update({f"ood/{family}": images for family, images in ood.items()})
     features = {name: features_of(images) for name, images in sets.items()}
-    probs = {name: probabilities(f) for name, f in features.items()}
+    if with_fields:  # the probabilities given each image's fields: the accuracy rule's
+        given = {"val": val, **{f"shifted/{f}": s for f, s in shifted.items()}}
+        probabilities_of = _probabilities_given(model, temperature)
+        probs = {name: probabilities_of(images) for name, images in given.items()}
+    else:
+        probs = {name: probabilities(f) for name, f in features.items()}
     labelled = ["val", *(f"shifted/{f}" for f in shifted)]
     labels = np.concatenate([val.labels, *(s.labels for s in shifted.values())])
     correct = np.concatenate([probs[n].argmax(axis=1) for n in labelled]) == labels
@@ -208,12 +222,14 @@ def fit_run_guard(
             base = fit_mahalanobis(fit_features[layer], fit_labels, layer)
             plain = {name: base.score(f[layer]) for name, f in features.items()}
             scale = keep_threshold(plain["val"])
-            for weight in CONFIDENCE_WEIGHTS:
+            for weight in weights:
                 name = candidate_name(layer, suffix, weight)
                 candidates[name] = dataclasses.replace(base, confidence_weight=weight * scale)
-                scored[name] = {s: plain[s] + weight * scale * doubt[s] for s in sets}
-    candidates["energy"] = energy_guard(kernel, bias)
-    scored["energy"] = {s: candidates["energy"].score(features[s][None]) for s in sets}
+                scored[name] = {s: plain[s] + (weight * scale * doubt[s] if weight else 0.0)
+                                for s in sets}  # fmt: skip
+    if not with_fields:
+        candidates["energy"] = energy_guard(kernel, bias)
+        scored["energy"] = {s: candidates["energy"].score(features[s][None]) for s in sets}
 
     comparison = {}
     for name, scores in scored.items():
@@ -225,10 +241,29 @@ def fit_run_guard(
         figures["accuracy"] = accuracy_split(threshold, pooled, correct)
         comparison[name] = figures
     chosen, rule_applied = choose(comparison)
-    record = _record(train, val, shifted, shifted_train, ood, candidates, comparison)
+    record = _record(train, val, shifted, shifted_train, ood, candidates, comparison, with_fields)
     record["comparison"]["chosen"] = chosen
     record["comparison"]["accuracy_rule_applied"] = rule_applied
     return FittedGuard(candidates[chosen], record, shifted, candidates)
+
+
+def _probabilities_given(
+    model: keras.Model, temperature: float | None
+) -> Callable[[CheckImages], np.ndarray]:
+    """The model's (N, 7) probabilities of images at its size given their patient fields
+    (traced once, for every set)."""
+    from skin_tf.serving.endpoints import probabilities_function
+
+    probabilities = probabilities_function(model, temperature)
+
+    def of(check: CheckImages) -> np.ndarray:
+        parts = [
+            probabilities(*(x.astype(np.float32) for x in check.inputs(i, i + _BATCH))).numpy()
+            for i in range(0, len(check.images), _BATCH)
+        ]
+        return np.concatenate(parts)
+
+    return of
 
 
 def candidate_name(layer: str | None, fit: str = "", weight: float = 0.0) -> str:
@@ -268,8 +303,18 @@ def _record(
     ood: Mapping[str, np.ndarray],
     candidates: Mapping[str, OodGuard],
     comparison: dict[str, Any],
+    with_fields: bool = False,
 ) -> dict[str, Any]:
     from skin_tf.data.shifts import DESCRIPTIONS
+
+    weights = (
+        "none: the model takes patient fields, so only guards of image features compete (the "
+        "stages and head_pool, before the fields join): the fields never decide whether an "
+        "image is in distribution"
+        if with_fields
+        else f"{', '.join(f'{w:g}' for w in CONFIDENCE_WEIGHTS)} x the candidate's 95 % "
+        "validation Mahalanobis score, times (1 - max probability)"
+    )
 
     n_ood = sum(len(images) for images in ood.values())
     on_shifted = next(iter(shifted.values())).source.rsplit(",", 1)[0] if shifted else None
@@ -299,8 +344,7 @@ def _record(
             "images (plain and shifted) the model gets right no more often than the kept ones "
             "(all, if none), kept: the one rejecting the largest share of the generated images "
             "(ties: the higher AUROC, validation vs generated)",
-            "confidence_weights": f"{', '.join(f'{w:g}' for w in CONFIDENCE_WEIGHTS)} x the "
-            "candidate's 95 % validation Mahalanobis score, times (1 - max probability)",
+            "confidence_weights": weights,
             "candidates": comparison,
         },
     }
@@ -379,9 +423,10 @@ class EngineScores:
         outputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None,
     ) -> None:
         """`on_check`: the engine's (probs, scores) on the check images; `outputs`: the same of
-        any images at the model's size, run here on every benign-shift family (None: none)."""
+        any images at the model's size (and their fields, for a model with patient fields), run
+        here on every benign-shift family (None: none)."""
         families = self.shifted_images if outputs is not None else {}
-        on_shifted = {family: outputs(s.images) for family, s in families.items()}
+        on_shifted = {family: outputs(*s.inputs()) for family, s in families.items()}
         self.val[engine] = on_check[1]
         self.shifted[engine] = {family: scores for family, (_, scores) in on_shifted.items()}
         if self.check is not None and self.check.labels is not None:

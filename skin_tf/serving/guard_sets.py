@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from skin_tf.data.shifts import BENIGN_FAMILIES, shift_image, shifted
-from skin_tf.serving.engines import CheckImages, class_turns
+from skin_tf.serving.engines import CheckImages, class_turns, run_fields
 
 OOD_PER_FAMILY = 48
 OOD_FAMILIES = ("tiles", "channel_swap", "shapes", "colour_fields", "stripes")
@@ -41,12 +41,14 @@ _RESIZE_BATCH = 64
 
 @dataclass(frozen=True)
 class SourceImages:
-    """A split's images as read from disk (RGB uint8, each at its own size), with their labels
-    and a phrase saying where they come from."""
+    """A split's images as read from disk (RGB uint8, each at its own size), with their labels,
+    a phrase saying where they come from and, for a run with patient fields, each image's
+    encoded fields (which a shift of the image keeps)."""
 
     images: list[np.ndarray]
     labels: np.ndarray
     source: str
+    fields: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------- benign shifts of a split
@@ -121,6 +123,7 @@ def run_source_images(
         [read_rgb_image(path) for path in frame["path"]],
         frame["label"].to_numpy(),
         f"{split} split of run {run_name_of(run_dir)} ({which})",
+        run_fields(run_dir, frame),
     )
 
 
@@ -144,6 +147,7 @@ def benign_images(
             to_model_input(shifted(sources.images, family, seed), size, resize),
             sources.labels,
             f"{sources.source}, {family} (skin_tf.data.shifts)",
+            sources.fields,
         )
         for family in families
     }
@@ -175,6 +179,7 @@ def one_shift_each(
         to_model_input(shifted_images, size, resize),
         sources.labels,
         f"{sources.source}, each with one benign shift ({', '.join(families)} in turn)",
+        sources.fields,
     )
 
 

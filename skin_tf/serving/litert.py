@@ -10,7 +10,8 @@ Both take float32 images already at the model's size, (N, S, S, 3) with pixels 0
 (N, 7) probabilities. `serve` resizes inside its graph; here `to_model_size` runs that very resize
 (`skin_tf.serving.endpoints.resize_images`) before the call, so the two engines see the same pixels.
 An export with the out-of-distribution guard gives both models a second output, the penultimate
-features, which `skin_tf.serving.served` scores with the guard's constants.
+features, which `skin_tf.serving.served` scores with the guard's constants. A model with patient
+fields has a second input, the encoded fields (N, width) float32, in both models.
 
 Which runtime: the converter is `tf.lite.TFLiteConverter`, still TensorFlow 2.21's supported (and
 only) Keras → LiteRT path; the interpreter is `ai_edge_litert.interpreter.Interpreter` from the
@@ -81,11 +82,14 @@ def convert_int8(
     temperature: float | None = None,
     features: bool = False,
     layer: str | None = None,
+    calibration_fields: np.ndarray | None = None,
 ) -> bytes:
     """The int8 LiteRT flatbuffer: weights and activations of the backbone in int8, calibrated on
     `calibration` (uint8 or float images (N, S, S, 3) at the model's size, e.g. training images);
     the head (FULLY_CONNECTED) and softmax stay float32, and so do input and output.
     features=True outputs the (int8, dequantised) guard features too, as `convert_float`.
+    `calibration_fields`: the calibration images' encoded patient fields, for a model that
+    takes them (the fields input stays float32).
 
     Selective quantisation goes through `tf.lite.experimental.QuantizationDebugger`, TensorFlow's
     documented way to keep named ops in float.
@@ -95,13 +99,21 @@ def convert_int8(
     """
     import tensorflow as tf
 
+    from skin_tf.serving.endpoints import fields_width
+
     images = np.asarray(calibration, np.float32)
     if images.ndim != 4 or len(images) == 0:
         raise ValueError(f"calibration images must be (N, S, S, 3) with N > 0, got {images.shape}")
+    if (calibration_fields is None) != (fields_width(model) == 0):
+        raise ValueError(
+            "calibrate a model with patient fields with the images' fields (calibration_fields),"
+            " and an image-only model without"
+        )
 
     def representative() -> Iterable[list[np.ndarray]]:
-        for image in images:
-            yield [image[None]]
+        for i, image in enumerate(images):
+            extra = [] if calibration_fields is None else [calibration_fields[i : i + 1]]
+            yield [image[None], *(np.asarray(f, np.float32) for f in extra)]
 
     converter = _converter(model, temperature, features, layer)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -205,7 +217,8 @@ def to_model_size(
 class LiteRTModel:
     """One .tflite classifier under the LiteRT interpreter: (N, H, W, 3) images → (N, 7) probs,
     and, from a model exported with the out-of-distribution guard, the (N, d) penultimate
-    features beside them (`predict_with_features`).
+    features beside them (`predict_with_features`). A model with patient fields also takes
+    their encoded vectors (N, `fields_width`).
 
     Calls are serialised with a lock (an interpreter is not thread-safe, and the Streamlit page
     shares one per process); the batch dimension is resized when N changes. A model written
@@ -236,7 +249,12 @@ class LiteRTModel:
                 f"{self.path} is not a readable LiteRT model ({err}); re-run `skin-tf export "
                 "RUN_DIR --out FOLDER --overwrite`, or choose --engine savedmodel"
             ) from None
-        (self._input,) = self._interpreter.get_input_details()
+        inputs = sorted(self._interpreter.get_input_details(), key=lambda d: -len(d["shape"]))
+        if len(inputs) not in (1, 2) or (len(inputs) == 2 and len(inputs[1]["shape"]) != 2):
+            raise LiteRTError(f"{self.path} has inputs {[list(d['shape']) for d in inputs]}, not "
+                              "images [+ patient fields]")  # fmt: skip
+        self._input, self._fields = inputs[0], (inputs[1] if len(inputs) == 2 else None)
+        self.fields_width = 0 if self._fields is None else int(self._fields["shape"][-1])
         shape = self._input["shape_signature"]
         if len(shape) != 4 or shape[3] != 3 or min(shape[1:3]) < 1:
             raise LiteRTError(f"{self.path} takes {list(shape)}, not RGB image batches of one size")
@@ -259,12 +277,15 @@ class LiteRTModel:
         """Whether the model outputs the penultimate features (exported with the guard)."""
         return self._features is not None
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray, fields: np.ndarray | None = None) -> np.ndarray:
         """(N, 7) float32 probabilities of images (N, H, W, 3) or one image (H, W, 3)."""
-        return self.predict_with_features(images)[0]
+        return self.predict_with_features(images, fields)[0]
 
-    def predict_with_features(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities (N, 7), features (N, d) or None for a model without them), float32."""
+    def predict_with_features(
+        self, images: np.ndarray, fields: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N, 7), features (N, d) or None for a model without them), float32.
+        `fields`: the images' encoded patient fields (N, fields_width), for a model with them."""
         batch = np.asarray(images, np.float32)
         if batch.ndim == 3:
             batch = batch[None]
@@ -274,20 +295,41 @@ class LiteRTModel:
                 f"{self.path.name} takes images of {height}x{width}x3, got {batch.shape}: resize "
                 "them with skin_tf.serving.litert.to_model_size"
             )
+        vectors = self._checked_fields(fields, len(batch))
         with self._lock:
             if len(batch) == 0:
                 return self._empty(self._probs), self._empty(self._features)
             if len(batch) != self._batch:
                 shape = [len(batch), height, width, 3]
                 self._interpreter.resize_tensor_input(self._input["index"], shape)
+                if self._fields is not None:
+                    self._interpreter.resize_tensor_input(
+                        self._fields["index"], [len(batch), self.fields_width]
+                    )
                 self._interpreter.allocate_tensors()
                 self._batch = len(batch)
             self._interpreter.set_tensor(self._input["index"], batch)
+            if vectors is not None:
+                self._interpreter.set_tensor(self._fields["index"], vectors)
             self._interpreter.invoke()
             probs = self._interpreter.get_tensor(self._probs).copy()
             if self._features is None:
                 return probs, None
             return probs, self._interpreter.get_tensor(self._features).copy()
+
+    def _checked_fields(self, fields: np.ndarray | None, n: int) -> np.ndarray | None:
+        if self._fields is None:
+            if fields is not None:
+                raise ValueError(f"{self.path.name} takes no patient fields, only images")
+            return None
+        vectors = None if fields is None else np.atleast_2d(np.asarray(fields, np.float32))
+        if vectors is None or vectors.shape != (n, self.fields_width):
+            raise ValueError(
+                f"{self.path.name} takes the images' encoded patient fields, ({n}, "
+                f"{self.fields_width}), got {None if vectors is None else vectors.shape}: encode "
+                "them with skin_tf.data.meta_fields.encode_fields (blank_vector: not given)"
+            )
+        return vectors
 
     def _empty(self, index: int | None) -> np.ndarray | None:
         if index is None:

@@ -6,6 +6,7 @@ the Streamlit page and any other client get.
 
     skin-tf predict saved_models/b0 lesion.jpg more_images/ --top-k 3
     skin-tf predict saved_models/b0 lesion.jpg --json --engine savedmodel
+    skin-tf predict saved_models/b0_meta lesions/ --meta fields.csv   # a model with fields
 
 Each file goes through `skin_tf.data.images.prepare_image` (the Streamlit page uses it too):
 checked, then decoded and resized exactly as in evaluation. A file that fails is reported on its
@@ -33,6 +34,7 @@ import numpy as np
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.data.images import IMAGE_SUFFIXES, ImageError, prepare_image
+from skin_tf.serving.patient import describe_used, fields_of_files, fields_used, read_fields_csv
 from skin_tf.serving.served import FAILED, REJECTED, verdict
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ def predict_files(
     top_k: int = 3,
     batch_size: int = 32,
     progress: bool = False,
+    meta: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every image file (folders expand to their images); one dict per file, in order.
 
@@ -82,6 +85,12 @@ def predict_files(
     or no threshold, and reason says which.
     progress=True draws a progress bar on stderr when it is a terminal.
 
+    `meta`: a CSV of patient fields (`image`, then any of the model's fields, e.g. age, sex,
+    localization; `skin_tf.serving.patient.read_fields_csv`) for an export trained with them;
+    an image without a row, or an empty cell, is "not given". Each result then has
+    patient_fields: the values the model used (None: not given; `fields_used`); None for an
+    image-only export, which refuses a `meta` file.
+
     Example:
         >>> [r["top_class"] for r in predict_files(served, ["a.jpg", "b.jpg"])]  # doctest: +SKIP
         ['nv', 'mel']
@@ -93,16 +102,19 @@ def predict_files(
     from tqdm import tqdm
 
     files = expand_image_paths(paths)
+    given = _given_fields(served, files, meta)
     size, resize = served.image_size, served.resize
     engine = served.engine
     results: list[dict[str, Any] | None] = [None] * len(files)
     pending: list[tuple[int, np.ndarray]] = []
 
     def score_pending() -> None:
-        assessed = served.assess([image for _, image in pending])
+        fields = [given[i] for i, _ in pending] if served.fields else None
+        assessed = served.assess([image for _, image in pending], fields)
         for k, (i, _) in enumerate(pending):
             ood = _ood_fields(assessed, k)
             results[i] = _result(files[i], assessed.probs[k], served.threshold, top_k, engine, ood)
+            results[i]["patient_fields"] = fields_used(served.fields, given[i]) if fields else None
         pending.clear()
 
     prepared = _prepared_ahead(files, size, resize, window=2 * batch_size)
@@ -119,6 +131,21 @@ def predict_files(
         score_pending()
     bar.close()
     return [r for r in results if r is not None]
+
+
+def _given_fields(
+    served: ServedModel, files: list[Path], meta: str | os.PathLike | None
+) -> list[dict[str, Any] | None]:
+    """Each file's patient fields from the `meta` CSV (None: not given), checked before any
+    image is scored."""
+    if meta is None:
+        return [None] * len(files)
+    if not served.fields:
+        raise ValueError(
+            f"{served.path} takes images alone (its run was trained without patient fields), so "
+            f"--meta {meta} cannot be used: leave it out, or export a run trained with `metadata`"
+        )
+    return fields_of_files(read_fields_csv(meta, served.fields), files)
 
 
 def _prepared_ahead(
@@ -165,6 +192,7 @@ def _result(
         **_verdict_fields(probs, threshold, ood["in_distribution"]),
         **ood,
         "engine": engine,
+        "patient_fields": None,
         "error": None,
     }
 
@@ -205,6 +233,7 @@ def _error_result(path: Path, message: str) -> dict[str, Any]:
         "ood_score": None,
         "in_distribution": None,
         "engine": None,
+        "patient_fields": None,
         "error": message,
     }
 
@@ -243,7 +272,10 @@ def format_predictions(results: Sequence[dict[str, Any]], json: bool = False) ->
                 f"melanoma flag: {'YES' if r['mel_flag'] else 'no'} "
                 f"(P(mel) {p_mel:.3f} {relation} {r['mel_threshold']:.3f})"
             )
-        lines.append(f"{r['image']}: {top} | {flag}")
+        used = r.get("patient_fields")
+        lines.append(
+            f"{r['image']}: {top} | {flag}" + (f" | {describe_used(used)}" if used else "")
+        )
     return "\n".join(lines)
 
 

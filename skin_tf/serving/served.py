@@ -21,6 +21,11 @@ engines from the features their models output, with the guard's constants (`ood_
 the engine's own threshold from metadata.json. An export without a guard (made before it existed,
 or with guard=False) still loads: its ood fields are None and `guard_note` says how to add one.
 
+An export of a run trained with patient fields (metadata.json `patient_fields`) takes them per
+image, each optional: `served.assess(images, fields=[{"age": 55, "sex": "male"}, None])`
+(`skin_tf.serving.patient`: None or a missing field is "not given"). An image-only export
+refuses fields rather than ignore them.
+
 What a client may show for an image is decided once, by `verdict`: no answer and no melanoma
 flag for an image the guard rejected or that failed; otherwise its top class and the flag.
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +49,7 @@ from skin_tf.runs import read_json
 from skin_tf.serving.engines import ENGINES
 from skin_tf.serving.guard import GUARD_FILE, OodGuard, load_guard
 from skin_tf.serving.litert import FLOAT_FILE, INT8_FILE, LiteRTError
+from skin_tf.serving.patient import Given, any_given, encode_given
 
 METADATA_FILE = "metadata.json"
 FORMAT = "skin_tf.export/2"  # serve returns {probs, ood_score, in_distribution}
@@ -157,6 +164,28 @@ class ServedModel:
         return self.metadata.get("temperature")
 
     @property
+    def fields(self) -> tuple[str, ...]:
+        """The patient fields the model takes beside the image, in order; () for images alone."""
+        return tuple((self.metadata.get("patient_fields") or {}).get("fields") or ())
+
+    def encoded_fields(self, fields: Sequence[Given] | None, n: int) -> np.ndarray | None:
+        """The (n, width) vectors the engines take for `fields` (one per image, None: nothing
+        given; fields=None: nothing given for any image), None for an image-only model, which
+        refuses any given field."""
+        if fields is not None and len(fields) != n:
+            raise ValueError(f"{len(fields)} sets of patient fields for {n} images: give one "
+                             "per image (None: not given)")  # fmt: skip
+        if not self.fields:
+            if any_given(fields):
+                raise ValueError(
+                    f"{self.path} takes images alone (its run was trained without patient "
+                    "fields), so age, sex and site cannot be used: leave them out, or export a "
+                    "run trained with `metadata` (e.g. the baseline_meta config)"
+                )
+            return None
+        return encode_given(self.fields, fields if fields is not None else [None] * n)
+
+    @property
     def available_engines(self) -> list[str]:
         """The engines this export can score with, fastest first."""
         return available_engines(self.metadata)
@@ -215,19 +244,27 @@ class ServedModel:
             "to add it"
         )
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, 7) probabilities of an image (H, W, 3) or a batch (N, H, W, 3), uint8 or float."""
+    def predict(self, images: np.ndarray, fields: Sequence[Given] | None = None) -> np.ndarray:
+        """(N, 7) probabilities of an image (H, W, 3) or a batch (N, H, W, 3), uint8 or float;
+        `fields`: one set of patient fields per image (see `assess`)."""
         batch = _as_batch(images)
         if self.engine == "savedmodel":
-            return self._serve(batch).probs
-        return self.predict_many(list(batch))
+            return self._serve(batch, self.encoded_fields(fields, len(batch))).probs
+        return self.predict_many(list(batch), fields)
 
-    def predict_many(self, images: list[np.ndarray]) -> np.ndarray:
+    def predict_many(
+        self, images: list[np.ndarray], fields: Sequence[Given] | None = None
+    ) -> np.ndarray:
         """(N, 7) probabilities of N images (H, W, 3), each of any size (see `assess`)."""
-        return self.assess(images).probs
+        return self.assess(images, fields).probs
 
-    def assess(self, images: list[np.ndarray]) -> Assessment:
+    def assess(self, images: list[np.ndarray], fields: Sequence[Given] | None = None) -> Assessment:
         """Probabilities, ood_score and in_distribution of N images (H, W, 3), each of any size.
+
+        `fields`: for a model with patient fields, one dict per image (e.g. {"age": 55, "sex":
+        "male", "localization": "back"}; None or a missing field: not given); None: nothing
+        given for any image. The guard reads the image alone, so fields never change
+        in_distribution.
 
         SavedModel: one `serve` call per image, as `predict` always did; the guard runs in its
         graph. LiteRT: each image is resized like `serve` would
@@ -240,6 +277,7 @@ class ServedModel:
             (array([41.7]), array([False]))
         """
         images = list(images)
+        vectors = self.encoded_fields(fields, len(images))
         if not images:
             empty = np.zeros(0, np.float32) if self.guarded else None
             return Assessment(
@@ -248,13 +286,17 @@ class ServedModel:
                 None if empty is None else empty.astype(bool),
             )
         if self.engine == "savedmodel":
-            return Assessment.concatenate([self._serve(_as_batch(image)) for image in images])
+            return Assessment.concatenate([
+                self._serve(_as_batch(image), None if vectors is None else vectors[k : k + 1])
+                for k, image in enumerate(images)
+            ])  # fmt: skip
         from skin_tf.serving.litert import to_model_size
 
         runner = self._loaded.runner(self.engine)
         batch = np.stack([to_model_size(image, self.image_size, self.resize) for image in images])
-        outputs = [runner.predict_with_features(batch[i : i + BATCH_SIZE])
-                   for i in range(0, len(batch), BATCH_SIZE)]  # fmt: skip
+        rows = [slice(i, i + BATCH_SIZE) for i in range(0, len(batch), BATCH_SIZE)]
+        outputs = [runner.predict_with_features(batch[r], None if vectors is None else vectors[r])
+                   for r in rows]  # fmt: skip
         probs = np.concatenate([p for p, _ in outputs])
         if not self.guarded:
             return Assessment(probs)
@@ -266,22 +308,31 @@ class ServedModel:
         scores = self._loaded.guard().score(np.concatenate([f for _, f in outputs]), probs)
         return Assessment(probs, scores, scores <= self.ood_threshold)
 
-    def _serve(self, batch: np.ndarray) -> Assessment:
+    def _serve(self, batch: np.ndarray, vectors: np.ndarray | None) -> Assessment:
         import tensorflow as tf
 
-        return _assessment(self._loaded.saved_model().serve(tf.convert_to_tensor(batch)))
+        inputs = [tf.convert_to_tensor(batch)] + ([] if vectors is None else [vectors])
+        return _assessment(self._loaded.saved_model().serve(*inputs))
 
-    def explain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def explain(
+        self, images: np.ndarray, fields: Sequence[Given] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(probs (N, 7), heatmaps (N, H, W) in 0..1 for each image's top class), both from the
-        SavedModel's `explain` endpoint whatever the engine."""
-        assessed, heatmaps = self.explain_assessed(images)
+        SavedModel's `explain` endpoint whatever the engine; with patient fields, the map of
+        the image with the fields held as given."""
+        assessed, heatmaps = self.explain_assessed(images, fields)
         return assessed.probs, heatmaps
 
-    def explain_assessed(self, images: np.ndarray) -> tuple[Assessment, np.ndarray]:
+    def explain_assessed(
+        self, images: np.ndarray, fields: Sequence[Given] | None = None
+    ) -> tuple[Assessment, np.ndarray]:
         """`explain` with the guard: (the SavedModel's Assessment, heatmaps (N, H, W))."""
         import tensorflow as tf
 
-        out = self._loaded.saved_model().explain(tf.convert_to_tensor(_as_batch(images)))
+        batch = _as_batch(images)
+        vectors = self.encoded_fields(fields, len(batch))
+        inputs = [tf.convert_to_tensor(batch)] + ([] if vectors is None else [vectors])
+        out = self._loaded.saved_model().explain(*inputs)
         return _assessment(out), out["heatmap"].numpy()
 
 

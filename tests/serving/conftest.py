@@ -10,6 +10,8 @@
   training run), temperature 1.3, a melanoma threshold chosen on its 150 validation images; then
   `export_run`, which checks every engine on those validation images and calibrates the int8
   model on 64 training images. Slow tier (about a minute on 2 busy cores).
+- `real_meta_run` / `real_meta_export`: the same with age, sex and site beside the image (the
+  concat fusion, its untrained layers feeding the probe), as a run trained with `metadata`.
 """
 
 from __future__ import annotations
@@ -101,6 +103,21 @@ def _subset(frame: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def real_run(real_frame, real_data_root, tmp_path_factory) -> Path:
     """A run directory on real images whose model is a linear probe on ImageNet Lite0 features."""
+    folder = tmp_path_factory.mktemp("real_run") / "20260101T000000Z__lite0-probe"
+    return _probe_run(folder, real_frame, real_data_root)
+
+
+@pytest.fixture(scope="session")
+def real_meta_run(real_frame, real_data_root, tmp_path_factory) -> Path:
+    """`real_run` with the patient fields beside the image."""
+    folder = tmp_path_factory.mktemp("real_meta_run") / "20260101T000000Z__lite0-meta-probe"
+    return _probe_run(folder, real_frame, real_data_root, META)
+
+
+META = ("age", "sex", "localization")
+
+
+def _probe_run(run: Path, real_frame, real_data_root, fields: tuple[str, ...] = ()) -> Path:
     from skin_tf.data.pipeline import make_dataset
     from skin_tf.data.splits import split_by_lesion, write_splits
     from skin_tf.evaluation.calibration import apply_temperature
@@ -111,23 +128,23 @@ def real_run(real_frame, real_data_root, tmp_path_factory) -> Path:
     train = _subset(split[split["split"] == "train"], 40, seed=0)
     val = _subset(split[split["split"] == "val"], 30, seed=0)  # 30 mel among 150 images
     val = val.iloc[:150]
-    run = tmp_path_factory.mktemp("real_run") / "20260101T000000Z__lite0-probe"
     run.mkdir()
     write_splits(pd.concat([train, val]), run / "splits.csv")
 
-    model = linear_probe_lite0(train, REAL_SIZE)
+    model = linear_probe_lite0(train, REAL_SIZE, fields=fields)
     model.save(run / "best.keras")
 
-    data = make_dataset(val, REAL_SIZE, training=False, cache=False)
+    data = make_dataset(val, REAL_SIZE, training=False, cache=False, metadata=fields)
     raw = np.concatenate([model(x, training=False).numpy() for x, _ in data])
     scaled = apply_temperature(raw, REAL_TEMPERATURE)
     is_mel = val["label"].to_numpy() == 4
     point = choose_operating_point(is_mel, scaled[:, 4], 0.85)
     files = {
-        "config.json": {"model": "efficientnet_lite0", "image_size": REAL_SIZE, "resize": "squash"},
+        "config.json": {"model": "efficientnet_lite0", "image_size": REAL_SIZE, "resize": "squash",
+                        "metadata": list(fields)},
         "meta.json": {
-            "run_name": "lite0-probe", "model": "efficientnet_lite0", "weights": "imagenet",
-            "image_size": REAL_SIZE, "epochs": 0, "hardware": "CPU",
+            "run_name": run.name.split("__", 1)[1], "model": "efficientnet_lite0",
+            "weights": "imagenet", "image_size": REAL_SIZE, "epochs": 0, "hardware": "CPU",
             "data": {"root": str(real_data_root), "source_size": "200x150"},
         },
         "temperature.json": {"temperature": REAL_TEMPERATURE},
@@ -150,3 +167,11 @@ def real_export(real_run, tmp_path_factory) -> Path:
     return export_run(
         real_run, tmp_path_factory.mktemp("real_export") / "lite0-probe", calibration_images=64
     )
+
+
+@pytest.fixture(scope="session")
+def real_meta_export(real_meta_run, tmp_path_factory) -> Path:
+    from skin_tf.serving.export import export_run
+
+    folder = tmp_path_factory.mktemp("real_meta_export") / "lite0-meta-probe"
+    return export_run(real_meta_run, folder, calibration_images=64)

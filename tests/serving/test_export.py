@@ -486,3 +486,48 @@ def test_every_engine_keeps_the_benign_shifts_with_its_own_threshold(tiny_model,
     images = list(shifted["crop_224"].images[:8])
     saved, lite = (load_served(out, engine=e).assess(images) for e in ("savedmodel", "tflite"))
     np.testing.assert_allclose(saved.ood_score, lite.ood_score, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_run_with_patient_fields_exports_them_into_every_endpoint(
+    real_meta_export, real_meta_run
+):
+    """Issue 31: an export of a run trained with age, sex and site. `serve`, `explain` and both
+    LiteRT models take the encoded fields as a second input and give the Keras model's
+    probabilities with them; metadata.json describes the fields; the guard reads image features
+    only, so the same image gets the same ood_score whatever its fields say."""
+    import pandas as pd
+
+    from skin_tf.data.meta_fields import describe_fields, encode_fields
+    from skin_tf.serving.engines import run_images
+    from skin_tf.serving.served import load_served
+
+    metadata = json.loads((real_meta_export / "metadata.json").read_text())
+    assert metadata["patient_fields"] == describe_fields(("age", "sex", "localization"))
+    guard = metadata["ood_guard"]
+    assert guard["layer"] != "penultimate (the head's input)" and guard["confidence_weight"] == 0
+    assert not any(name == "energy" or "confidence" in name for name in guard["chosen_from"])
+    assert metadata["engines"]["tflite"]["faithful"]
+
+    model = keras.models.load_model(real_meta_run / "best.keras", compile=False)
+    val = run_images(real_meta_run, "val", (96, 96), "squash")
+    images, fields = val.images[:12], val.fields[:12]
+    expected = model({"image": images.astype("float32"), "metadata": fields}).numpy()
+    loaded = tf.saved_model.load(str(real_meta_export))
+    out = loaded.serve(images, fields)
+    scaled = np.exp(np.log(expected) / 1.3)  # the run's temperature, on the Keras softmax
+    assert np.allclose(out["probs"], scaled / scaled.sum(axis=1, keepdims=True), atol=1e-4)
+    blank = np.tile(encode_fields(pd.DataFrame(index=[0]), ("age", "sex", "localization")), (12, 1))
+    out_blank = loaded.serve(images, blank)
+    assert np.abs(out_blank["probs"] - out["probs"]).max() > 1e-3  # the fields count
+    assert np.allclose(out_blank["ood_score"], out["ood_score"], rtol=1e-5)
+    explained = loaded.explain(images[:2], fields[:2])
+    assert explained["heatmap"].shape == (2, 96, 96)
+    assert np.allclose(explained["probs"], out["probs"][:2], atol=1e-5)
+
+    served = {e: load_served(real_meta_export, e) for e in ("savedmodel", "tflite")}
+    given = [{"age": 60, "sex": "male", "localization": "back"}, None]
+    assessed = {e: s.assess(list(images[:2]), given) for e, s in served.items()}
+    assert np.abs(assessed["tflite"].probs - assessed["savedmodel"].probs).max() <= 1e-4
+    with pytest.raises(ValueError, match="one per image"):
+        served["tflite"].assess(list(images[:2]), given[:1])

@@ -89,7 +89,8 @@ def test_one_shift_each_takes_the_families_in_turn():
 def test_run_source_images_reads_the_split_at_its_own_size(fake_root, tmp_path):
     """A run on the synthetic HAM10000 copy (200x150 JPEGs): its images come back at their
     stored size, the same rows and labels as the pipeline's `run_images` (drawn in turn from
-    each class), and the same pictures once resized."""
+    each class), and the same pictures once resized; a run trained with patient fields gets
+    each image's fields too, kept through every shift."""
     import json
 
     from skin_tf.data.ham10000 import read_metadata
@@ -102,12 +103,17 @@ def test_run_source_images_reads_the_split_at_its_own_size(fake_root, tmp_path):
     (run / "meta.json").write_text(
         json.dumps({"run_name": "fake", "data": {"root": str(fake_root)}})
     )
+    (run / "config.json").write_text(json.dumps({"metadata": ["age", "sex"]}))
     val = run_source_images(run, "val")
     assert {image.shape for image in val.images} == {(150, 200, 3)}
     assert val.source == f"val split of run fake ({len(val.images)} images)"
     some = run_source_images(run, "train", limit=5)
     pipeline = run_images(run, "train", 32, "squash", limit=5)
     np.testing.assert_array_equal(some.labels, pipeline.labels)
+    assert some.fields.shape == (5, 5)
+    np.testing.assert_array_equal(some.fields, pipeline.fields)
+    shifted = benign_images(some, (32, 32), "squash", ["rotation"])["rotation"]
+    np.testing.assert_array_equal(shifted.fields, some.fields)
     assert some.source.startswith("train split of run fake (5 of ")
     assert some.source.endswith("images, drawn in turn from each class)")
     # The pipeline decodes JPEGs at a reduced size (DCT) first: close, not bit-equal.

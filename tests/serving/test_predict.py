@@ -31,6 +31,8 @@ class FakeServed:
     engine_note = "the fake's default"
 
     guard_note = None
+    fields: tuple[str, ...] = ()  # an image-only export
+    path = Path("fake_export")
 
     def __init__(
         self, threshold: float | None = 0.3, p_mel: float = 0.4, ood: list[float] | None = None
@@ -42,7 +44,8 @@ class FakeServed:
         self.inputs: list[np.ndarray] = []
         self.batches: list[int] = []
 
-    def assess(self, images: list[np.ndarray]) -> Assessment:
+    def assess(self, images: list[np.ndarray], fields=None) -> Assessment:
+        assert fields is None  # an image-only export is never given fields
         start = len(self.inputs)
         self.inputs.extend(images)
         self.batches.append(len(images))
@@ -201,7 +204,7 @@ def test_predict_command_exit_code_and_json(image_folder, tmp_path, monkeypatch,
     monkeypatch.setattr(skin_tf.serving.served, "load_served", fake_load)
     args = argparse.Namespace(
         model=tmp_path, images=[str(image_folder)], json=True, top_k=3, engine=None,
-        batch_size=32,
+        batch_size=32, meta=None,
     )  # fmt: skip
     assert predict_command(args) == 0
     captured = capsys.readouterr()
@@ -305,3 +308,84 @@ def test_predict_on_a_real_image_says_only_what_it_has_to_say(real_export, real_
     assert "CUDA error" not in quiet.stderr and "cuInit" not in quiet.stderr
     assert quiet.stderr.splitlines()[0].startswith("engine: ")  # its own first line
     assert C_LOG_LINE.search(verbose.stderr), verbose.stderr
+
+
+def test_an_image_only_export_refuses_a_fields_file(image_folder, tmp_path):
+    """--meta with a model trained on images alone is an error, not silently ignored."""
+    table = tmp_path / "fields.csv"
+    table.write_text("image,age\nb.jpg,55\n")
+    with pytest.raises(ValueError, match="takes images alone"):
+        predict_files(FakeServed(), [image_folder], meta=table)
+
+
+@pytest.mark.slow
+def test_predict_with_patient_fields_echoes_what_it_used(
+    real_meta_export, real_export, real_frame, tmp_path, capsys
+):
+    """Issue 31: `skin-tf predict MODEL IMAGES --meta FILE.csv` on an export trained with age,
+    sex and site. Every engine gives what the SavedModel gives with the same fields; the JSON
+    echoes the fields each image was scored with; an image without a row is scored as one with
+    nothing given (the same as no --meta at all); an unknown site is an error naming the valid
+    ones; the text says which fields were used."""
+    from skin_tf.cli.main import main
+
+    folder = tmp_path / "lesions"
+    folder.mkdir()
+    rows = real_frame.groupby("dx").head(2)
+    for path in rows["path"]:
+        (folder / Path(path).name).symlink_to(path)
+    table = rows.assign(image=[Path(p).stem for p in rows["path"]])[
+        ["image", "age", "sex", "localization"]
+    ].iloc[:-3]  # the last three images have no row: nothing given
+    fields_csv = tmp_path / "fields.csv"
+    table.to_csv(fields_csv, index=False)
+
+    def run(*extra: str) -> list[dict]:
+        assert main(["predict", str(real_meta_export), str(folder), "--json", *extra]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    given = {e: run("--meta", str(fields_csv), "--engine", e)
+             for e in ("savedmodel", "tflite", "tflite-int8")}  # fmt: skip
+    by_name = {Path(r["image"]).stem: r for r in given["savedmodel"]}
+    for _, row in table.iterrows():
+        used = by_name[row["image"]]["patient_fields"]
+        assert used["localization"] == (None if row["localization"] == "unknown"
+                                        else row["localization"])  # fmt: skip
+        assert used["age"] == (None if np.isnan(row["age"]) else row["age"])
+    unlisted = [r for r in given["savedmodel"] if Path(r["image"]).stem not in set(table["image"])]
+    assert len(unlisted) == 3
+    assert all(
+        r["patient_fields"] == dict.fromkeys(("age", "sex", "localization")) for r in unlisted
+    )
+
+    def probs(results):
+        return np.array([list(r["probs"].values()) for r in results])
+
+    assert np.abs(probs(given["tflite"]) - probs(given["savedmodel"])).max() <= 1e-4
+    # int8 is not faithful to the digit (this probe's export: top-1 agreement 0.9 on val)
+    top = {e: probs(r).argmax(axis=1) for e, r in given.items()}
+    assert np.mean(top["tflite-int8"] == top["savedmodel"]) >= 0.7
+    blank = run("--engine", "savedmodel")
+    blank_by = {r["image"]: r for r in blank}
+    for r in unlisted:
+        assert np.allclose(list(blank_by[r["image"]]["probs"].values()), list(r["probs"].values()),
+                           atol=1e-6)  # fmt: skip
+    listed = [r for r in given["savedmodel"] if r not in unlisted]
+    assert max(np.abs(np.subtract(list(r["probs"].values()),
+                                  list(blank_by[r["image"]]["probs"].values()))).max()
+               for r in listed) > 1e-3  # the fields change the answer  # fmt: skip
+    assert [r["ood_score"] for r in blank] == pytest.approx(
+        [r["ood_score"] for r in given["savedmodel"]], rel=1e-5
+    )  # the guard judges the image alone
+
+    assert main(["predict", str(real_meta_export), str(folder), "--meta", str(fields_csv)]) == 0
+    text = capsys.readouterr().out
+    assert "no patient fields given" in text and "site " in text
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"image,localization\n{table['image'].iloc[0]},elbow\n")
+    assert main(["predict", str(real_meta_export), str(folder), "--meta", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "elbow" in err and "upper extremity" in err
+    assert main(["predict", str(real_export), str(folder), "--meta", str(fields_csv)]) == 2
+    assert "takes images alone" in capsys.readouterr().err
