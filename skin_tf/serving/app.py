@@ -44,10 +44,39 @@ def load_engine(path: str, version: float | None, engine: str):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def analyse(
-    model_path: str, version: float | None, engine: str, name: str, data: bytes
+    model_path: str,
+    version: float | None,
+    engine: str,
+    name: str,
+    data: bytes,
+    fields: tuple[tuple[str, object], ...] = (),
 ) -> analysis.UploadResult:
-    """Prediction and Grad-CAM of one upload, kept so moving a slider does not recompute it."""
-    return analysis.analyse_upload(load_engine(model_path, version, engine), name, data)
+    """Prediction and Grad-CAM of one upload (with the patient fields given for it), kept so
+    moving a slider does not recompute it."""
+    served = load_engine(model_path, version, engine)
+    return analysis.analyse_upload(served, name, data, dict(fields) or None)
+
+
+def patient_fields_inputs(key: str) -> tuple[tuple[str, object], ...]:
+    """Optional age, sex and body site for one upload (a model trained with them): the
+    (field, value) pairs given, () when none is."""
+    from skin_tf.data.meta_fields import VOCABULARIES
+
+    columns = st.columns(len(served.fields))
+    given = {}
+    for column, name in zip(columns, served.fields, strict=True):
+        if name == "age":
+            given[name] = column.number_input(
+                "Age (years, optional)", 0, 120, value=None, step=5, key=f"{key}:age"
+            )
+        else:
+            given[name] = column.selectbox(
+                f"{'Body site' if name == 'localization' else 'Sex'} (optional)",
+                [None, *VOCABULARIES[name]],
+                format_func=lambda value: "not given" if value is None else value,
+                key=f"{key}:{name}",
+            )
+    return tuple((name, value) for name, value in given.items() if value is not None)
 
 
 st.title("Skin lesion classifier · HAM10000, 7 classes")
@@ -126,6 +155,12 @@ with st.sidebar:
         )
     else:
         st.caption(f"Note: {served.guard_note}")
+    if served.fields:
+        st.caption(
+            f"This model also takes the patient's {', '.join(served.fields)} (each optional, "
+            "under each upload); without them it answers from the image alone. They never "
+            "decide whether a picture is refused."
+        )
     with st.expander("metadata.json"):
         st.json(served.metadata, expanded=False)
     st.warning(served.disclaimer)
@@ -143,11 +178,14 @@ if not uploads:
 from skin_tf.explain.gradcam import overlay  # noqa: E402  (imports TensorFlow: after the cheap paths)
 
 results: list[analysis.UploadResult] = []
-for upload in uploads:
+for index, upload in enumerate(uploads):
     st.divider()
     st.subheader(upload.name)
+    given = patient_fields_inputs(f"fields:{index}:{upload.name}") if served.fields else ()
     try:
-        result = analyse(str(chosen), version, served.engine, upload.name, upload.getvalue())
+        result = analyse(
+            str(chosen), version, served.engine, upload.name, upload.getvalue(), given
+        )
     except Exception as err:  # one failing file must not take the page or the others down
         result = analysis.UploadResult(upload.name, error=f"unexpected error: {err}")
     results.append(result)
@@ -163,6 +201,8 @@ for upload in uploads:
         continue
     for note in result.notes:
         st.info(f"Note: {note}")
+    if result.fields_text is not None:
+        st.caption(f"Scored with: {result.fields_text}.")
     width, height = result.size
     if answer.status == REJECTED:  # no answer: the notice, the picture, the numbers greyed
         st.info(analysis.ood_notice(result))

@@ -40,9 +40,10 @@ def predictions_frame(
     engine: str = "savedmodel",
 ) -> pd.DataFrame:
     """One row per upload: image, model, engine, p_<class>…, top_class, mel_threshold, mel_flag,
-    ood_score, in_distribution, notes, error. Probabilities are rounded to PROBABILITY_DECIMALS;
-    a failed upload keeps its row with the reason and nothing else (no probabilities, threshold
-    or flag). An upload the out-of-distribution guard rejected keeps what the model computed, but
+    ood_score, in_distribution, (for a model with patient fields) patient_fields, notes, error.
+    Probabilities are rounded to PROBABILITY_DECIMALS; a failed upload keeps its row with the
+    reason and nothing else (no probabilities, threshold or flag). An upload the
+    out-of-distribution guard rejected keeps what the model computed, but
     no top class, melanoma threshold or flag (no answer), and a note saying why; ood_score and
     in_distribution are empty for an export without a guard. top_class, mel_threshold and
     mel_flag are the upload's `verdict`.
@@ -65,6 +66,8 @@ def predictions_frame(
         row["mel_flag"] = answer.mel_flag
         row["ood_score"] = result.ood_score
         row["in_distribution"] = result.in_distribution
+        if result.patient_fields is not None:
+            row["patient_fields"] = result.fields_text
         notes = list(result.notes)
         if answer.status == REJECTED:
             notes.insert(0, OOD_ROW_NOTE)

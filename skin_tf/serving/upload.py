@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from skin_tf.data.ham10000 import CLASSES
+from skin_tf.serving.patient import Given, describe_used, fields_used
 from skin_tf.serving.served import Verdict, verdict
 
 if TYPE_CHECKING:
@@ -73,6 +74,12 @@ class UploadResult:
     ood_score: float | None = None  # the engine's out-of-distribution score (None: no guard)
     in_distribution: bool | None = None  # False: not like the training images, no answer
     ood_threshold: float | None = None  # the engine's threshold on ood_score
+    patient_fields: dict[str, Any] | None = None  # what the model used (None: image-only model)
+
+    @property
+    def fields_text(self) -> str | None:
+        """The patient fields this upload was scored with, in words (None: image-only model)."""
+        return None if self.patient_fields is None else describe_used(self.patient_fields)
 
     def verdict(self, mel_threshold: float | None) -> Verdict:
         """What the page may show for this upload at the engine's melanoma threshold: the rule
@@ -95,12 +102,15 @@ class UploadResult:
         return None if self.probs is None else CLASSES[int(np.argmax(self.probs))]
 
 
-def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
+def analyse_upload(
+    served: ServedModel, name: str, data: bytes, fields: Given = None
+) -> UploadResult:
     """Validate, predict and explain one upload; an unreadable file gives `error`, not a raise.
 
     The probabilities and the guard's verdict come from the served engine (`ServedModel.assess`);
     the Grad-CAM map from the SavedModel's `explain` endpoint, for its own top class (which a
-    LiteRT engine almost always shares).
+    LiteRT engine almost always shares). `fields`: the patient's fields for a model trained with
+    them (None or a missing field: not given); the map is then the image's, the fields held.
 
     Example:
         >>> analyse_upload(served, "a.jpg", b"hello").error  # doctest: +SKIP
@@ -112,8 +122,11 @@ def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
         prepared = prepare_image(data, served.image_size, served.resize)
     except ImageError as err:
         return UploadResult(name=name, error=str(err))
-    explained, heatmaps = served.explain_assessed(prepared.model_input)
-    assessed = explained if served.engine == "savedmodel" else served.assess([prepared.model_input])
+    given = [fields] if served.fields else None
+    explained, heatmaps = served.explain_assessed(prepared.model_input, given)
+    assessed = (
+        explained if served.engine == "savedmodel" else served.assess([prepared.model_input], given)
+    )
     original = prepared.original
     display = _fit_side(original, MAX_DISPLAY_SIDE)
     heatmap = heatmaps[0]
@@ -133,6 +146,7 @@ def analyse_upload(served: ServedModel, name: str, data: bytes) -> UploadResult:
             None if assessed.in_distribution is None else bool(assessed.in_distribution[0])
         ),
         ood_threshold=served.ood_threshold,
+        patient_fields=fields_used(served.fields, fields) if served.fields else None,
     )
 
 

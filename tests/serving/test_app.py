@@ -595,3 +595,28 @@ def test_an_upload_that_is_no_lesion_image_gets_a_notice_not_an_answer(
     assert table["ood_score"][1] > table["ood_score"][0]
     assert pd.isna(table["mel_flag"][1]) and not pd.isna(table["mel_flag"][0])
     assert table["notes"][1] == predictions.OOD_ROW_NOTE
+
+
+@pytest.mark.slow
+def test_a_model_with_patient_fields_offers_them_per_upload(
+    real_meta_export, sample_bytes, monkeypatch
+):
+    """Issue 31: for an export trained with age, sex and site, each upload gets the three
+    optional inputs; with none given the page says so, and the answer, the map and the table
+    follow the fields once given (the SavedModel engine, whose probabilities the table shows)."""
+    at = page(monkeypatch, real_meta_export.parent)
+    assert any("also takes the patient's age, sex, localization" in c
+               for c in values(at.sidebar.caption))  # fmt: skip
+    at.sidebar.selectbox[1].set_value("savedmodel").run()
+    upload(at, (SAMPLE_IMAGE, sample_bytes))
+    assert "Scored with: no patient fields given." in values(at.caption)
+    before = at.dataframe[0].value
+    assert before["patient_fields"].tolist() == ["no patient fields given"]
+    at.number_input[0].set_value(70).run()
+    at.selectbox(key=f"fields:0:{SAMPLE_IMAGE}:localization").set_value("face").run()
+    assert not at.exception, at.exception
+    assert "Scored with: age 70, site face (sex not given)." in values(at.caption)
+    after = at.dataframe[0].value
+    assert after["patient_fields"].tolist() == ["age 70, site face (sex not given)"]
+    probabilities = [f"p_{c}" for c in CLASSES]
+    assert np.abs(after[probabilities].to_numpy() - before[probabilities].to_numpy()).max() > 1e-3
