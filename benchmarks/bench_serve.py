@@ -19,7 +19,11 @@ model_int8.tflite, the int8 model calibrated on random images), then measures:
    ratio is then printed against a figure from elsewhere. The out-of-distribution guard's cost:
    a second export of the same model with a guard (Mahalanobis on the fourth stage, where the
    demo run's export put it), and each engine's `ServedModel.assess` on one image with the guard
-   and, in the row before it, without; the ratio of their p50s is printed.
+   and, in the row before it, without; the ratio of their p50s is printed. The patient
+   fields' cost (issue 31): a third export, the same backbone with age, sex and site beside it
+   (concatenation fusion) and the same guard, each engine's `ServedModel.assess` on one image
+   with its fields given as a client gives them (a dict, encoded per call), against the guarded
+   image-only export, called in turn; the ratio of their p50s is printed.
 2. A folder of --folder-images HAM10000 files (the first ones by name, linked into a temporary
    folder; --upscale: 600x450 JPEG copies, the size of the originals) through
    `skin-tf predict FOLDER --json --engine E` in a fresh process per engine: wall time end to end
@@ -75,6 +79,9 @@ LATENCY_LABELS = {
     "serve_guard": "SavedModel `serve` with the OOD guard, uint8 {s}²",
     "tflite_guard": "LiteRT float32 with the OOD guard (features + numpy score), {s}²",
     "tflite_int8_guard": "LiteRT int8 with the OOD guard, {s}²",
+    "serve_fields": "SavedModel `serve` with the guard and patient fields (a dict), uint8 {s}²",
+    "tflite_fields": "LiteRT float32 with the guard and patient fields, {s}²",
+    "tflite_int8_fields": "LiteRT int8 with the guard and patient fields, {s}²",
     "explain": "SavedModel `explain` (probs + Grad-CAM), {s}²",
     "keras_predict": "Keras `model.predict(x)`",
     "keras_call": "Keras `model(x, training=False)` (eager)",
@@ -261,7 +268,9 @@ def run(
     import keras
     import tensorflow as tf
 
+    from skin_tf.data.meta_fields import META_FIELDS, blank_vector
     from skin_tf.models.classifier import build_classifier
+    from skin_tf.serving.engines import CheckImages
     from skin_tf.serving.export import export_model
     from skin_tf.serving.served import load_served
 
@@ -291,6 +300,16 @@ def run(
             engine="savedmodel",
         )  # fmt: skip
         guarded_tflite, guarded_int8 = guarded.using("tflite"), guarded.using("tflite-int8")
+        fields_model = build_classifier("efficientnet_b0", size, weights=None, metadata_width=20)
+        fields_calibration = CheckImages(calibration_images, None, "random", np.tile(
+            blank_vector(META_FIELDS), (calibration, 1)))  # fmt: skip
+        with_fields = load_served(
+            export_model(fields_model, Path(tmp) / "b0_fields", calibration=fields_calibration,
+                         fields=META_FIELDS,
+                         guard=bench_guard(fields_model, rng.integers(0, 256, (32, size, size, 3)))),
+            engine="savedmodel",
+        )  # fmt: skip
+        patient = [{"age": 55, "sex": "male", "localization": "back"}]
         print("timing single images…", flush=True)
         # The guard's cost: `assess` (probabilities, ood_score, in_distribution) on the export
         # with the guard and on the one without, called in turn.
@@ -304,6 +323,13 @@ def run(
             latency.update(time_alternating({
                 f"{name}_assess": lambda s=without: s.assess([image]),
                 f"{name}_guard": lambda s=with_guard: s.assess([image]),
+            }, calls))  # fmt: skip
+        # The fields' cost: the guarded image-only export against the guarded one with fields.
+        for name, engine in (("serve", "savedmodel"), ("tflite", "tflite"),
+                             ("tflite_int8", "tflite-int8")):  # fmt: skip
+            latency.update(time_alternating({
+                f"{name}_guard_again": lambda s=pairs[name][1]: s.assess([image]),
+                f"{name}_fields": lambda s=with_fields.using(engine): s.assess([image], patient),
             }, calls))  # fmt: skip
         calls_of = {
             "serve": lambda: served.predict(image),
@@ -361,6 +387,15 @@ def guard_cost(latency: dict) -> dict[str, float]:
     }
 
 
+def fields_cost(latency: dict) -> dict[str, float]:
+    """p50 with patient fields / p50 of the image-only export, both guarded, called in turn."""
+    return {
+        engine: latency[f"{engine}_fields"]["p50_ms"] / latency[f"{engine}_guard_again"]["p50_ms"]
+        for engine in ("serve", "tflite", "tflite_int8")
+        if f"{engine}_fields" in latency
+    }
+
+
 def table(result: dict) -> str:
     """Markdown tables; every ratio divides by a figure of this same run."""
     latency, size = result["latency"], result["image_size"]
@@ -388,6 +423,19 @@ def table(result: dict) -> str:
             + ", ".join(
                 f"{engine} {ratio:.3f} ({latency[f'{engine}_guard']['p50_ms']:.2f} vs "
                 f"{latency[f'{engine}_assess']['p50_ms']:.2f} ms)"
+                for engine, ratio in cost.items()
+            )
+            + "."
+        )
+    cost = fields_cost(latency)
+    if cost:
+        rows.append(
+            "\nPatient fields cost, p50 with age, sex and site / the image-only export, both "
+            "with the guard (`ServedModel.assess`, the fields a dict encoded per call; called in "
+            "turn): "
+            + ", ".join(
+                f"{engine} {ratio:.3f} ({latency[f'{engine}_fields']['p50_ms']:.2f} vs "
+                f"{latency[f'{engine}_guard_again']['p50_ms']:.2f} ms)"
                 for engine, ratio in cost.items()
             )
             + "."

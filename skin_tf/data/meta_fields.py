@@ -21,7 +21,9 @@ never a field; neither are the label's own columns (`dx`, `label`) or the identi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -143,38 +145,84 @@ def encode_fields(frame: pd.DataFrame, fields: Sequence[str]) -> np.ndarray:
     [2, 14]
     """
     fields = check_fields(fields)
-    parts = [np.zeros((len(frame), 0), np.float32)]
-    for name in fields:
-        column = frame[name] if name in frame.columns else pd.Series([None] * len(frame))
-        parts.append(_encode_age(column) if name == "age" else _encode_names(name, column))
-    return np.concatenate(parts, axis=1).astype(np.float32)
+    n = len(frame)
+    columns = {
+        name: frame[name].tolist() if name in frame.columns else [None] * n for name in fields
+    }
+    return _encode_columns(fields, columns, n)
 
 
-def _encode_age(column: pd.Series) -> np.ndarray:
-    text = column.astype("string").str.strip().replace("", pd.NA)
-    ages = pd.to_numeric(text, errors="coerce")
-    bad = text.notna() & (ages.isna() | (ages < 0) | (ages > MAX_AGE))
-    if bad.any():
-        raise DataError(
+def encode_row(values: Mapping[str, Any], fields: Sequence[str]) -> np.ndarray:
+    """float32 (meta_width(fields),): one image's fields (a missing key: not given), encoded as
+    `encode_fields` encodes a row; what a client's single image needs, without a DataFrame.
+
+    >>> encode_row({"sex": "Female"}, ["sex"]).tolist()
+    [1.0, 0.0, 0.0]
+    """
+    fields = check_fields(fields)
+    return _encode_columns(fields, {name: [values.get(name)] for name in fields}, 1)[0]
+
+
+def canonical_value(name: str, value: Any) -> float | str | None:
+    """One field's value as a model reads it: age a float, sex and site a vocabulary name, None
+    when not given (None, NaN, empty, or "unknown"). Case and surrounding spaces are ignored; a
+    value outside the field's range or vocabulary is a DataError naming the valid ones.
+
+    >>> canonical_value("localization", " Lower Extremity "), canonical_value("age", "45")
+    ('lower extremity', 45.0)
+    """
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    if not text or (name != "age" and text.lower() == UNKNOWN):
+        return None
+    if name == "age":
+        try:
+            age = float(text)
+        except ValueError:
+            age = math.nan
+        if not 0.0 <= age <= MAX_AGE:  # NaN fails too
+            raise _bad_values(name, [text])
+        return age
+    if text.lower() not in VOCABULARIES[name]:
+        raise _bad_values(name, [text])
+    return text.lower()
+
+
+def _bad_values(name: str, values: list[str]) -> DataError:
+    if name == "age":
+        return DataError(
             f"age must be a number of years in 0..{MAX_AGE:.0f} (or empty when not given); got "
-            f"{sorted(set(text[bad].tolist()))[:5]}."
+            f"{values}."
         )
-    missing = ages.isna().to_numpy()
-    scaled = np.where(missing, 0.0, ages.fillna(0.0).to_numpy(dtype=np.float64) / 100.0)
-    return np.stack([scaled, missing.astype(np.float64)], axis=1).astype(np.float32)
+    return DataError(
+        f"{name}: {values} not known; valid values: {', '.join(VOCABULARIES[name])} (or "
+        f"{UNKNOWN!r} / empty when not given)."
+    )
 
 
-def _encode_names(name: str, column: pd.Series) -> np.ndarray:
-    vocabulary = VOCABULARIES[name]
-    text = column.astype("string").str.strip().str.lower().replace("", pd.NA).fillna(UNKNOWN)
-    bad = ~text.isin([*vocabulary, UNKNOWN])
-    if bad.any():
-        raise DataError(
-            f"{name}: {sorted(set(column[bad.to_numpy()].astype(str)))[:5]} not known; valid "
-            f"values: {', '.join(vocabulary)} (or {UNKNOWN!r} / empty when not given)."
-        )
-    index = text.map({value: i for i, value in enumerate([*vocabulary, UNKNOWN])})
-    return np.eye(len(vocabulary) + 1, dtype=np.float32)[index.to_numpy(dtype=np.int64)]
+def _encode_columns(fields: tuple[str, ...], columns: dict[str, list], n: int) -> np.ndarray:
+    out = np.zeros((n, meta_width(fields)), np.float32)
+    for name, place in field_slices(fields).items():
+        values, bad = [], set()
+        for value in columns[name]:
+            try:
+                values.append(canonical_value(name, value))
+            except DataError:
+                bad.add(str(value).strip())
+        if bad:  # the field's bad values named at once
+            raise _bad_values(name, sorted(bad)[:5])
+        block = out[:, place]  # a view: written in place
+        if name == "age":
+            ages = np.array([math.nan if v is None else v for v in values], np.float64)
+            missing = np.isnan(ages)
+            block[:, 0] = np.where(missing, 0.0, np.nan_to_num(ages) / 100.0)
+            block[:, 1] = missing
+        else:
+            index = {value: i for i, value in enumerate(VOCABULARIES[name])}
+            unknown = len(VOCABULARIES[name])
+            block[np.arange(n), [unknown if v is None else index[v] for v in values]] = 1.0
+    return out
 
 
 def blank_fields(vectors, fields: Sequence[str], rate: float, seed):

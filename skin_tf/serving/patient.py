@@ -14,7 +14,6 @@ echoes and the page shows), and `encode_given` encodes exactly that.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,39 +23,50 @@ import numpy as np
 import pandas as pd
 
 from skin_tf.data.ham10000 import DataError
-from skin_tf.data.meta_fields import LEAKS, META_FIELDS, UNKNOWN, VOCABULARIES, encode_fields
+from skin_tf.data.meta_fields import (
+    LEAKS,
+    META_FIELDS,
+    VOCABULARIES,
+    canonical_value,
+    encode_row,
+    meta_width,
+)
 
 IMAGE_COLUMN = "image"
 Given = Mapping[str, Any] | None  # one image's fields as a client gives them; None: none
 
 
 def fields_used(fields: Sequence[str], given: Given) -> dict[str, Any]:
-    """The value of each of the model's `fields` for one image, as the model reads it: age a
-    float, sex and site lower-case names, None for a field not given (absent, empty, NaN or
-    "unknown"). Names outside `fields` are a ValueError (nothing is silently ignored); values
-    are checked by `encode_given`.
+    """The value of each of the model's `fields` for one image, as the model reads it
+    (`skin_tf.data.meta_fields.canonical_value`: age a float, sex and site lower-case names,
+    None for a field not given). Names outside `fields` are a ValueError (nothing is silently
+    ignored); a bad value a DataError naming the valid ones.
     """
     given = dict(given or {})
     extra = sorted(set(given) - set(fields))
     if extra:
         raise ValueError(_not_fields_message(extra, fields))
-    return {name: _normalised(name, given.get(name)) for name in fields}
+    return {name: canonical_value(name, given.get(name)) for name in fields}
 
 
 def encode_given(fields: Sequence[str], given: Sequence[Given]) -> np.ndarray:
-    """float32 (len(given), width): the encoded fields of each image (`fields_used`, then
-    `skin_tf.data.meta_fields.encode_fields`, which names a bad value and the valid ones)."""
-    rows = [fields_used(fields, one) for one in given]
-    return encode_fields(pd.DataFrame(rows, columns=list(fields)), fields)
+    """float32 (len(given), width): the encoded fields of each image, as training encodes them
+    (`skin_tf.data.meta_fields.encode_row`)."""
+    rows = [encode_row(fields_used(fields, one), fields) for one in given]
+    return np.stack(rows) if rows else np.zeros((0, meta_width(fields)), np.float32)
 
 
 def any_given(given: Sequence[Given] | None) -> bool:
-    """Whether any image has any field given (a value that is not empty or unknown)."""
-    return any(
-        _normalised(name, value) is not None
-        for one in (given or [])
-        for name, value in (one or {}).items()
-    )
+    """Whether any image has any field given (a value that is not empty or unknown; a bad
+    value counts as given)."""
+    return any(_given(name, value) for one in (given or []) for name, value in (one or {}).items())
+
+
+def _given(name: str, value: Any) -> bool:
+    try:
+        return canonical_value(name, value) is not None
+    except (DataError, KeyError):  # a bad value or a name that is no field: given all the same
+        return True
 
 
 def read_fields_csv(path: str | os.PathLike, fields: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -138,24 +148,6 @@ def describe_used(used: Mapping[str, Any]) -> str:
         return "no patient fields given"
     missing = [labels[k] for k, v in used.items() if v is None]
     return ", ".join(given) + (f" ({', '.join(missing)} not given)" if missing else "")
-
-
-def _normalised(name: str, value: Any) -> Any:
-    """A value as the model reads it (None: not given); bad values are left for encode_fields
-    to name, so every client gets the same message."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        value = value.strip()
-        if not value or value.lower() == UNKNOWN:
-            return None
-        if name != "age":
-            return value.lower()
-        try:
-            return float(value)
-        except ValueError:
-            return value  # encode_fields names it
-    return float(value) if name == "age" and isinstance(value, int | float) else value
 
 
 def _not_fields_message(extra: Sequence[str], fields: Sequence[str]) -> str:
