@@ -303,10 +303,10 @@ def run(
         fields_model = build_classifier("efficientnet_b0", size, weights=None, metadata_width=20)
         fields_calibration = CheckImages(calibration_images, None, "random", np.tile(
             blank_vector(META_FIELDS), (calibration, 1)))  # fmt: skip
+        fields_guard = bench_guard(fields_model, rng.integers(0, 256, (32, size, size, 3)))
         with_fields = load_served(
             export_model(fields_model, Path(tmp) / "b0_fields", calibration=fields_calibration,
-                         fields=META_FIELDS,
-                         guard=bench_guard(fields_model, rng.integers(0, 256, (32, size, size, 3)))),
+                         fields=META_FIELDS, guard=fields_guard),
             engine="savedmodel",
         )  # fmt: skip
         patient = [{"age": 55, "sex": "male", "localization": "back"}]
@@ -327,9 +327,10 @@ def run(
         # The fields' cost: the guarded image-only export against the guarded one with fields.
         for name, engine in (("serve", "savedmodel"), ("tflite", "tflite"),
                              ("tflite_int8", "tflite-int8")):  # fmt: skip
+            fields_engine = with_fields.using(engine)
             latency.update(time_alternating({
                 f"{name}_guard_again": lambda s=pairs[name][1]: s.assess([image]),
-                f"{name}_fields": lambda s=with_fields.using(engine): s.assess([image], patient),
+                f"{name}_fields": lambda s=fields_engine: s.assess([image], patient),
             }, calls))  # fmt: skip
         calls_of = {
             "serve": lambda: served.predict(image),
