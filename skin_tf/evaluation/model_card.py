@@ -153,6 +153,18 @@ def _recipe(description: str | None, profile: str | None) -> list[str]:
     ]
 
 
+def _head(config: dict[str, Any]) -> str:
+    """The head in words: pooled image features, the patient fields if any, dropout."""
+    fields = config.get("metadata") or []
+    if not fields:
+        return f"GAP → dropout {config['dropout']}"
+    return (
+        f"GAP, with the patient's {', '.join(fields)} joined by {config.get('metadata_fusion')} "
+        f"fusion (each field blanked at {config.get('metadata_dropout')} in training, so each is "
+        f"optional in use; dx_type never an input) → dropout {config['dropout']}"
+    )
+
+
 def model_card_text(run_dir: str | os.PathLike) -> str:
     """The model card's markdown for the run in `run_dir`."""
     run_dir = Path(run_dir)
@@ -170,8 +182,8 @@ def model_card_text(run_dir: str | os.PathLike) -> str:
             "",
             "## Model",
             "",
-            f"{config['model']} (Keras 3, flat functional, GAP → dropout {config['dropout']} → "
-            f"softmax over 7 classes), input {config['image_size']} px ({config['resize']}), "
+            f"{config['model']} (Keras 3, flat functional, {_head(config)} → softmax over 7 "
+            f"classes), input {config['image_size']} px ({config['resize']}), "
             f"weights at start: {meta['weights']}; config `{meta['config_name']}` "
             f"(profile {meta['profile']}), {config['epochs']} epochs planned, checkpoint kept by "
             f"{metrics.get('select_metric')} (epoch {metrics.get('best_epoch')}). Code: git "

@@ -27,6 +27,15 @@ def test_card_states_the_recipe_and_the_intended_use(two_runs):
     assert "20250101T000000Z__b0-newer" in text.splitlines()[2]  # provenance names the run
 
 
+def test_card_names_the_patient_fields_a_run_takes(two_runs):
+    run = two_runs["newer"]
+    write_run_config(run, dataclasses.asdict(load_config("baseline_meta")), "cpu")
+    text = model_card_text(run)
+    assert "with the patient's age, sex, localization joined by concat fusion" in text
+    write_run_config(run, dataclasses.asdict(load_config("baseline")), "cpu")
+    assert "GAP → dropout" in model_card_text(run) and "patient" not in model_card_text(run)
+
+
 def test_card_without_a_description_has_no_recipe_line(two_runs):
     run = two_runs["newer"]
     write_run_config(run, dataclasses.asdict(load_config("demo")) | {"description": ""}, "full")
