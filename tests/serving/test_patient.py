@@ -42,8 +42,11 @@ def test_given_values_encode_as_the_training_pipeline_encodes_them():
 def test_bad_values_and_unknown_or_leaking_names_are_errors_naming_the_fix():
     with pytest.raises(DataError, match="upper extremity"):
         encode_given(META_FIELDS, [{"localization": "elbow"}])
-    with pytest.raises(DataError, match="0..120"):
-        encode_given(META_FIELDS, [{"age": "old"}])
+    for age in ("old", 250, "-3"):
+        with pytest.raises(DataError, match="0..120"):
+            encode_given(META_FIELDS, [{"age": age}])
+    with pytest.raises(DataError, match="sex: \\['x'\\] not known; valid values: female, male"):
+        encode_given(META_FIELDS, [{"sex": "x"}])
     with pytest.raises(ValueError, match="label leak"):
         fields_used(META_FIELDS, {"dx_type": "histo"})
     with pytest.raises(ValueError, match="takes: age, sex"):

@@ -227,11 +227,12 @@ sys.exit(cv_command(config, 2, data_root=data, cv_dir=cv_dir, only_folds=[int(fo
 
 @pytest.mark.slow
 def test_two_folds_train_in_parallel_then_summarise(real_data_root: Path, tmp_path: Path):
-    """Fold-parallel: one process per fold into the same cv folder, then the summary."""
+    """Fold-parallel: one process per fold into the same cv folder, then the summary. The folds
+    take the patient fields too (issue 31: `metadata` flows through cv as through train)."""
     from tests.training.test_fit import _check_complete_run
 
     cv_dir = tmp_path / "cv"
-    overrides = ["image_size=32"]
+    overrides = ["image_size=32", 'metadata=["age","sex","localization"]']
     env = {
         **{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
         "PYTHONPATH": str(REPO),
@@ -272,6 +273,12 @@ def test_two_folds_train_in_parallel_then_summarise(real_data_root: Path, tmp_pa
         assert splits["image_id"].tolist() == expected["image_id"].tolist()
         assert splits["split"].tolist() == expected["split"].tolist()
         runs[fold] = run
+        import keras
+
+        from skin_tf.models.meta_fusion import metadata_shape
+
+        model = keras.models.load_model(run / "best.keras", compile=False)
+        assert metadata_shape(model) == (20, "concat")
 
     summary = summarise_cv(cv_dir)
     assert (summary["finished"], summary["missing"]) == ([0, 1], [])
