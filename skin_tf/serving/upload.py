@@ -188,6 +188,12 @@ def gradcam_caption(result: UploadResult, explain: Mapping[str, Any] | None = No
             f"{title} for {result.heatmap_class}, the SavedModel's top class (this engine's top "
             f"class is {result.top_class}): where the model looked, not why"
         )
+    if result.patient_fields is not None:  # a model with fields: the map is the image's alone
+        text += (
+            f". The map covers the image only; the answer also used {result.fields_text}"
+            if any(value is not None for value in result.patient_fields.values())
+            else ". The map covers the image only (no patient fields were given)"
+        )
     return f"{text}. {check_phrase(explain)}" if explain else text
 
 

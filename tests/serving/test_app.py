@@ -616,6 +616,8 @@ def test_a_model_with_patient_fields_offers_them_per_upload(
     at.selectbox(key=f"fields:0:{SAMPLE_IMAGE}:localization").set_value("face").run()
     assert not at.exception, at.exception
     assert "Scored with: age 70, site face (sex not given)." in values(at.caption)
+    captions = [c for image in at.image for c in image.captions]
+    assert any("the answer also used age 70, site face (sex not given)" in c for c in captions)
     after = at.dataframe[0].value
     assert after["patient_fields"].tolist() == ["age 70, site face (sex not given)"]
     probabilities = [f"p_{c}" for c in CLASSES]
