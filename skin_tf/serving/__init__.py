@@ -16,11 +16,10 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "served": [
             "ServedModel",
             "Assessment",
-            "Verdict",
             "load_served",
             "available_engines",
-            "verdict",
         ],
+        "verdict": ["Verdict", "verdict"],
         "guard": ["OodGuard", "load_guard"],
         "guard_sets": ["benign_images", "run_source_images"],
         "litert": ["LiteRTModel", "convert_float", "convert_int8", "to_model_size"],

@@ -21,7 +21,8 @@ from skin_tf.serving import page as support
 from skin_tf.serving import table as predictions
 from skin_tf.serving import upload as analysis
 from skin_tf.serving.launch import page_settings
-from skin_tf.serving.served import FAILED, REJECTED, default_engine
+from skin_tf.serving.served import default_engine
+from skin_tf.serving.verdict import FAILED, REJECTED
 
 st.set_page_config(page_title="skin_tf · HAM10000 lesion classifier", layout="wide")
 
@@ -183,9 +184,7 @@ for index, upload in enumerate(uploads):
     st.subheader(upload.name)
     given = patient_fields_inputs(f"fields:{index}:{upload.name}") if served.fields else ()
     try:
-        result = analyse(
-            str(chosen), version, served.engine, upload.name, upload.getvalue(), given
-        )
+        result = analyse(str(chosen), version, served.engine, upload.name, upload.getvalue(), given)
     except Exception as err:  # one failing file must not take the page or the others down
         result = analysis.UploadResult(upload.name, error=f"unexpected error: {err}")
     results.append(result)

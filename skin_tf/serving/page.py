@@ -26,7 +26,7 @@ import pandas as pd
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES, MEL_INDEX
 from skin_tf.serving.launch import PageSettings, is_exported_model
-from skin_tf.serving.served import verdict
+from skin_tf.serving.verdict import verdict
 
 # ---------------------------------------------------------------- model discovery
 

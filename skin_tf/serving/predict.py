@@ -35,7 +35,7 @@ import numpy as np
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.data.images import IMAGE_SUFFIXES, ImageError, prepare_image
 from skin_tf.serving.patient import describe_used, fields_of_files, fields_used, read_fields_csv
-from skin_tf.serving.served import FAILED, REJECTED, verdict
+from skin_tf.serving.verdict import FAILED, REJECTED, verdict
 
 if TYPE_CHECKING:
     from skin_tf.serving.served import ServedModel
@@ -75,7 +75,7 @@ def predict_files(
     """Predict every image file (folders expand to their images); one dict per file, in order.
 
     Each dict has: image, probs {class: p} and top [(class, p), … top_k] (what the engine
-    computed), then the verdict (`skin_tf.serving.served.verdict`, the rule the page follows
+    computed), then the verdict (`skin_tf.serving.verdict.verdict`, the rule the page follows
     too): top_class, mel_flag (P(mel) ≥ mel_threshold, the engine's operating threshold),
     mel_threshold, verdict ("answer", "out_of_distribution" or "error") and reason; then
     ood_score and in_distribution (the export's out-of-distribution guard: False means the image

@@ -1,5 +1,5 @@
 """The page's "All predictions" table and its CSV download: one row per upload, with the
-engine's probabilities and each upload's verdict (`skin_tf.serving.served.verdict`, the rule
+engine's probabilities and each upload's verdict (`skin_tf.serving.verdict.verdict`, the rule
 `skin-tf predict` follows too): the top class and the melanoma flag at the exported threshold,
 or none for a failed upload (which keeps its row with the reason) or one the guard rejected
 (which keeps its numbers).
@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from skin_tf.data.ham10000 import CLASSES
-from skin_tf.serving.served import REJECTED, REJECTED_REASON
 from skin_tf.serving.upload import UploadResult
+from skin_tf.serving.verdict import REJECTED, REJECTED_REASON
 
 PROBABILITY_DECIMALS = 4  # the table and CSV: enough to rank and threshold, none of float noise
 OOD_ROW_NOTE = REJECTED_REASON + "."

@@ -23,7 +23,7 @@ from PIL import Image
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.serving.patient import Given, describe_used, fields_used
-from skin_tf.serving.served import Verdict, verdict
+from skin_tf.serving.verdict import Verdict, verdict
 
 if TYPE_CHECKING:
     from skin_tf.serving.served import ServedModel
@@ -83,7 +83,7 @@ class UploadResult:
 
     def verdict(self, mel_threshold: float | None) -> Verdict:
         """What the page may show for this upload at the engine's melanoma threshold: the rule
-        `skin-tf predict` follows too (`skin_tf.serving.served.verdict`).
+        `skin-tf predict` follows too (`skin_tf.serving.verdict.verdict`).
 
         Example:
             >>> cat = UploadResult("cat.jpg", probs=np.eye(7)[4], in_distribution=False)

@@ -23,7 +23,7 @@ from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.serving import launch as launch
 from skin_tf.serving import page as support
 from skin_tf.serving import table as predictions
-from skin_tf.serving.served import verdict
+from skin_tf.serving.verdict import verdict
 from tests.data.test_images import png_header
 
 SAMPLE_IMAGE = "ISIC_0024306.jpg"  # a real HAM10000 image (nv) of the shared 200x150 copy
