@@ -30,7 +30,8 @@ from skin_tf.data.ham10000 import CLASSES
 from skin_tf.data.sizes import image_hw
 from skin_tf.explain.gradcam import cam_layers, gradcam_heatmaps, overlay
 from skin_tf.explain.methods import method_slug, method_title, parse_method
-from skin_tf.runs import read_json, require_image_only
+from skin_tf.models.meta_fusion import META_INPUT
+from skin_tf.runs import patient_fields, read_json
 
 NOT_ADVICE = "research use only — not medical advice"
 
@@ -150,7 +151,6 @@ def gradcam_run(
     model_path = run_dir / "best.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: train the run first (skin-tf train)")
-    require_image_only(run_dir, "skin-tf gradcam")
     model = keras.models.load_model(model_path, compile=False)
     run_name = run_name_of(run_dir)
 
@@ -159,11 +159,14 @@ def gradcam_run(
     else:
         picks = [(Path(p).stem, Path(p), None, None) for p in image_paths]
     inputs = np.stack([load_image(str(path), image_size, resize) for _, path, _, _ in picks])
-    probs = model.predict(inputs, verbose=0)
+    fields = patient_fields(run_dir)
+    vectors = _recorded_fields(picks, fields, run_dir, data_root) if fields else None
+    probs = model.predict(inputs if vectors is None else {"image": inputs, META_INPUT: vectors},
+                          verbose=0)  # fmt: skip
     temperature = read_temperature(run_dir)
     if temperature is not None:  # show the probabilities the exported model would give
         probs = apply_temperature(probs, temperature)
-    maps = gradcam_heatmaps(model, inputs, class_index=class_index, method=method)
+    maps = gradcam_heatmaps(model, inputs, class_index=class_index, method=method, fields=vectors)
 
     # One name per (method, image choice, class): galleries never overwrite one another.
     tag = method_slug(method) + ("" if image_paths is None else "_images")
@@ -191,8 +194,11 @@ def gradcam_run(
         f"skin_tf.explain.gallery.gradcam_run: {title_method} (tf-keras-vis) on layer "
         f"{'+'.join(cam_layers(model, parse_method(method)[1]))}, for the {target_text}; "
         "probabilities "
-        + ("uncalibrated" if temperature is None else f"temperature-scaled (T={temperature:.3g})"),
-    )
+        + ("uncalibrated" if temperature is None else f"temperature-scaled (T={temperature:.3g})")
+        + (f"; the patient's {', '.join(fields)} held at each image's recorded values (not given "
+           "for files outside HAM10000's metadata): the map covers the image only"
+           if fields else ""),
+    )  # fmt: skip
     if image_paths is None:
         rows = _class_rows(examples, per_class)
         title = (
@@ -210,6 +216,30 @@ def gradcam_run(
         out_dir, run_name, method, gallery, figure_dir, caption, image_paths, target_text, tag
     )
     return {"gallery": str(gallery), "overlays": written, "readme": str(readme)}
+
+
+def _recorded_fields(
+    picks: Sequence[tuple[str, Path, Any, Any]],
+    fields: tuple[str, ...],
+    run_dir: Path,
+    data_root: str | Path | None,
+) -> np.ndarray:
+    """The encoded fields HAM10000's metadata records for each picked image (by image id, the
+    file's stem for given files); "not given" for an image it does not list."""
+    import pandas as pd
+
+    from skin_tf.data.ham10000 import read_metadata
+    from skin_tf.data.meta_fields import encode_fields
+
+    root = data_root or read_json(run_dir / "meta.json").get("data", {}).get("root")
+    table = read_metadata(root).set_index("image_id") if root and Path(root).is_dir() else None
+    rows = [
+        table.loc[image_id, list(fields)].to_dict()
+        if table is not None and image_id in table.index
+        else {}
+        for image_id, *_ in picks
+    ]
+    return encode_fields(pd.DataFrame(rows, columns=list(fields)), fields)
 
 
 def pick_test_examples(

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from skin_tf.explain.methods import GRADIENT_METHODS, parse_method
+from skin_tf.models.meta_fusion import META_INPUT, image_input, metadata_shape
 
 SCORECAM_MAX_CHANNELS = 64  # "Faster Score-CAM": only the 64 most varied channels are scored
 _EPSILON = 1e-7  # tf-keras-vis' normalisation epsilon
@@ -111,6 +112,7 @@ def gradcam_heatmaps(
     layer: str | None = None,
     *,
     logits: bool = False,
+    fields: np.ndarray | None = None,
 ) -> np.ndarray:
     """Class-activation maps (N, h, w) in 0..1 for images already at the model's input size.
 
@@ -122,7 +124,9 @@ def gradcam_heatmaps(
     or one index per image. `images` are float pixels 0..255, (N, h, w, 3) or (h, w, 3), e.g.
     from `skin_tf.data.pipeline.load_image`. `layer` (a layer name) overrides the method's.
     logits=True: `model` already outputs logits (`logit_model`), so no copy with a linear head
-    is made; this saves a clone per call when many calls share one model.
+    is made; this saves a clone per call when many calls share one model. `fields`: for a model
+    with patient fields, each image's encoded fields (N, width), held fixed: the map is then the
+    image's, given those fields (as the exported `explain` computes it).
 
     Example:
         >>> maps = gradcam_heatmaps(model, images, method="layercam@block5+top")  # doctest: +SKIP
@@ -133,14 +137,15 @@ def gradcam_heatmaps(
     batch = np.asarray(images, dtype=np.float32)
     if batch.ndim == 3:
         batch = batch[None]
-    expected = tuple(model.input_shape[1:])
+    expected = tuple(image_input(model).shape[1:])
     if batch.ndim != 4 or batch.shape[1:] != expected:
         raise ValueError(
             f"images must have the model's input shape (N, {', '.join(map(str, expected))}), got "
             f"{batch.shape}; read files with "
             "skin_tf.data.pipeline.load_image(path, image_size, resize)"
         )
-    targets = _target_classes(model, batch, class_index)
+    fields = _checked_fields(model, fields, len(batch))
+    targets = _target_classes(model, batch, class_index, fields)
     network = model if logits else logit_model(model)
     visualizer = None if name == "scorecam" else _visualizer(network, name)
     hw = batch.shape[1:3]
@@ -148,9 +153,9 @@ def gradcam_heatmaps(
     resolved = (layer,) if layer is not None else cam_layers(model, layers)
     for conv in resolved:
         if visualizer is None:
-            cams = _scorecam_cams(network, conv, batch, targets)
+            cams = _scorecam_cams(network, conv, batch, targets, fields)
         else:
-            cams = _layer_cams(visualizer, conv, batch, targets)
+            cams = _layer_cams(visualizer, conv, batch, targets, fields)
         total += normalize_heatmaps(heatmap_to_input(cams, hw, hw, "squash")).numpy()
     maps = total if len(resolved) == 1 else normalize_heatmaps(total / len(resolved)).numpy()
     return np.clip(maps, 0.0, 1.0)
@@ -181,8 +186,15 @@ def _visualizer(logits: keras.Model, name: str):
     return kind(logits, model_modifier=None, clone=False)
 
 
-def _layer_cams(visualizer, layer: str, batch: np.ndarray, targets: list[int]) -> np.ndarray:
-    """tf-keras-vis' raw gradient maps (N, a, b) of one layer, on the layer's grid."""
+def _layer_cams(
+    visualizer,
+    layer: str,
+    batch: np.ndarray,
+    targets: list[int],
+    fields: np.ndarray | None = None,
+) -> np.ndarray:
+    """tf-keras-vis' raw gradient maps (N, a, b) of one layer, on the layer's grid (a model with
+    patient fields gets [images, fields], in its inputs' order)."""
     from tf_keras_vis.utils.scores import CategoricalScore
 
     # tf-keras-vis gives the map on the conv grid; it is upsampled by the caller with
@@ -194,9 +206,10 @@ def _layer_cams(visualizer, layer: str, batch: np.ndarray, targets: list[int]) -
     parts = []
     with _quiet_tf_keras_vis():
         for i in range(0, len(batch), _BATCH):
+            rows = slice(i, i + _BATCH)
             cams = visualizer(
-                CategoricalScore(targets[i : i + _BATCH]),
-                batch[i : i + _BATCH],
+                CategoricalScore(targets[rows]),
+                batch[rows] if fields is None else [batch[rows], fields[rows]],
                 penultimate_layer=layer,
                 **grid,
             )
@@ -206,7 +219,11 @@ def _layer_cams(visualizer, layer: str, batch: np.ndarray, targets: list[int]) -
 
 
 def _scorecam_cams(
-    logits: keras.Model, layer: str, batch: np.ndarray, targets: list[int]
+    logits: keras.Model,
+    layer: str,
+    batch: np.ndarray,
+    targets: list[int],
+    fields: np.ndarray | None = None,
 ) -> np.ndarray:
     """tf-keras-vis' Score-CAM with max_N=64, image by image, with one compiled forward pass.
 
@@ -218,12 +235,12 @@ def _scorecam_cams(
     """
     from scipy.ndimage import zoom
 
-    features = keras.Model(logits.inputs[0], logits.get_layer(layer).output)
+    features = keras.Model(image_input(logits), logits.get_layer(layer).output)
     activations = np.concatenate(
         [features(batch[i : i + _BATCH], training=False) for i in range(0, len(batch), _BATCH)]
     ).astype(np.float32)
     cams = []
-    for image, act, target in zip(batch, activations, targets, strict=True):
+    for k, (image, act, target) in enumerate(zip(batch, activations, targets, strict=True)):
         spread = act.reshape(-1, act.shape[-1]).std(axis=0)
         top = np.argsort(-spread, kind="stable")[: min(SCORECAM_MAX_CHANNELS, act.shape[-1])]
         chosen = act[..., top]  # (a, b, k)
@@ -233,9 +250,14 @@ def _scorecam_cams(
         masks = (masks - low) / (masks.max(axis=(0, 1), keepdims=True) - low + _EPSILON)
         masked = image[None] * np.moveaxis(masks, -1, 0)[..., None]  # (k, H, W, 3)
         # predict_on_batch: traced once per model (the cascade reuses one copy), no progress bar
-        scores = np.concatenate(
-            [logits.predict_on_batch(masked[i : i + _BATCH]) for i in range(0, len(top), _BATCH)]
-        )
+        held = None if fields is None else np.repeat(fields[k : k + 1], _BATCH, axis=0)
+        parts = [masked[i : i + _BATCH] for i in range(0, len(top), _BATCH)]
+        scores = np.concatenate([
+            logits.predict_on_batch(
+                part if held is None else {"image": part, META_INPUT: held[: len(part)]}
+            )
+            for part in parts
+        ])  # fmt: skip
         weights = _softmax(scores)[:, target]
         cams.append(np.maximum(chosen @ weights, 0.0))
     return np.stack(cams).astype(np.float32)
@@ -321,12 +343,31 @@ def fused_heatmaps(
     return maps[0] if len(maps) == 1 else normalize_heatmaps(tf.add_n(maps) / len(maps))
 
 
+def _checked_fields(model: keras.Model, fields: np.ndarray | None, n: int) -> np.ndarray | None:
+    width = metadata_shape(model)[0]
+    if not width:
+        if fields is not None:
+            raise ValueError("this model takes images alone: pass no fields")
+        return None
+    if fields is None or np.shape(fields) != (n, width):
+        raise ValueError(
+            f"this model takes patient fields: pass fields (N, {width}) for the {n} images "
+            f"(skin_tf.data.meta_fields.encode_fields; blank_vector: not given), got "
+            f"{None if fields is None else np.shape(fields)}"
+        )
+    return np.asarray(fields, np.float32)
+
+
 def _target_classes(
-    model: keras.Model, batch: np.ndarray, class_index: int | Sequence[int] | None
+    model: keras.Model,
+    batch: np.ndarray,
+    class_index: int | Sequence[int] | None,
+    fields: np.ndarray | None = None,
 ) -> list[int]:
     n_classes = int(model.output_shape[-1])
     if class_index is None:
-        return model.predict(batch, verbose=0).argmax(axis=1).astype(int).tolist()
+        x = batch if fields is None else {"image": batch, META_INPUT: fields}
+        return model.predict(x, verbose=0).argmax(axis=1).astype(int).tolist()
     targets = [int(class_index)] * len(batch) if np.isscalar(class_index) else list(class_index)
     if len(targets) != len(batch) or not all(0 <= t < n_classes for t in targets):
         raise ValueError(

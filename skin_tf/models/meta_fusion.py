@@ -49,6 +49,11 @@ def fuse_metadata(features, fields, fusion: str = "concat"):
     return keras.layers.Activation("sigmoid", name="meta_sigmoid")(gated)
 
 
+def image_input(model: keras.Model) -> keras.KerasTensor:
+    """The model's image input: its only input, or "image" beside the patient fields."""
+    return model.input["image"] if isinstance(model.input, dict) else model.input
+
+
 def metadata_shape(model: keras.Model) -> tuple[int, str | None]:
     """(width of the model's metadata input, its fusion), (0, None) for an image-only model.
 

@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from skin_tf.data.pipeline import resize_rule
-from skin_tf.models.meta_fusion import META_INPUT, metadata_shape
+from skin_tf.models.meta_fusion import META_INPUT, image_input, metadata_shape
 from skin_tf.serving.guard import OodGuard
 
 # ---------------------------------------------------------------- in-graph preprocessing
@@ -105,11 +105,6 @@ def _logits_function(head: keras.layers.Dense) -> Callable[[tf.Tensor], tf.Tenso
         return tf.matmul(features, kernel) + bias
 
     return logits_of
-
-
-def image_input(model: keras.Model) -> keras.KerasTensor:
-    """The model's image input (its only input, or "image" beside the patient fields)."""
-    return model.input["image"] if isinstance(model.input, dict) else model.input
 
 
 def fields_width(model: keras.Model) -> int:

@@ -38,11 +38,14 @@ def test_gallery_figure_labels_and_caption():
         gallery_figure([("mel", [right])], title="t", caption=" ")
 
 
-def make_run(run_dir: Path, data_root: Path, model: keras.Model) -> pd.DataFrame:
+def make_run(
+    run_dir: Path, data_root: Path, model: keras.Model, fields: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """A finished run on the synthetic data: best.keras, config, meta and test predictions."""
     run_dir.mkdir(parents=True)
     model.save(run_dir / "best.keras")
-    config = {"model": "efficientnet_b0", "image_size": SIZE, "resize": "squash"}
+    config = {"model": "efficientnet_b0", "image_size": SIZE, "resize": "squash",
+              "metadata": list(fields)}  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps(config))
     meta = {
         "run_name": "tiny-run", "config_name": "baseline", "profile": "smoke",
@@ -131,3 +134,25 @@ def test_gradcam_run_names_what_is_missing(model, fake_root, tmp_path):
     (run_dir / "best.keras").unlink()
     with pytest.raises(FileNotFoundError, match="best.keras"):
         gradcam_run(run_dir, out_dir=tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_run_with_patient_fields_is_explained_with_each_images_recorded_fields(
+    fake_root, tmp_path
+):
+    """Issue 31: `skin-tf gradcam` of a run trained with age, sex and site holds each test
+    image's recorded fields while it maps the image, and its caption says so."""
+    from skin_tf.data.meta_fields import META_FIELDS
+    from skin_tf.explain.gradcam import gradcam_heatmaps
+    from skin_tf.models.classifier import build_classifier
+
+    keras.utils.set_random_seed(4)
+    model = build_classifier("efficientnet_b0", SIZE, weights=None, metadata_width=20)
+    run_dir = tmp_path / "runs" / "tiny-meta"
+    make_run(run_dir, fake_root, model, META_FIELDS)
+    result = gradcam_run(run_dir, out_dir=tmp_path / "gradcam", per_class=1)
+    assert len(result["overlays"]) == 2 * len(CLASSES)
+    readme = (tmp_path / "gradcam" / "README.md").read_text()
+    assert "age, sex, localization held at each image's recorded values" in readme
+    with pytest.raises(ValueError, match="takes patient fields"):
+        gradcam_heatmaps(model, np.zeros((1, SIZE, SIZE, 3), np.float32))

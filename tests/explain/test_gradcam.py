@@ -207,3 +207,30 @@ def test_scorecam_is_tf_keras_vis_scorecam_on_the_logits(lite0, lite0_images):
             max_N=64, expand_cam=False, normalize_cam=False,
         )  # fmt: skip
         np.testing.assert_allclose(ours[i], np.asarray(expected).reshape(ours[i].shape), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_model_with_patient_fields_is_mapped_with_them_held(real_frame):
+    """Issue 31: the gallery's map of a fields model (tf-keras-vis on [images, fields]) is the
+    exported `explain` endpoint's map for the same images and fields, on real HAM10000 images;
+    Score-CAM holds the fields too."""
+    from skin_tf.data.meta_fields import META_FIELDS, encode_fields
+    from skin_tf.data.pipeline import load_image
+    from skin_tf.serving.endpoints import build_endpoints
+
+    keras.utils.set_random_seed(2)
+    model = build_classifier("efficientnet_lite0", SIZE, weights="imagenet", metadata_width=20)
+    rows = real_frame.groupby("dx").head(1)
+    images = np.stack([load_image(str(path), SIZE, "squash") for path in rows["path"]])
+    fields = encode_fields(rows, META_FIELDS)
+    _, explain = build_endpoints(model)
+    out = explain(images, fields)
+    top = out["probs"].numpy().argmax(axis=1)
+    ours = gradcam_heatmaps(model, images, class_index=top, fields=fields)
+    heatmap = out["heatmap"].numpy()
+    assert heatmap.shape == (len(rows), SIZE, SIZE) and heatmap.std() > 0.01
+    np.testing.assert_allclose(heatmap, ours, atol=2e-3)
+    score = gradcam_heatmaps(model, images[:1], method="scorecam", fields=fields[:1])
+    assert score.shape == (1, SIZE, SIZE) and 0.0 <= score.min() <= score.max() <= 1.0
+    with pytest.raises(ValueError, match="pass fields"):
+        gradcam_heatmaps(model, images)
