@@ -216,10 +216,10 @@ def _endpoint_notes(guarded: bool) -> dict[str, str]:
 
 def _check_fields(model: keras.Model, fields: tuple[str, ...]) -> None:
     width = fields_width(model)
-    if (meta_width(fields) if fields else 0) != width:
+    if meta_width(fields) != width:
         raise ValueError(
             f"the model takes {width} floats of patient fields but fields={list(fields)} encode "
-            f"to {meta_width(fields) if fields else 0}: pass the fields it was trained with "
+            f"to {meta_width(fields)}: pass the fields it was trained with "
             "(skin_tf.runs.patient_fields of its run)"
         )
 

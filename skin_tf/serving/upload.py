@@ -122,7 +122,7 @@ def analyse_upload(
         prepared = prepare_image(data, served.image_size, served.resize)
     except ImageError as err:
         return UploadResult(name=name, error=str(err))
-    given = [fields] if served.fields else None
+    given = None if fields is None else [fields]  # an image-only export refuses them
     explained, heatmaps = served.explain_assessed(prepared.model_input, given)
     assessed = (
         explained if served.engine == "savedmodel" else served.assess([prepared.model_input], given)
