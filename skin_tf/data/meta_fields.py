@@ -106,7 +106,7 @@ def blank_vector(fields: Sequence[str]) -> np.ndarray:
     >>> blank_vector(["age", "sex"]).tolist()
     [0.0, 1.0, 0.0, 0.0, 1.0]
     """
-    return encode_fields(pd.DataFrame(index=[0]), fields)[0]
+    return encode_row({}, fields)
 
 
 def describe_fields(fields: Sequence[str]) -> dict:
@@ -216,7 +216,7 @@ def _encode_columns(fields: tuple[str, ...], columns: dict[str, list], n: int) -
         if name == "age":
             ages = np.array([math.nan if v is None else v for v in values], np.float64)
             missing = np.isnan(ages)
-            block[:, 0] = np.where(missing, 0.0, np.nan_to_num(ages) / 100.0)
+            block[:, 0] = np.where(missing, 0.0, ages / 100.0)
             block[:, 1] = missing
         else:
             index = {value: i for i, value in enumerate(VOCABULARIES[name])}
