@@ -335,21 +335,6 @@ def patient_fields(run_dir: str | os.PathLike) -> tuple[str, ...]:
     return tuple(read_json(Path(run_dir) / "config.json").get("metadata") or ())
 
 
-def require_image_only(run_dir: str | os.PathLike, what: str) -> None:
-    """ValueError when the run was trained with patient fields (`patient_fields`): `what` (a
-    command that feeds images alone) cannot serve it yet.
-
-    >>> require_image_only("runs/20250101T120000Z__baseline-cpu", "export")  # doctest: +SKIP
-    """
-    fields = list(patient_fields(run_dir))
-    if fields:
-        raise ValueError(
-            f"{Path(run_dir).name} takes patient fields {fields} beside the image; {what} feeds "
-            "images alone and is not built for such runs yet (issue 31). Use an image-only run, "
-            "or evaluate this one with `skin-tf evaluate` / `skin-tf meta-gain`."
-        )
-
-
 def run_caption(run_dir: str | os.PathLike, produced_by: str) -> str:
     """One-line figure/table footer: what produced it, then the run's `provenance`.
 

@@ -151,6 +151,15 @@ def report_text(record: dict[str, Any], run_dir: Path, figure_name: str) -> str:
         f"- **Images**: {images['n']} test images of {images['lesions']} lesions, "
         f"{images['chosen']} ({per_class}); each explained for the class the model predicts "
         f"({images['correct']} of them correctly), at the model's input size {size}.",
+        *(
+            [
+                f"- **Patient fields**: the model also takes {', '.join(record['patient_fields'])}"
+                "; every image keeps the fields the metadata records for it through every "
+                "curve and map, so only its pixels are removed or randomised against."
+            ]
+            if record.get("patient_fields")
+            else []
+        ),
         "- **Deletion / insertion** (Petsiuk et al. 2018): pixels removed (put back) in the "
         f"order of the map, {curve['steps']} steps, a removed pixel becoming the image's {fill} "
         "(`skin_tf.explain.faithfulness` says why); the area under the curve of P(explained "

@@ -42,7 +42,7 @@ import pandas as pd
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.explain.choice import CHECK_FILE, SANITY_STEP, choose_default
 from skin_tf.explain.methods import GRADIENT_METHODS, method_title, parse_method
-from skin_tf.runs import file_digest, read_json, require_image_only, write_json
+from skin_tf.runs import file_digest, patient_fields, read_json, write_json
 
 FORMAT = "skin_tf.explain_check/1"
 DEFAULT_METHODS = (
@@ -100,6 +100,7 @@ def explain_check_run(
     from skin_tf.data.pipeline import load_image, resize_rule
     from skin_tf.explain import check_report, faithfulness, sanity
     from skin_tf.explain.gradcam import cam_layers, gradcam_heatmaps, grid_shape, logit_model
+    from skin_tf.models.meta_fusion import image_input
     from skin_tf.runs import hardware, run_name_of
 
     started, load_start = time.time(), os.getloadavg()
@@ -108,28 +109,25 @@ def explain_check_run(
     model_path = run_dir / "best.keras"
     if not model_path.is_file():
         raise FileNotFoundError(f"{model_path} not found: train the run first (skin-tf train)")
-    require_image_only(run_dir, "skin-tf explain-check")
     resize = resize_rule(str(read_json(run_dir / "config.json").get("resize", "squash")))
     model = keras.models.load_model(model_path, compile=False)
-    hw = tuple(int(d) for d in model.input_shape[1:3])
+    hw = tuple(int(d) for d in image_input(model).shape[1:3])
     layers = {m: list(cam_layers(model, parse_method(m)[1])) for m in config.methods}
 
     picked = pick_images(held_out_images(run_dir, data_root), config.images, config.seed)
     images = np.stack([load_image(p, hw, resize) for p in picked["path"]]).astype(np.float32)
+    fields = recorded_fields(picked, patient_fields(run_dir))
     predict = faithfulness.probability_function(model)
-    probs = np.concatenate(
-        [
-            predict(images[i : i + config.batch_size])
-            for i in range(0, len(images), config.batch_size)
-        ]
-    )
+    probs = faithfulness.predict_in_batches(predict, images, fields, config.batch_size)
     classes = probs.argmax(axis=1)
     seconds: dict[str, float] = {}
 
     maps, logits = {}, logit_model(model)  # one linear-head copy for every method
     for method in config.methods:
         tic = time.time()
-        maps[method] = gradcam_heatmaps(logits, images, classes.tolist(), method, logits=True)
+        maps[method] = gradcam_heatmaps(
+            logits, images, classes.tolist(), method, logits=True, fields=fields
+        )
         seconds[f"maps {method}"] = time.time() - tic
     cam_grid = grid_shape(model, "gradcam")
     maps[faithfulness.CENTRE] = np.repeat(faithfulness.centred_gaussian(hw)[None], len(images), 0)
@@ -137,8 +135,9 @@ def explain_check_run(
 
     tic = time.time()
     curves = faithfulness.deletion_insertion(
-        predict, images, maps, classes, config.steps, config.fill, config.seed, config.batch_size
-    )
+        predict, images, maps, classes, config.steps, config.fill, config.seed, config.batch_size,
+        fields,
+    )  # fmt: skip
     seconds["deletion and insertion"] = time.time() - tic
     per_image = auc_frame(picked, classes, curves)
     faithful = summarise(per_image, list(maps), picked["lesion_id"], config.n_boot, config.seed)
@@ -153,7 +152,12 @@ def explain_check_run(
         for method in config.methods:
             started_method = time.time()
             again = gradcam_heatmaps(
-                random_model, images[:subset], classes[:subset].tolist(), method, logits=True
+                random_model,
+                images[:subset],
+                classes[:subset].tolist(),
+                method,
+                logits=True,
+                fields=None if fields is None else fields[:subset],
             )
             rho[method][step] = sanity.spearman_rows(maps[method][:subset], again)
             randomised_maps[method][step] = again[0]
@@ -187,6 +191,8 @@ def explain_check_run(
         "model_sha256": file_digest(model_path),
         "model": read_json(run_dir / "config.json").get("model"),
         "input_size": list(hw),
+        # a model trained with patient fields is explained with each image's recorded fields held
+        "patient_fields": list(patient_fields(run_dir)),
         "images": _images_block(picked, classes),
         "config": asdict(config),
         "curve": {"steps": config.steps, "fill": config.fill, "class": "predicted"},
@@ -255,9 +261,10 @@ def _check_config(config: CheckConfig) -> None:
 
 
 def held_out_images(run_dir: Path, data_root: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The run's test split (image_id, lesion_id, dx, path), its files found under the run's
-    data folder (meta.json) or `data_root`."""
+    """The run's test split (image_id, lesion_id, dx, path and the patient fields the metadata
+    records), its files found under the run's data folder (meta.json) or `data_root`."""
     from skin_tf.data.ham10000 import read_metadata
+    from skin_tf.data.meta_fields import META_FIELDS
     from skin_tf.data.splits import read_splits
 
     splits = read_splits(run_dir / "splits.csv")
@@ -269,14 +276,25 @@ def held_out_images(run_dir: Path, data_root: str | os.PathLike | None = None) -
         raise FileNotFoundError(
             f"the run's data folder {root} is not on this machine: pass data_root (--data)"
         )
-    paths = read_metadata(root).set_index("image_id")["path"]
+    recorded = read_metadata(root).set_index("image_id")
+    paths = recorded["path"]
     missing = sorted(set(test["image_id"]) - set(paths.index))
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} test images of the run are not in {root} (e.g. {missing[:3]}): "
             "pass the HAM10000 folder the run was trained on (--data)"
         )
+    test = test.drop(columns=[c for c in META_FIELDS if c in test.columns])
+    test = test.join(recorded[list(META_FIELDS)], on="image_id")
     return test.assign(path=test["image_id"].map(paths).astype(str)).reset_index(drop=True)
+
+
+def recorded_fields(picked: pd.DataFrame, fields: Sequence[str]) -> np.ndarray | None:
+    """The encoded patient fields (`skin_tf.data.meta_fields.encode_fields`) of the picked
+    images as the metadata records them, None when the run takes none."""
+    from skin_tf.data.meta_fields import encode_fields
+
+    return encode_fields(picked, tuple(fields)) if fields else None
 
 
 def pick_images(frame: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:

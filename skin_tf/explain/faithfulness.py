@@ -154,7 +154,7 @@ def perturbed(
 
 
 def deletion_insertion(
-    predict: Callable[[np.ndarray], np.ndarray],
+    predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
     images: np.ndarray,
     maps: Mapping[str, np.ndarray],
     classes: Sequence[int],
@@ -162,13 +162,16 @@ def deletion_insertion(
     fill: str = "mean",
     seed: int = 0,
     batch_size: int = 256,
+    fields: np.ndarray | None = None,
 ) -> dict[str, Curves]:
     """Deletion and insertion curves of each family of maps (name → (N, h, w)) on images
     (N, h, w, 3), following the probability of `classes` (one per image).
 
-    `predict` maps a float32 batch to probabilities (`probability_function(model)`). Each
-    image's perturbed copies under every map are predicted together; the unperturbed image and
-    the removal image, the curves' shared ends, once per image.
+    `predict` maps a float32 batch (and its encoded patient fields, None for an image-only
+    model) to probabilities (`probability_function(model)`). Each image's perturbed copies
+    under every map are predicted together, with the image's own `fields` row held: only pixels
+    are removed. The unperturbed image and the removal image, the curves' shared ends, once per
+    image.
 
     Example:
         >>> predict = probability_function(model)  # doctest: +SKIP
@@ -184,13 +187,16 @@ def deletion_insertion(
             raise ValueError(f"maps {name!r} have shape {np.shape(family)}, expected {(n, h, w)}")
     if len(classes) != n:
         raise ValueError(f"{len(classes)} classes for {n} images: give one per image")
+    if fields is not None and len(fields) != n:
+        raise ValueError(f"{len(fields)} rows of fields for {n} images: give one per image")
     fractions = np.linspace(0.0, 1.0, steps + 1)
     counts = np.round(fractions[1:-1] * h * w).astype(int)
     removal = removal_images(images, fill)
     names = list(maps)
     ranks = {name: pixel_ranks(maps[name], seed) for name in names}
     rows = np.arange(n)
-    ends = _predict(predict, np.concatenate([images, removal]), batch_size)
+    both = None if fields is None else np.concatenate([fields, fields])
+    ends = predict_in_batches(predict, np.concatenate([images, removal]), both, batch_size)
     whole, empty = ends[rows, classes], ends[n + rows, classes]
     inner = steps - 1
     deletion = {name: np.empty((n, steps + 1)) for name in names}
@@ -199,7 +205,8 @@ def deletion_insertion(
         stacked = np.stack([ranks[name][i] for name in names])  # (M, h·w)
         gone, back = perturbed(images[i], removal[i], stacked, counts)
         batch = np.concatenate([gone.reshape(-1, h, w, 3), back.reshape(-1, h, w, 3)])
-        p = _predict(predict, batch, batch_size)[:, classes[i]]
+        held = None if fields is None else np.repeat(fields[i : i + 1], len(batch), 0)
+        p = predict_in_batches(predict, batch, held, batch_size)[:, classes[i]]
         p_gone, p_back = p[: len(names) * inner], p[len(names) * inner :]
         for m, name in enumerate(names):
             deletion[name][i] = [whole[i], *p_gone[m * inner : (m + 1) * inner], empty[i]]
@@ -217,20 +224,52 @@ def curve_auc(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     return np.trapezoid(np.asarray(curves, float), np.asarray(fractions, float), axis=-1)
 
 
-def probability_function(model) -> Callable[[np.ndarray], np.ndarray]:
-    """The model's probabilities of a float32 batch as numpy, traced once for any batch size."""
+def probability_function(model) -> Callable[[np.ndarray, np.ndarray | None], np.ndarray]:
+    """The model's probabilities of a float32 batch as numpy, traced once for any batch size:
+    `predict(images, fields)`, fields the encoded patient fields of a model trained with them
+    (`skin_tf.models.meta_fusion`), None for an image-only model."""
     import tensorflow as tf
 
-    shape = [None, *model.input_shape[1:]]
+    from skin_tf.models.meta_fusion import META_INPUT, image_input, metadata_shape
 
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
-    def probabilities(batch):
-        return model(batch, training=False)
+    width, _ = metadata_shape(model)
+    image_spec = tf.TensorSpec([None, *image_input(model).shape[1:]], tf.float32)
+    if not width:
 
-    return lambda batch: probabilities(tf.convert_to_tensor(batch, tf.float32)).numpy()
+        @tf.function(input_signature=[image_spec])
+        def images_only(batch):
+            return model(batch, training=False)
+
+        def predict(batch, fields=None):
+            if fields is not None:
+                raise ValueError("this model takes images alone: give no fields")
+            return images_only(tf.convert_to_tensor(batch, tf.float32)).numpy()
+
+        return predict
+
+    @tf.function(input_signature=[image_spec, tf.TensorSpec([None, width], tf.float32)])
+    def with_fields(batch, fields):
+        return model({"image": batch, META_INPUT: fields}, training=False)
+
+    def predict_with_fields(batch, fields=None):
+        if fields is None:
+            raise ValueError(
+                f"this model takes {width} encoded patient fields per image: give them"
+            )
+        as_tensor = [tf.convert_to_tensor(x, tf.float32) for x in (batch, fields)]
+        return with_fields(*as_tensor).numpy()
+
+    return predict_with_fields
 
 
-def _predict(predict: Callable, batch: np.ndarray, batch_size: int) -> np.ndarray:
+def predict_in_batches(
+    predict: Callable, batch: np.ndarray, fields: np.ndarray | None, batch_size: int
+) -> np.ndarray:
+    """`predict` (`probability_function`) over a batch of any size, batch_size images a call
+    (an image-only `predict` is called with the images alone)."""
+    starts = range(0, len(batch), batch_size)
+    if fields is None:
+        return np.concatenate([predict(batch[i : i + batch_size]) for i in starts])
     return np.concatenate(
-        [predict(batch[i : i + batch_size]) for i in range(0, len(batch), batch_size)]
+        [predict(batch[i : i + batch_size], fields[i : i + batch_size]) for i in starts]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -111,17 +112,41 @@ def test_a_run_with_fields_is_evaluated_with_tta_like_any_run(two_runs, tmp_path
     assert 0 <= result["metrics"]["tta"]["test"]["balanced_accuracy"] <= 1
 
 
-def test_commands_that_feed_images_alone_refuse_a_run_with_fields_by_name(two_runs, tmp_path):
-    from skin_tf.explain.checks import explain_check_run
-    from skin_tf.explain.gallery import gradcam_run
-    from skin_tf.serving.export import export_run
+def test_explain_check_holds_each_images_recorded_fields(two_runs, tmp_path):
+    import keras
+
+    from skin_tf.data.meta_fields import blank_vector
+    from skin_tf.data.pipeline import load_image
+    from skin_tf.explain.checks import (
+        CheckConfig,
+        explain_check_run,
+        held_out_images,
+        pick_images,
+        recorded_fields,
+    )
+    from skin_tf.explain.faithfulness import probability_function
 
     _, with_fields = two_runs
-    for call, what in [
-        (lambda: export_run(with_fields, tmp_path / "export"), "skin-tf export"),
-        (lambda: gradcam_run(with_fields, out_dir=tmp_path / "cams"), "skin-tf gradcam"),
-        (lambda: explain_check_run(with_fields, tmp_path / "checks"), "skin-tf explain-check"),
-    ]:
-        with pytest.raises(ValueError, match=f"takes patient fields .*; {what} feeds images alone"):
-            call()
-    assert not (tmp_path / "export").exists()
+    config = CheckConfig(images=6, methods=("gradcam",), randomization_images=3, cascade_depth=2,
+                         n_boot=20, steps=4)  # fmt: skip
+    record = explain_check_run(with_fields, tmp_path / "checks", config)
+    names = record["patient_fields"]
+    assert names == ["age", "sex", "localization"]
+    assert (
+        "**Patient fields**: the model also takes age, sex, localization"
+        in Path(record["report"]).read_text()
+    )
+    # Every curve starts from the model's answer given each image's recorded fields.
+    picked = pick_images(held_out_images(with_fields), config.images, config.seed)
+    fields = recorded_fields(picked, names)
+    model = keras.models.load_model(with_fields / "best.keras", compile=False)
+    hw = tuple(record["input_size"])
+    images = np.stack([load_image(path, hw, "squash") for path in picked["path"]])
+    predict = probability_function(model)
+    given = predict(images, fields).max(axis=1).mean()
+    blank = predict(images, np.repeat(blank_vector(names)[None], len(images), 0)).max(axis=1)
+    start = record["mean_curves"]["centre"]["deletion"][0]
+    assert start == pytest.approx(given, abs=1e-5)
+    assert abs(blank.mean() - given) > 1e-4  # the smoke model reads the fields: held, not blank
+    with pytest.raises(ValueError, match="give them"):
+        predict(images)
