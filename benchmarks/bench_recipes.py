@@ -62,6 +62,8 @@ ARMS: dict[str, list[str]] = {
     "lite0_128_meta": [FIELDS],  # age, sex and site beside the image (issue 31), concatenated
     "lite0_128_metablock": [FIELDS, "metadata_fusion=metablock"],  # ... or gating the features
     "lite0_prog_150x200_reg": [*PROGRESSIVE, *REGULARISED],
+    "lite1_128": ["model=efficientnet_lite1"],  # a larger backbone at the size that won on Lite0
+    "lite2_128": ["model=efficientnet_lite2"],
     "lite1_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite1"],
     "lite2_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite2"],
 }
