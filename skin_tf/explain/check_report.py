@@ -224,8 +224,9 @@ def report_text(record: dict[str, Any], run_dir: Path, figure_name: str) -> str:
         f"{_load(start)} at the start and {_load(end)} at the end.",
         "",
         f"Reproduce: `skin-tf explain-check {run_dir} --images {config['images']} --steps "
-        f"{config['steps']} --fill {config['fill']} --randomization-images "
-        f"{config['randomization_images']}`.",
+        f"{config['steps']} --fill {config['fill']} --methods {' '.join(config['methods'])} "
+        f"--randomization-images {config['randomization_images']} --cascade-depth "
+        f"{config['cascade_depth']} --n-boot {config['n_boot']} --seed {config['seed']}`.",
         "",
         f"![explanation checks]({figure_name})",
         "",

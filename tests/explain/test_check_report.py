@@ -25,7 +25,8 @@ def full_record(**methods) -> dict:
         "curve": {"steps": 4, "fill": "mean", "class": "predicted"},
         "randomization": {"images": 50, "steps": STEPS},
         "config": {"images": 200, "steps": 4, "fill": "mean", "randomization_images": 50,
-                   "n_boot": 1000, "seed": 0, "sanity_limit": 0.3},
+                   "n_boot": 1000, "seed": 0, "sanity_limit": 0.3, "cascade_depth": 2,
+                   "methods": list(methods), "batch_size": 32},
         "fractions": [0.0, 0.25, 0.5, 0.75, 1.0],
         "mean_curves": {n: {"deletion": [0.8, 0.5, 0.3, 0.2, 0.1],
                             "insertion": [0.1, 0.3, 0.5, 0.7, 0.8]}
@@ -64,6 +65,25 @@ def test_a_method_that_beats_the_centre_is_named_as_the_default(run_dir):
     assert "4.80, 5.10, 5.40 at the start" in text
     assert f"skin-tf explain-check {run_dir} --images 200 --steps 4" in text
     assert "![explanation checks](demo.png)" in text and "not medical advice" in text
+
+
+def test_the_reproduce_line_is_a_command_that_measures_the_same(run_dir):
+    """Every option that changes a figure is in it (batch size changes only the time, the
+    sanity limit is no option), so a reader's rerun is the same check."""
+    import shlex
+
+    from skin_tf.cli.main import build_parser
+
+    rec = full_record(gradcam=facts(0.35, 0.07, 0.1), **{"scorecam@block4": facts(0.3, 0.0, 0.5)})
+    rec["config"] |= {"n_boot": 200, "seed": 3}
+    text = report_text(rec, run_dir, "demo.png")
+    command = text.split("Reproduce: `", 1)[1].split("`", 1)[0]
+    words = shlex.split(command)
+    assert words[0] == "skin-tf"
+    args = build_parser().parse_args(words[1:])
+    measured = {k: v for k, v in rec["config"].items() if k not in ("sanity_limit", "batch_size")}
+    assert args.run_dir == run_dir
+    assert {key: getattr(args, key) for key in measured} == measured
 
 
 def test_a_map_that_does_not_beat_the_centre_is_not_called_an_explanation(run_dir):
