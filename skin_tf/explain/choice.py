@@ -57,6 +57,8 @@ def choose_default(record: dict[str, Any]) -> dict[str, Any]:
             "vs_centre": facts["deletion"]["vs_centre"],
             "vs_centre_ci": facts["deletion"]["vs_centre_ci"],
             "insertion_auc": facts["insertion"]["auc"],
+            "insertion_vs_centre": facts["insertion"]["vs_centre"],
+            "insertion_vs_centre_ci": facts["insertion"]["vs_centre_ci"],
             "spearman_top": facts["spearman_median"][SANITY_STEP],
         }
     better = [
@@ -102,11 +104,25 @@ def headline(choice: dict[str, Any]) -> str:
             f"change when the top block is randomised). {choice['title']}: {scores}. The map "
             "is not an explanation of the model's decision"
         )
+    verdict = (
+        "The map shows no more about the decision than 'the lesion is in the middle'"
+        if not _insertion_beats_centre(choice)
+        else "Only on insertion does it beat the blob (the pixels it ranks first bring the "
+        f"class back faster: paired {choice['insertion_vs_centre']:+.3f} "
+        "[{:+.3f}, {:+.3f}]), so the map shows little more about the decision than 'the lesion "
+        "is in the middle'".format(*choice["insertion_vs_centre_ci"])
+    )
     return (
         "No heatmap method beat a centred blob on this model: the best that passes the "
-        f"randomisation check, {choice['title']} ({grid} grid), has {scores}. The map shows "
-        "no more about the decision than 'the lesion is in the middle'"
+        f"randomisation check, {choice['title']} ({grid} grid), has {scores}. {verdict}"
     )
+
+
+def _insertion_beats_centre(choice: dict[str, Any]) -> bool:
+    """The paired insertion interval against the centre lies wholly above 0 (records made
+    before the interval was copied into the choice say nothing)."""
+    interval = choice.get("insertion_vs_centre_ci")
+    return interval is not None and interval[0] > 0
 
 
 def explain_choice(run_dir: str | os.PathLike) -> dict[str, Any]:

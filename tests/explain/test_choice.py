@@ -17,15 +17,23 @@ from skin_tf.explain.choice import (
 from skin_tf.runs import file_digest
 
 
-def facts(deletion: float, high: float, rho: float, servable: bool = True, title: str = "M"):
+def facts(
+    deletion: float,
+    high: float,
+    rho: float,
+    servable: bool = True,
+    title: str = "M",
+    insertion_low: float = -0.01,
+):
     """One method's entry of a record: deletion AUC, the upper end of its paired interval
-    against the centre, and its median correlation at `top`."""
+    against the centre, its median correlation at `top` (and the lower end of its paired
+    insertion interval)."""
     return {
         "title": title, "layers": ["top_conv"], "grid": [5, 7], "servable": servable,
         "deletion": {"auc": deletion, "ci": [deletion - 0.02, deletion + 0.02],
                      "vs_centre": deletion - 0.30, "vs_centre_ci": [high - 0.04, high]},
-        "insertion": {"auc": 0.6, "ci": [0.55, 0.65], "vs_centre": 0.01,
-                      "vs_centre_ci": [-0.01, 0.03]},
+        "insertion": {"auc": 0.6, "ci": [0.55, 0.65], "vs_centre": insertion_low + 0.02,
+                      "vs_centre_ci": [insertion_low, insertion_low + 0.04]},
         "spearman_median": {"head": 0.9, "top": rho}, "spearman_quartiles": {
             "head": [0.8, 0.95], "top": [rho - 0.1, rho + 0.1]},
         "passes_sanity": rho < 0.3, "seconds": 3.0, "randomisation_seconds": 5.0,
@@ -66,6 +74,21 @@ def test_when_nothing_beats_the_centre_the_best_that_passes_is_kept_and_flagged(
     assert chosen["method"] == "gradcam@block5"
     assert chosen["beats_centre"] is False and chosen["explanation"] is False
     assert chosen["headline"].startswith("No heatmap method beat a centred blob")
+    assert chosen["headline"].endswith(
+        "no more about the decision than 'the lesion is in the middle'"
+    )
+
+
+def test_a_map_that_beats_the_centre_on_insertion_alone_says_so():
+    """Grad-CAM on the lite0_128 run: deletion +0.108 [+0.089, +0.127] against the blob,
+    insertion +0.020 [+0.004, +0.036]: not an explanation, but not nothing either."""
+    chosen = choose_default(record(gradcam=facts(0.35, 0.07, 0.1, insertion_low=0.004)))
+    assert chosen["explanation"] is False
+    assert "Only on insertion does it beat the blob" in chosen["headline"]
+    assert "paired +0.024 [+0.004, +0.044]" in chosen["headline"]
+    assert chosen["headline"].endswith(
+        "little more about the decision than 'the lesion is in the middle'"
+    )
 
 
 def test_when_nothing_passes_grad_cam_is_kept_and_said_to_be_no_explanation():
