@@ -7,7 +7,8 @@ run's model, measured on its test images (`skin-tf explain-check RUN_DIR`).
 The story, top to bottom in `explain_check_run`:
 1. `pick_images`: N test images, as equal per class as the classes allow, in class turns (so
    the first R, the randomisation subset, are balanced too); each explained for the class the
-   model predicts.
+   model predicts. A run trained with patient fields (issue 31) gets each image's recorded age,
+   sex and site, held through every map and curve: only the pixels change.
 2. maps of every method (`skin_tf.explain.gradcam`) and the two baselines a map must beat: a
    centred Gaussian ("the lesion is in the middle") and a random map on the CAMs' own grid.
 3. deletion and insertion curves (`skin_tf.explain.faithfulness`): per-image areas, their means

@@ -104,14 +104,15 @@ def headline(choice: dict[str, Any]) -> str:
             f"change when the top block is randomised). {choice['title']}: {scores}. The map "
             "is not an explanation of the model's decision"
         )
-    verdict = (
-        "The map shows no more about the decision than 'the lesion is in the middle'"
-        if not _insertion_beats_centre(choice)
-        else "Only on insertion does it beat the blob (the pixels it ranks first bring the "
-        f"class back faster: paired {choice['insertion_vs_centre']:+.3f} "
-        "[{:+.3f}, {:+.3f}]), so the map shows little more about the decision than 'the lesion "
-        "is in the middle'".format(*choice["insertion_vs_centre_ci"])
-    )
+    verdict = "The map shows no more about the decision than 'the lesion is in the middle'"
+    if _insertion_beats_centre(choice):
+        in_low, in_high = choice["insertion_vs_centre_ci"]
+        verdict = (
+            "Only on insertion does it beat the blob (the pixels it ranks first bring the class "
+            f"back faster: paired {choice['insertion_vs_centre']:+.3f} [{in_low:+.3f}, "
+            f"{in_high:+.3f}]), so the map shows little more about the decision than 'the "
+            "lesion is in the middle'"
+        )
     return (
         "No heatmap method beat a centred blob on this model: the best that passes the "
         f"randomisation check, {choice['title']} ({grid} grid), has {scores}. {verdict}"
