@@ -16,7 +16,8 @@ what it refuses, through every engine and for every candidate export compared (i
 3. The export as clients get it: `ServedModel.assess` with each engine (its own threshold):
    validation kept, test kept, each benign-shift family kept, each OOD family rejected, AUROC
    (test split vs OOD), the model's accuracy on the kept and on the rejected images (test split
-   and its shifts; a guard that refuses right answers more often than wrong ones is flagged),
+   and its shifts; a guard that refuses right answers more often than wrong ones is flagged;
+   and the test split within each true class, where the refused images come from),
    and the largest class-probability change against the export without the guard.
 4. The candidates, refitted on the same images as export fits them
    (`skin_tf.serving.guard_choice.fit_run_guard`), each at the threshold export's rule gives
@@ -96,6 +97,22 @@ def figures(
     return out
 
 
+def accuracy_by_class(
+    threshold: float, scores: np.ndarray, correct: np.ndarray, labels: np.ndarray
+) -> dict[str, dict | None]:
+    """`accuracy_split` within each true class of the test split: which classes the guard
+    refuses, and whether it refuses the doubtful within each (the pooled figure mixes classes
+    the model gets right at very different rates)."""
+    from skin_tf.data.ham10000 import CLASSES
+    from skin_tf.serving.guard import accuracy_split
+
+    return {
+        name: accuracy_split(threshold, scores[labels == k], correct[labels == k])
+        for k, name in enumerate(CLASSES)
+        if (labels == k).any()
+    }
+
+
 def engine_figures(guarded: Path, plain: Path, sets, metadata: dict) -> dict:
     """The export through every engine: what it keeps and rejects, its accuracy on each side,
     and the largest probability change against the export without the guard."""
@@ -120,6 +137,9 @@ def engine_figures(guarded: Path, plain: Path, sets, metadata: dict) -> dict:
             {f: a.ood_score for f, a in on_shifted.items()},
             ood_scores,
             correct,
+        )
+        row["accuracy_test_by_class"] = accuracy_by_class(
+            served.ood_threshold, on_test.ood_score, correct["test"], test.labels
         )
         change = np.abs(on_test.probs - before.predict_many(list(test.images))).max()
         thresholds = metadata["ood_guard"]["thresholds"][engine]
@@ -311,6 +331,20 @@ def tables(result: dict) -> str:
         lines.append(f"- {engine}: {aims}; largest class-probability change against the "
                      f"export without the guard {f['max_prob_change']:.1e}; assess "
                      f"{f['assess_s']:.0f} s.")  # fmt: skip
+    classes = list(next(iter(result["engines"].values()))["accuracy_test_by_class"])
+    lines += [
+        "",
+        "The test split by true class: accuracy on the kept / refused images (n refused):",
+        "",
+        "| engine | " + " | ".join(classes) + " |",
+        "|---|" + "---:|" * len(classes),
+        *(
+            f"| `{e}` | "
+            + " | ".join(_accuracy(f["accuracy_test_by_class"][c]) for c in classes)
+            + " |"
+            for e, f in result["engines"].items()
+        ),
+    ]
     before = result["previous_rule"]
     ranked = sorted(result["candidates"].items(),
                     key=lambda kv: -kv[1]["val"]["rejected"]["all"])  # fmt: skip
