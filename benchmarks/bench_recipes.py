@@ -352,16 +352,19 @@ def epoch_to(result: dict, variant: str, target: float) -> int | None:
     return hits[0] if hits else None
 
 
-def val_table(results: list[dict], costs: dict | None) -> str:
+def val_table(results: list[dict], costs: dict | None, runs_dir: Path) -> str:
     """Per variant: measured wall and CPU time (with the load seen), the time estimated from the
-    idle epoch costs of `--costs` when measured, time to each target, and the kept epoch's val
-    figures."""
+    idle epoch costs of `--costs` when measured, time to each target, the kept epoch's val
+    figures, and its val balanced accuracy minus the baseline's on the same images with the
+    paired lesion interval (when both runs' predictions are in runs_dir)."""
     head = (
         "| variant | wall (measured) | CPU | load | est. idle | "
         + " | ".join(f"to {t:.2f} (est. idle)" for t in TARGETS)
-        + " | kept | val bal acc | val mel AUC | val acc | val macro-F1 |"
+        + " | kept | val bal acc | val mel AUC | val acc | val macro-F1 | "
+        + f"Δ val bal acc vs {BASE} |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    base = next((r for r in results if r["arm"] == BASE), None)
     for r in results:
         loads = [e["load_1min"] for e in r["epochs"] if e["load_1min"] is not None]
         estimate = None if costs is None else epoch_seconds(r["arm"], costs["costs"])
@@ -377,9 +380,21 @@ def val_table(results: list[dict], costs: dict | None) -> str:
                 f"{min(loads):.1f}–{max(loads):.1f} | {idle} | " + " | ".join(to)
                 + f" | {v['kept_epoch']} | "
                 + " | ".join(value(v["val"][k]) for k in HEADLINE)
-                + " |"
+                + f" | {val_difference(runs_dir, base, r, name)} |"
             )  # fmt: skip
     return "\n".join(rows)
+
+
+def val_difference(runs_dir: Path, base: dict | None, result: dict, variant: str) -> str:
+    """The variant's val balanced accuracy minus the baseline's, paired on the same images."""
+    from skin_tf.evaluation.compare import paired_difference
+
+    runs = [runs_dir / r["run_dir"] for r in (base, result) if r is not None]
+    if variant == BASE or not all((run / "predictions_val.csv").is_file() for run in runs[:2]):
+        return "—"  # the baseline itself, or runs trained elsewhere (records hold no predictions)
+    pair = predictions(runs_dir, base, BASE, "val"), predictions(runs_dir, result, variant, "val")
+    d, low, high = paired_difference(*pair, ("balanced_accuracy",))["balanced_accuracy"]
+    return f"{d:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
 def minutes(seconds: float | None) -> str:
@@ -428,16 +443,16 @@ def test_table(results: list[dict], chosen: list[str], runs_dir: Path) -> str:
     return "\n".join(rows)
 
 
-def predictions(runs_dir: Path, result: dict, variant: str):
-    """The test predictions of a variant, as read_predictions frames them."""
+def predictions(runs_dir: Path, result: dict, variant: str, split: str = "test"):
+    """The predictions of a variant on a split, as read_predictions frames them."""
     import pandas as pd
 
     from skin_tf.evaluation.metrics import read_predictions
 
     run_dir = runs_dir / result["run_dir"]
-    frame = read_predictions(run_dir, "test")
+    frame = read_predictions(run_dir, split)
     if not variant.endswith("+ema"):  # the trained weights: same rows, their probabilities
-        raw = pd.read_csv(run_dir / "predictions_test_raw.csv").set_index("image_id")
+        raw = pd.read_csv(run_dir / f"predictions_{split}_raw.csv").set_index("image_id")
         columns = [c for c in raw.columns if c.startswith("p_")]
         frame[columns] = raw.loc[frame["image_id"], columns].to_numpy()
     return frame
@@ -480,7 +495,7 @@ def main() -> None:
     ]
     if costs is not None:
         print(cost_table(costs))
-    print(val_table(results, costs))
+    print(val_table(results, costs, args.out / "runs"))
     if args.test:
         print(test_table(results, args.test, args.out / "runs"))
 
