@@ -15,10 +15,12 @@ without looking at any test image.
    margin for images it was not chosen on): `skin_tf.serving.guard.constrained_threshold`.
 3. Choose: among the candidates whose rejected validation images (plain and shifted) the model
    gets right no more often than the kept ones (a guard that refuses, refuses the doubtful),
-   the one that rejects the most of a generated out-of-distribution *validation* set
+   those that reject about the most of a generated out-of-distribution *validation* set
    (`skin_tf.serving.guard_sets.ood_validation_images`: tiles, channel swaps, shapes, colour
-   fields, stripes); ties: the higher AUROC, validation vs generated. If no candidate passes the
-   accuracy rule, all compete, and the record says so.
+   fields, stripes; within one binomial standard error of the best share, which for 240 images
+   is 2.6 points at a best share of 0.8), and of those the one whose refused images are right least often
+   against the kept ones (`choose`). If no candidate passes the accuracy rule, all compete, and
+   the record says so.
 4. Threshold each engine: export scores the validation images and their shifts with every
    engine and gives each its own threshold by the same rule (`engine_thresholds`): int8
    features are not the float ones.
@@ -47,6 +49,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -240,7 +243,7 @@ def fit_run_guard(
         pooled = np.concatenate([scores[n] for n in labelled])
         figures["accuracy"] = accuracy_split(threshold, pooled, correct)
         comparison[name] = figures
-    chosen, rule_applied = choose(comparison)
+    chosen, rule_applied = choose(comparison, sum(len(images) for images in ood.values()))
     record = _record(train, val, shifted, shifted_train, ood, candidates, comparison, with_fields)
     record["comparison"]["chosen"] = chosen
     record["comparison"]["accuracy_rule_applied"] = rule_applied
@@ -278,21 +281,49 @@ def candidate_name(layer: str | None, fit: str = "", weight: float = 0.0) -> str
     return f"{name}+confidence{weight:g}" if weight else name
 
 
-def choose(comparison: Mapping[str, Mapping[str, Any]]) -> tuple[str, bool]:
+def choose(comparison: Mapping[str, Mapping[str, Any]], n_generated: int) -> tuple[str, bool]:
     """(the chosen candidate, whether the accuracy rule applied): among the candidates that
-    refuse the doubtful (`refuses_the_doubtful`), or all when none does, the one rejecting the
-    largest share of the generated images (ties: the higher AUROC).
+    refuse the doubtful (`refuses_the_doubtful`), or all when none does, those rejecting a share
+    of the `n_generated` generated images within one standard error of the best share (a
+    difference that size is the sample's, not the guard's: the one-standard-error rule), and of
+    those the one whose refused validation images are right least often against the kept ones
+    (`accuracy_gap`; ties: the larger share rejected, then the higher AUROC).
 
     Example:
-        >>> choose({"a": {"rejected": {"all": 0.9}, "auroc": 0.9,
-        ...               "accuracy": {"kept": 0.7, "rejected": 0.9, "n_rejected": 9}},
-        ...         "b": {"rejected": {"all": 0.8}, "auroc": 0.9, "accuracy": None}})
+        >>> def facts(rejected, kept_right, refused_right):
+        ...     accuracy = {"kept": kept_right, "rejected": refused_right, "n_rejected": 9}
+        ...     return {"rejected": {"all": rejected}, "auroc": 0.9, "accuracy": accuracy}
+        >>> choose({"a": facts(0.80, 0.7, 0.6), "b": facts(0.78, 0.7, 0.4),
+        ...         "c": facts(0.60, 0.7, 0.1), "d": facts(0.99, 0.7, 0.9)}, n_generated=240)
         ('b', True)
     """
     doubtful = [n for n, f in comparison.items() if refuses_the_doubtful(f.get("accuracy"))]
     pool = doubtful or list(comparison)
-    best = max(pool, key=lambda n: (comparison[n]["rejected"]["all"], comparison[n]["auroc"] or 0))
-    return best, bool(doubtful)
+    best = max(comparison[n]["rejected"]["all"] for n in pool)
+    near = best - math.sqrt(best * (1 - best) / n_generated)
+    tied = [n for n in pool if comparison[n]["rejected"]["all"] >= near]
+    chosen = max(
+        tied,
+        key=lambda n: (
+            accuracy_gap(comparison[n].get("accuracy")),
+            comparison[n]["rejected"]["all"],
+            comparison[n]["auroc"] or 0,
+        ),
+    )
+    return chosen, bool(doubtful)
+
+
+def accuracy_gap(accuracy: Mapping[str, Any] | None) -> float:
+    """How much more often the model is right on the kept images than on the refused ones (0
+    when there is nothing to compare: no labels, or no image on one side).
+
+    Example:
+        >>> round(accuracy_gap({"kept": 0.7, "rejected": 0.5, "n_rejected": 30}), 3)
+        0.2
+    """
+    if not accuracy or accuracy["kept"] is None or accuracy["rejected"] is None:
+        return 0.0
+    return accuracy["kept"] - accuracy["rejected"]
 
 
 def _record(
@@ -342,8 +373,10 @@ def _record(
             "skin_tf.serving.guard_sets.ood_validation_images)",
             "rule": f"each candidate at {keep_rule}; among those whose rejected validation "
             "images (plain and shifted) the model gets right no more often than the kept ones "
-            "(all, if none), kept: the one rejecting the largest share of the generated images "
-            "(ties: the higher AUROC, validation vs generated)",
+            "(all, if none), those rejecting a share of the generated images within one "
+            "standard error (binomial) of the best share; of those, kept: the one whose refused "
+            "validation images the model gets right least often against the kept ones (ties: "
+            "the larger share rejected, then the higher AUROC, validation vs generated)",
             "confidence_weights": weights,
             "candidates": comparison,
         },

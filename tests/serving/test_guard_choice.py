@@ -23,7 +23,7 @@ from skin_tf.serving.guard_choice import (
     fit_run_guard,
     pooled_features,
 )
-from skin_tf.serving.guard_sets import OOD_FAMILIES, SourceImages, benign_images
+from skin_tf.serving.guard_sets import OOD_FAMILIES, OOD_PER_FAMILY, SourceImages, benign_images
 from tests.serving.conftest import TINY_SIZE
 
 
@@ -91,16 +91,30 @@ def test_choose_refuses_the_doubtful_first():
     comparison = {
         "right_refuser": {"rejected": {"all": 0.99}, "auroc": 0.99, "accuracy": accuracy(0.7, 0.9)},
         "doubt_refuser": {"rejected": {"all": 0.90}, "auroc": 0.95, "accuracy": accuracy(0.8, 0.5)},
-        "tie_lower_auroc": {
+        "same_gap_lower_auroc": {
             "rejected": {"all": 0.90},
             "auroc": 0.9,
-            "accuracy": accuracy(0.8, 0.6),
+            "accuracy": accuracy(0.8, 0.5),
         },
     }
-    assert choose(comparison) == ("doubt_refuser", True)
+    assert choose(comparison, 240) == ("doubt_refuser", True)
     # No candidate refuses the doubtful: all compete, and the record can say so.
-    del comparison["doubt_refuser"], comparison["tie_lower_auroc"]
-    assert choose(comparison) == ("right_refuser", False)
+    del comparison["doubt_refuser"], comparison["same_gap_lower_auroc"]
+    assert choose(comparison, 240) == ("right_refuser", False)
+
+
+def test_choose_takes_the_larger_accuracy_gap_among_near_ties_on_the_generated_images():
+    """Shares of the generated images rejected within one binomial standard error of the best
+    (0.8 of 240: 0.026) are a tie; of those, the guard whose refused images are right least
+    often. Further below, a larger gap no longer counts; with more generated images, the tie
+    narrows."""
+    comparison = {
+        "most_rejected": {"rejected": {"all": 0.80}, "auroc": 0.97, "accuracy": accuracy(0.7, 0.6)},
+        "near_tie": {"rejected": {"all": 0.78}, "auroc": 0.96, "accuracy": accuracy(0.7, 0.4)},
+        "far_below": {"rejected": {"all": 0.77}, "auroc": 0.99, "accuracy": accuracy(0.7, 0.1)},
+    }
+    assert choose(comparison, 240) == ("near_tie", True)
+    assert choose(comparison, 2400) == ("most_rejected", True)  # standard error 0.008
 
 
 def test_candidate_names():
@@ -137,8 +151,9 @@ def test_fit_run_guard_thresholds_every_candidate_on_the_shifts_and_records_why(
         assert set(figures["shifted_kept"]) == {"crop_224", "rotation"}
         assert min(figures["shifted_kept"].values()) >= 0.95
         assert figures["accuracy"]["n_rejected"] >= 0
+    n_generated = len(OOD_FAMILIES) * OOD_PER_FAMILY
     assert (comparison["chosen"], comparison["accuracy_rule_applied"]) == choose(
-        comparison["candidates"]
+        comparison["candidates"], n_generated
     )
     chosen = comparison["candidates"][comparison["chosen"]]
     assert fitted.guard.method == comparison["chosen"].split(":")[0].split("+")[0]
