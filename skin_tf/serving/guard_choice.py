@@ -17,10 +17,10 @@ without looking at any test image.
    gets right no more often than the kept ones (a guard that refuses, refuses the doubtful),
    those that reject about the most of a generated out-of-distribution *validation* set
    (`skin_tf.serving.guard_sets.ood_validation_images`: tiles, channel swaps, shapes, colour
-   fields, stripes; within one binomial standard error of the best share, which for 240 images
-   is 2.6 points at a best share of 0.8), and of those the one whose refused images are right least often
-   against the kept ones (`choose`). If no candidate passes the accuracy rule, all compete, and
-   the record says so.
+   fields, stripes; within one binomial standard error of the best share, 2.6 points for 240
+   images at a best share of 0.8), and of those the one whose refused images are right least
+   often against the kept ones (`choose`). If no candidate passes the accuracy rule, all
+   compete, and the record says so.
 4. Threshold each engine: export scores the validation images and their shifts with every
    engine and gives each its own threshold by the same rule (`engine_thresholds`): int8
    features are not the float ones.
