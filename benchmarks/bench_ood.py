@@ -278,11 +278,16 @@ def run(run_dir: Path, data_root: Path, guard_images: int, n_shifted: int, n_tes
 
 
 def _accuracy(acc: dict | None) -> str:
-    if not acc or acc["kept"] is None:
+    """"kept / refused (n refused)", "–" on a side with no image (every image of a class
+    refused still shows the refused ones' accuracy); ⚠ when the refused are right more often."""
+    if not acc:
         return "–"
-    rejected = "–" if acc["rejected"] is None else f"{acc['rejected']:.3f}"
-    flag = "" if acc["rejected"] is None or acc["rejected"] <= acc["kept"] else " ⚠"
-    return f"{acc['kept']:.3f} / {rejected} ({acc['n_rejected']}){flag}"
+    kept, rejected = (
+        "–" if acc[side] is None else f"{acc[side]:.3f}" for side in ("kept", "rejected")
+    )
+    both = acc["kept"] is not None and acc["rejected"] is not None
+    flag = " ⚠" if both and acc["rejected"] > acc["kept"] else ""
+    return f"{kept} / {rejected} ({acc['n_rejected']}){flag}"
 
 
 def tables(result: dict) -> str:
