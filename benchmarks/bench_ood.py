@@ -278,7 +278,7 @@ def run(run_dir: Path, data_root: Path, guard_images: int, n_shifted: int, n_tes
 
 
 def _accuracy(acc: dict | None) -> str:
-    """"kept / refused (n refused)", "–" on a side with no image (every image of a class
+    """ "kept / refused (n refused)", "–" on a side with no image (every image of a class
     refused still shows the refused ones' accuracy); ⚠ when the refused are right more often."""
     if not acc:
         return "–"
