@@ -278,8 +278,9 @@ def run(run_dir: Path, data_root: Path, guard_images: int, n_shifted: int, n_tes
 
 
 def _accuracy(acc: dict | None) -> str:
-    """ "kept / refused (n refused)", "–" on a side with no image (every image of a class
-    refused still shows the refused ones' accuracy); ⚠ when the refused are right more often."""
+    """The cell `kept / refused (n refused)`, with – on a side that has no image (a class whose
+    every image was refused still shows the refused ones); ⚠ when the refused are right more
+    often."""
     if not acc:
         return "–"
     kept, rejected = (
