@@ -270,7 +270,9 @@ def provenance(run_dir: str | os.PathLike) -> str:
     model = str(meta.get("model", "?"))
     short_model = model.replace("efficientnet_", "").upper() if model.startswith("eff") else model
     epochs = epochs_trained(run_dir)
-    if epochs is None:
+    if meta.get("ensemble"):  # no epochs of its own: say what it pools
+        short_model, epochs_text = "ensemble", ensemble_label(meta["ensemble"])
+    elif epochs is None:
         epochs_text = f"{meta.get('epochs')} epochs"
     elif epochs == meta.get("epochs"):
         epochs_text = f"{epochs} epochs"
@@ -286,6 +288,20 @@ def provenance(run_dir: str | os.PathLike) -> str:
             f"run {run_id}",
         ]
     )
+
+
+def ensemble_label(ensemble: dict[str, Any]) -> str:
+    """What an ensemble run pools, from meta.json's `ensemble` block.
+
+    >>> ensemble_label({"members": [{"model": "efficientnet_lite0"}] * 3
+    ...                            + [{"model": "efficientnet_lite1"}]})
+    '4 runs pooled (LITE0 ×3, LITE1)'
+    """
+    models = [str(m.get("model", "?")).replace("efficientnet_", "").upper()
+              for m in ensemble.get("members", [])]  # fmt: skip
+    counts = {model: models.count(model) for model in dict.fromkeys(models)}
+    parts = [model if n == 1 else f"{model} ×{n}" for model, n in counts.items()]
+    return f"{len(models)} runs pooled ({', '.join(parts)})"
 
 
 def _size_text(size: Any) -> str:

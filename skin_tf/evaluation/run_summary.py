@@ -23,7 +23,14 @@ import pandas as pd
 
 from skin_tf.data.ham10000 import CLASS_NAMES, CLASSES
 from skin_tf.data.sizes import size_label
-from skin_tf.runs import data_label, epochs_trained, provenance, read_json, run_name_of
+from skin_tf.runs import (
+    data_label,
+    ensemble_label,
+    epochs_trained,
+    provenance,
+    read_json,
+    run_name_of,
+)
 
 DISCLAIMER = (
     "Research and teaching only: not a medical device. These numbers come from one retrospective "
@@ -98,6 +105,9 @@ def run_facts(run_dir: str | os.PathLike) -> dict[str, Any]:
     image_size = meta.get("image_size", config.get("image_size"))
     trained = epochs_trained(run_dir)
     epochs = str(planned) if trained in (None, planned) else f"{trained} of {planned}"
+    ensemble = meta.get("ensemble")
+    if ensemble:  # no epochs of its own
+        epochs = ensemble_label(ensemble)
     return {
         "run_name": run_name_of(run_dir),
         "run_id": run_dir.name,
@@ -111,6 +121,7 @@ def run_facts(run_dir: str | os.PathLike) -> dict[str, Any]:
         "select_metric": config.get("select_metric"),
         "kept_epoch": kept_epoch(run_dir),
         "tta_in_training": bool(config.get("tta", False)),
+        "members": [m["run_id"] for m in ensemble["members"]] if ensemble else None,
         "data": data_label(size),
         "n_images": data.get("n_images"),
         "hardware": meta.get("hardware"),
@@ -219,7 +230,10 @@ def write_summary(
         f"| config | `{facts['config']}` (profile {facts['profile']}) |",
         f"| model | {facts['model']}, {facts['image_size']} px, weights: {facts['weights']} |",
         f"| data | {facts['data']}, {facts['n_images']} images, split by lesion |",
-        f"| epochs | {facts['epochs']}; best.keras is epoch {facts['kept_epoch'] or '?'}, "
+        f"| members | {len(facts['members'])} calibrated runs, pooled (each its own kept "
+        f"epoch): {', '.join(f'`{m}`' for m in facts['members'])} |"
+        if facts["members"]
+        else f"| epochs | {facts['epochs']}; best.keras is epoch {facts['kept_epoch'] or '?'}, "
         f"chosen on val by {facts['select_metric']} |",
         f"| training time | {train_time(facts['train_seconds'])} |",
         f"| hardware | {facts['hardware']} |",

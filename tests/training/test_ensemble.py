@@ -96,6 +96,12 @@ def test_an_ensemble_of_runs_is_a_run_evaluated_and_exported_like_one(
         assert (run / name).is_file(), name
     record = json.loads((tmp_path / "results" / "runs" / "probes.json").read_text())
     assert record["model"] == "ensemble"
+    # Its summary names what it pools instead of epochs it never trained.
+    summary = (tmp_path / "results" / "summary_probes.md").read_text()
+    assert "ensemble 48 px · 2 runs pooled (LITE0 ×2)" in summary
+    pooled = "| members | 2 calibrated runs, pooled (each its own kept epoch): "
+    assert f"{pooled}`{members[0].name}`, `{members[1].name}` |" in summary
+    assert "best.keras is epoch" not in summary
 
     # Exported: one served model whose engines agree with the run's own predictions.
     served = load_served(tmp_path / "export", engine="savedmodel")
