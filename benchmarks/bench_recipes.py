@@ -389,9 +389,11 @@ def val_difference(runs_dir: Path, base: dict | None, result: dict, variant: str
     """The variant's val balanced accuracy minus the baseline's, paired on the same images."""
     from skin_tf.evaluation.compare import paired_difference
 
-    runs = [runs_dir / r["run_dir"] for r in (base, result) if r is not None]
-    if variant == BASE or not all((run / "predictions_val.csv").is_file() for run in runs[:2]):
-        return "—"  # the baseline itself, or runs trained elsewhere (records hold no predictions)
+    if base is None or variant == BASE:
+        return "—"
+    runs = [runs_dir / r["run_dir"] for r in (base, result)]
+    if not all((run / "predictions_val.csv").is_file() for run in runs):
+        return "—"  # runs trained elsewhere: the committed records hold no predictions
     pair = predictions(runs_dir, base, BASE, "val"), predictions(runs_dir, result, variant, "val")
     d, low, high = paired_difference(*pair, ("balanced_accuracy",))["balanced_accuracy"]
     return f"{d:+.3f} [{low:+.3f}, {high:+.3f}]"
