@@ -281,13 +281,14 @@ def _accuracy(acc: dict | None) -> str:
     """The cell `kept / refused (n refused)`, with – on a side that has no image (a class whose
     every image was refused still shows the refused ones); ⚠ when the refused are right more
     often."""
+    from skin_tf.serving.guard import refuses_the_doubtful
+
     if not acc:
         return "–"
     kept, rejected = (
         "–" if acc[side] is None else f"{acc[side]:.3f}" for side in ("kept", "rejected")
     )
-    both = acc["kept"] is not None and acc["rejected"] is not None
-    flag = " ⚠" if both and acc["rejected"] > acc["kept"] else ""
+    flag = "" if refuses_the_doubtful(acc) else " ⚠"
     return f"{kept} / {rejected} ({acc['n_rejected']}){flag}"
 
 

@@ -311,6 +311,17 @@ def refuses_the_doubtful(accuracy: dict[str, Any] | None) -> bool:
         >>> refuses_the_doubtful({"kept": 0.75, "rejected": 0.8, "n_rejected": 40})
         False
     """
+    return accuracy_gap(accuracy) >= 0
+
+
+def accuracy_gap(accuracy: dict[str, Any] | None) -> float:
+    """How much more often the model is right on the kept images than on the refused ones (0
+    when there is nothing to compare: no labels, or no image on one side).
+
+    Example:
+        >>> round(accuracy_gap({"kept": 0.7, "rejected": 0.5, "n_rejected": 30}), 3)
+        0.2
+    """
     if not accuracy or accuracy["kept"] is None or accuracy["rejected"] is None:
-        return True
-    return accuracy["rejected"] <= accuracy["kept"]
+        return 0.0
+    return accuracy["kept"] - accuracy["rejected"]

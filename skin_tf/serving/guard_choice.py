@@ -64,6 +64,7 @@ from skin_tf.serving.guard import (
     SHIFTED_FLOOR,
     SHIFTED_KEEP,
     OodGuard,
+    accuracy_gap,
     accuracy_split,
     constrained_threshold,
     energy_guard,
@@ -311,19 +312,6 @@ def choose(comparison: Mapping[str, Mapping[str, Any]], n_generated: int) -> tup
         ),
     )
     return chosen, bool(doubtful)
-
-
-def accuracy_gap(accuracy: Mapping[str, Any] | None) -> float:
-    """How much more often the model is right on the kept images than on the refused ones (0
-    when there is nothing to compare: no labels, or no image on one side).
-
-    Example:
-        >>> round(accuracy_gap({"kept": 0.7, "rejected": 0.5, "n_rejected": 30}), 3)
-        0.2
-    """
-    if not accuracy or accuracy["kept"] is None or accuracy["rejected"] is None:
-        return 0.0
-    return accuracy["kept"] - accuracy["rejected"]
 
 
 def _record(
