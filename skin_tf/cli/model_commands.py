@@ -84,7 +84,8 @@ def add_gradcam(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("results/gradcam"), help="output folder")
     p.add_argument(
         "--method", default="gradcam",
-        help="gradcam, gradcam++, scorecam or layercam, optionally @layers (layercam@block5+top)",
+        help="gradcam, gradcam++, scorecam, layercam (optionally @layers: layercam@block5+top) "
+        "or rise",
     )  # fmt: skip
     p.add_argument("--per-class", type=int, default=2, help="correct and wrong per class")
     p.add_argument("--class", dest="class_name", choices=CLASSES, help="explain this class")
@@ -134,7 +135,7 @@ def add_explain_check(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fill", choices=("mean", "blur"), default=d.fill, help="removed pixels")
     p.add_argument(
         "--methods", nargs="+", default=list(d.methods),
-        help="e.g. gradcam gradcam++ scorecam layercam layercam@block5+top",
+        help="e.g. gradcam gradcam++ scorecam layercam layercam@block5+top rise",
     )  # fmt: skip
     p.add_argument(
         "--randomization-images", type=int, default=d.randomization_images,

@@ -165,6 +165,7 @@ def report_text(record: dict[str, Any], run_dir: Path, figure_name: str) -> str:
         "(`skin_tf.explain.faithfulness` says why); the area under the curve of P(explained "
         "class) against the fraction, by the trapezoid rule. Deletion: lower is better; "
         "insertion: higher is better.",
+        *([_rise_line(curve["fill"])] if "rise" in record["methods"] else []),
         "- **Baselines**: a centred Gaussian (the 'lesion is in the middle' prior) and a random "
         f"map on a {_size(record['random_map_grid'])} grid (the last conv layer's), resized "
         "like the maps.",
@@ -187,7 +188,8 @@ def report_text(record: dict[str, Any], run_dir: Path, figure_name: str) -> str:
     for name, facts in record["methods"].items():
         mark = " (default)" if name == choice["method"] else ""
         lines.append(
-            f"| {facts['title']}{mark} | {', '.join(facts['layers'])} | {_size(facts['grid'])} | "
+            f"| {facts['title']}{mark} | {', '.join(facts['layers']) or 'input'} | "
+            f"{_size(facts['grid'])} | "
             f"{_cells(facts)} | {facts['spearman_median']['top']:.2f} | "
             f"{'passes' if facts['passes_sanity'] else 'fails'} | {facts['seconds']:.0f}, "
             f"{facts['randomisation_seconds']:.0f} |"
@@ -234,6 +236,25 @@ def report_text(record: dict[str, Any], run_dir: Path, figure_name: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _rise_line(fill: str) -> str:
+    """What RISE is, and that it is scored by the perturbation it is computed with."""
+    from skin_tf.explain.rise import GRID, KEEP, MASKS
+
+    same = (
+        "the perturbation the deletion curve applies, so RISE is scored by the kind of change "
+        "it was computed from (`--fill blur` scores it on another)"
+        if fill == "mean"
+        else "not the blur the curves apply here"
+    )
+    return (
+        f"- **RISE** (Petsiuk et al. 2018, `skin_tf.explain.rise`): {MASKS} copies of each image "
+        f"under seeded random masks ({GRID}×{GRID} cells, each shown with probability {KEEP}, "
+        "upsampled and shifted); a hidden pixel shows the image's mean colour, "
+        f"{same}. The map is the mean probability of the class over the copies that show each "
+        f"pixel; its grid column gives the mask cells."
+    )
 
 
 def _cells(facts: dict[str, Any]) -> str:

@@ -42,7 +42,7 @@ import pandas as pd
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.explain.choice import CHECK_FILE, SANITY_STEP, choose_default
-from skin_tf.explain.methods import GRADIENT_METHODS, method_title, parse_method
+from skin_tf.explain.methods import ENDPOINT_METHODS, method_title, parse_method
 from skin_tf.runs import file_digest, patient_fields, read_json, write_json
 
 FORMAT = "skin_tf.explain_check/1"
@@ -53,6 +53,7 @@ DEFAULT_METHODS = (
     "layercam",
     "gradcam@block5",  # one layer with a grid twice as fine as the last conv
     "layercam@block5+top",  # two layers fused
+    "rise",  # no layer: masked copies of the input (1000 forward passes an image)
 )
 SANITY_LIMIT = 0.3
 BASELINE_TITLES = {"centre": "centred Gaussian", "random": "random map"}
@@ -170,7 +171,7 @@ def explain_check_run(
             "title": method_title(method),
             "layers": layers[method],
             "grid": list(grid_shape(model, method)),
-            "servable": parse_method(method)[0] in GRADIENT_METHODS,
+            "servable": parse_method(method)[0] in ENDPOINT_METHODS,
             **faithful[method],
             "spearman_median": {s: float(np.median(v)) for s, v in rho[method].items()},
             "spearman_quartiles": {

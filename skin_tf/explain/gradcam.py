@@ -1,4 +1,5 @@
-"""Class-activation maps (Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM via tf-keras-vis) and overlays.
+"""Class-activation maps (Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM via tf-keras-vis; RISE,
+`skin_tf.explain.rise`) and overlays.
 
 A method is a name, optionally with the layers it reads after `@` (joined by `+`): "gradcam"
 reads the last conv layer ("top_conv" for EfficientNets); "layercam@block5+top" fuses LayerCAM
@@ -96,8 +97,12 @@ def grid_shape(model: keras.Model, method: str) -> tuple[int, int]:
         >>> grid_shape(lite0, "gradcam")  # doctest: +SKIP
         (5, 7)
     """
-    _, layers = parse_method(method)
-    shapes = [model.get_layer(name).output.shape[1:3] for name in cam_layers(model, layers)]
+    name, layers = parse_method(method)
+    if name == "rise":  # the masks' cells, its coarsest structure
+        from skin_tf.explain.rise import GRID
+
+        return GRID, GRID
+    shapes = [model.get_layer(layer).output.shape[1:3] for layer in cam_layers(model, layers)]
     return max((int(h), int(w)) for h, w in shapes)
 
 
@@ -147,6 +152,12 @@ def gradcam_heatmaps(
     fields = _checked_fields(model, fields, len(batch))
     targets = _target_classes(model, batch, class_index, fields)
     network = model if logits else logit_model(model)
+    if name == "rise":
+        if layer is not None:
+            raise ValueError(f"rise masks the input and reads no layer: drop layer={layer!r}")
+        return np.clip(
+            normalize_heatmaps(_rise_maps(network, batch, targets, fields)).numpy(), 0, 1
+        )
     visualizer = None if name == "scorecam" else _visualizer(network, name)
     hw = batch.shape[1:3]
     total = np.zeros((len(batch), *hw), np.float32)
@@ -261,6 +272,33 @@ def _scorecam_cams(
         weights = _softmax(scores)[:, target]
         cams.append(np.maximum(chosen @ weights, 0.0))
     return np.stack(cams).astype(np.float32)
+
+
+def _rise_maps(
+    logits: keras.Model, batch: np.ndarray, targets: list[int], fields: np.ndarray | None
+) -> tf.Tensor:
+    """RISE maps (N, h, w), not scaled (`skin_tf.explain.rise`), of the softmax of `logits`,
+    a few images per traced call."""
+    from skin_tf.explain.rise import rise_masks, rise_saliency
+
+    masks = rise_masks(hw=batch.shape[1:3])
+
+    def probabilities(images: tf.Tensor, *held: tf.Tensor) -> tf.Tensor:
+        x = images if not held else {"image": images, META_INPUT: held[0]}
+        return tf.nn.softmax(logits(x, training=False))
+
+    @tf.function(reduce_retracing=True)
+    def maps(images, classes, *held):
+        return rise_saliency(probabilities, images, classes, masks, *held)
+
+    step = 8  # images per call: one trace serves every full group
+    parts = []
+    for i in range(0, len(batch), step):
+        held = () if fields is None else (tf.constant(fields[i : i + step]),)
+        parts.append(
+            maps(tf.constant(batch[i : i + step]), tf.constant(targets[i : i + step]), *held)
+        )
+    return tf.concat(parts, axis=0)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

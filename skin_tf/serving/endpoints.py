@@ -267,8 +267,9 @@ def build_endpoints(
     One functional model with the conv activations and the pre-logit features as outputs over
     the same layers gives activations and prediction in one forward pass. `method` is the
     heatmap `explain` computes (`skin_tf.explain.methods`: a gradient method, optionally on
-    other layers, e.g. "gradcam@block5"; `skin-tf explain-check` chooses it); `layer`, a layer
-    name, overrides its layers.
+    other layers, e.g. "gradcam@block5", or "rise", 1000 forward passes per image;
+    `skin-tf explain-check` chooses it); `layer`, a layer name, overrides a gradient method's
+    layers.
 
     Without a guard `serve` returns the (N, 7) probabilities; with one it returns {"probs",
     "ood_score", "in_distribution"}, and `explain` adds the same two to {"probs", "heatmap"}. The
@@ -278,17 +279,25 @@ def build_endpoints(
     float32 (`skin_tf.data.meta_fields.encode_fields`; the blank vector: not given): the heatmap
     is then that of the image with those fields held fixed.
     """
-    from skin_tf.explain.gradcam import cam_layers, fused_heatmaps
-    from skin_tf.explain.methods import GRADIENT_METHODS, parse_method
+    from skin_tf.explain.gradcam import (
+        cam_layers,
+        fused_heatmaps,
+        heatmap_to_input,
+        normalize_heatmaps,
+    )
+    from skin_tf.explain.methods import ENDPOINT_METHODS, INPUT_METHODS, parse_method
+    from skin_tf.explain.rise import rise_masks, rise_saliency
 
     head = softmax_head(model)
     inv_t = _check_temperature(temperature)
     cam_method, cam_stages = parse_method(method)
-    if cam_method not in GRADIENT_METHODS:
+    if cam_method not in ENDPOINT_METHODS:
         raise ValueError(
-            f"the explain endpoint computes {', '.join(GRADIENT_METHODS)} in its graph, not "
+            f"the explain endpoint computes {', '.join(ENDPOINT_METHODS)} in its graph, not "
             f"{method!r}: export with one of them"
         )
+    if layer and cam_method in INPUT_METHODS:
+        raise ValueError(f"{method!r} reads no layer: export it without a layer ({layer!r})")
     names = [layer] if layer else cam_layers(model, cam_stages)
     convs = [model.get_layer(name) for name in names]
     resize = resize_rule(resize)
@@ -300,6 +309,8 @@ def build_endpoints(
         cam_outputs.append(pooled_output(model, guard_layer))
     cam_model = keras.Model(model.input, cam_outputs)
     logits_of = _logits_function(head)
+    # RISE weighs the masked copies by the model's own softmax, as the checks measured it
+    untempered = probabilities_function(model) if cam_method == "rise" else None
 
     float_batch = _specs(model, tf.TensorSpec([None, None, None, 3], tf.float32, name="images"))
 
@@ -313,16 +324,27 @@ def build_endpoints(
 
     @tf.function(input_signature=float_batch)
     def explain_float(images, *fields):
-        x = model_input(model, resize_images(images, size, resize), *fields)
+        resized = resize_images(images, size, resize)
+        x = model_input(model, resized, *fields)
         with tf.GradientTape() as tape:
             outputs = cam_model(x, training=False)
+            outputs = outputs if isinstance(outputs, list | tuple) else [outputs]  # RISE: no conv
             activations, features = outputs[: len(convs)], outputs[len(convs)]
             guard_features = outputs[len(convs) + 1 :]
             tape.watch(activations)
             logits = logits_of(features)
             top_score = tf.gather(logits, tf.argmax(logits, axis=-1), batch_dims=1)
-        grads = tape.gradient(top_score, activations)
-        cam = fused_heatmaps(cam_method, activations, grads, tf.shape(images)[1:3], size, resize)
+        if cam_method == "rise":  # the same masks and answers as `skin-tf explain-check`'s
+            classes = tf.argmax(logits, axis=-1)
+            saliency = rise_saliency(untempered, resized, classes, rise_masks(hw=size), *fields)
+            cam = normalize_heatmaps(
+                heatmap_to_input(saliency, tf.shape(images)[1:3], size, resize)
+            )
+        else:
+            grads = tape.gradient(top_score, activations)
+            cam = fused_heatmaps(
+                cam_method, activations, grads, tf.shape(images)[1:3], size, resize
+            )
         out = {"probs": tf.nn.softmax(logits * inv_t), "heatmap": cam}
         return out if guard is None else {**out, **guard(guard_features[0], out["probs"])}
 

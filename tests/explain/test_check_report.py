@@ -86,6 +86,18 @@ def test_the_reproduce_line_is_a_command_that_measures_the_same(run_dir):
     assert {key: getattr(args, key) for key in measured} == measured
 
 
+def test_rise_reads_the_input_and_its_perturbation_is_said(run_dir):
+    rec = full_record(gradcam=facts(0.35, 0.07, 0.1), rise=facts(0.2, -0.05, 0.1, title="RISE"))
+    rec["methods"]["rise"] |= {"layers": [], "grid": [8, 8]}
+    text = report_text(rec, run_dir, "demo.png")
+    assert "| RISE (default) | input | 8×8 | 0.200" in text
+    assert "- **RISE** (Petsiuk et al. 2018" in text and "1000 copies of each image" in text
+    assert "the perturbation the deletion curve applies" in text
+    rec["curve"]["fill"] = "blur"
+    assert "not the blur the curves apply here" in report_text(rec, run_dir, "demo.png")
+    assert "**RISE**" not in report_text(full_record(gradcam=facts(0.3, 0.0, 0.1)), run_dir, "d")
+
+
 def test_a_map_that_does_not_beat_the_centre_is_not_called_an_explanation(run_dir):
     rec = full_record(gradcam=facts(0.35, 0.07, 0.1, title="Grad-CAM"))
     text = report_text(rec, run_dir, "demo.png")

@@ -61,7 +61,7 @@ def test_a_missing_model_or_data_folder_says_what_to_do(tmp_path):
 @pytest.mark.slow
 def test_a_real_non_square_run_is_checked_reported_and_read_by_export(probe_run, tmp_path):
     config = CheckConfig(
-        images=7, steps=4, methods=("gradcam", "scorecam", "layercam@block5+top"),
+        images=7, steps=4, methods=("gradcam", "scorecam", "layercam@block5+top", "rise"),
         randomization_images=2, cascade_depth=3, n_boot=30,
     )  # fmt: skip
     record = explain_check_run(probe_run, tmp_path / "explain", config)
@@ -72,6 +72,8 @@ def test_a_real_non_square_run_is_checked_reported_and_read_by_export(probe_run,
     assert methods["layercam@block5+top"]["layers"] == ["block5c_add", "top_conv"]
     assert methods["layercam@block5+top"]["grid"] == [3, 4]
     assert methods["scorecam"]["servable"] is False
+    assert methods["rise"]["servable"] is True and methods["rise"]["layers"] == []
+    assert methods["rise"]["grid"] == [8, 8]
     assert record["randomization"]["steps"] == ["head", "top", "block7"]
     for entry in [*methods.values(), *record["baselines"].values()]:
         for curve in ("deletion", "insertion"):
@@ -86,7 +88,7 @@ def test_a_real_non_square_run_is_checked_reported_and_read_by_export(probe_run,
     assert max(starts.values()) - min(starts.values()) < 1e-6 and starts["gradcam"] > 1 / 7
     assert curves["random"]["deletion"][-1] == pytest.approx(curves["centre"]["insertion"][0])
     choice = record["default"]
-    assert choice["method"] in ("gradcam", "layercam@block5+top")  # servable ones only
+    assert choice["method"] in ("gradcam", "layercam@block5+top", "rise")  # servable ones only
     assert isinstance(choice["explanation"], bool) and choice["headline"]
 
     saved = json.loads((probe_run / CHECK_FILE).read_text())

@@ -10,7 +10,13 @@ from skin_tf.explain.methods import METHODS, method_slug, method_title, parse_me
 def test_a_bare_name_reads_the_last_conv_and_layers_follow_the_at_sign():
     assert parse_method("gradcam") == ("gradcam", ("top",))
     assert parse_method("layercam@block5+top") == ("layercam", ("block5", "top"))
-    assert set(METHODS) == {"gradcam", "gradcam++", "scorecam", "layercam"}
+    assert set(METHODS) == {"gradcam", "gradcam++", "scorecam", "layercam", "rise"}
+
+
+def test_rise_reads_no_layer():
+    assert parse_method("rise") == ("rise", ()) and method_title("rise") == "RISE"
+    with pytest.raises(ValueError, match="reads no layer"):
+        parse_method("rise@block5")
 
 
 @pytest.mark.parametrize("bad", ["lime", "gradcam@", "gradcam@+", "GradCAM"])

@@ -137,7 +137,7 @@ def test_explain_heatmap_covers_the_input_pixels(served):
     np.testing.assert_allclose(probs, served.predict(image), atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["gradcam++", "layercam", "gradcam@block5+top"])
+@pytest.mark.parametrize("method", ["gradcam++", "layercam", "gradcam@block5+top", "rise"])
 def test_explain_computes_the_chosen_method_as_tf_keras_vis_does(model, method):
     """The endpoint's in-graph map of another method or of several layers is the map
     skin_tf.explain.gradcam draws (tf-keras-vis underneath) for the same method."""
@@ -156,6 +156,8 @@ def test_explain_refuses_a_method_it_cannot_compute_in_its_graph(model):
         build_endpoints(model, method="scorecam")
     with pytest.raises(ValueError, match="no 'block99' feature maps"):
         build_endpoints(model, method="gradcam@block99")
+    with pytest.raises(ValueError, match="reads no layer"):
+        build_endpoints(model, method="rise", layer="top_conv")
 
 
 def test_an_export_without_a_check_says_its_map_is_unchecked(served):

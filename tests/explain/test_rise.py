@@ -1,0 +1,92 @@
+"""RISE: the masks (seeded, in 0..1, covering the image evenly), and maps that find the pixels a
+model's answer depends on, hold patient fields, and ignore the masks' own pattern."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.stats import spearmanr
+
+from skin_tf.explain.gradcam import gradcam_heatmaps
+from skin_tf.explain.rise import rise_masks, rise_saliency
+
+
+def test_masks_are_seeded_soft_and_keep_about_half_of_every_pixel():
+    masks = rise_masks(400, (30, 40), grid=4, keep=0.5, seed=3).numpy()
+    assert masks.shape == (400, 30, 40) and masks.min() >= 0.0 and masks.max() <= 1.0
+    np.testing.assert_array_equal(masks, rise_masks(400, (30, 40), grid=4, keep=0.5, seed=3))
+    assert not np.allclose(masks, rise_masks(400, (30, 40), grid=4, keep=0.5, seed=4))
+    share = masks.mean(axis=0)  # every pixel is shown in about half the copies
+    assert share.min() > 0.40 and share.max() < 0.60
+    assert 0.0 < np.mean((masks > 0.01) & (masks < 0.99)) < 0.9  # soft edges, not only 0 and 1
+    assert abs(rise_masks(400, (30, 40), grid=4, keep=0.2).numpy().mean() - 0.2) < 0.03
+
+
+@pytest.mark.parametrize("count, grid, keep", [(0, 4, 0.5), (10, 0, 0.5), (10, 4, 1.0)])
+def test_bad_mask_settings_are_named(count, grid, keep):
+    with pytest.raises(ValueError, match="RISE needs"):
+        rise_masks(count, (8, 8), grid=grid, keep=keep)
+
+
+def _region_model(region: np.ndarray):
+    """P(class 0) is how much of `region` shows the image's bright pixels; the rest split
+    evenly: the answer depends on those pixels and no others."""
+    weight = tf.constant(region[None, ..., None] / region.sum(), tf.float32)
+
+    def probabilities(batch: tf.Tensor) -> tf.Tensor:
+        p0 = tf.reduce_sum(batch / 255.0 * weight, axis=(1, 2, 3)) / 3.0
+        return tf.concat([p0[:, None], tf.repeat(((1.0 - p0) / 6.0)[:, None], 6, axis=1)], 1)
+
+    return probabilities
+
+
+def test_the_map_is_highest_where_the_answer_depends_on_the_pixels():
+    region = np.zeros((32, 32), bool)
+    region[4:14, 18:28] = True
+    image = np.where(region[..., None], 255.0, 0.0).astype(np.float32)
+    image[20:, :8] = 255.0  # bright too, but the answer ignores it
+    masks = rise_masks(500, (32, 32), grid=4)
+    maps = rise_saliency(_region_model(region), image[None], [0], masks).numpy()[0]
+    # the map ranks the region first (its scale is the caller's: maps are scaled to 0..1)
+    assert np.quantile(maps[region], 0.1) > np.quantile(maps[~region], 0.9)
+    assert spearmanr(maps.ravel(), region.ravel()).statistic > 0.5
+    # a class whose probability falls as the region shows gets the opposite picture
+    other = rise_saliency(_region_model(region), image[None], [3], masks).numpy()[0]
+    assert other[region].mean() < other[~region].mean()
+
+
+def test_a_model_with_patient_fields_is_asked_with_each_images_row_held():
+    seen = []
+
+    def probabilities(batch: tf.Tensor, fields: tf.Tensor) -> tf.Tensor:
+        seen.append(fields)
+        return tf.nn.softmax(tf.concat([fields, tf.zeros((tf.shape(batch)[0], 5))], axis=1))
+
+    fields = tf.constant([[1.0, 0.0], [0.0, 2.0]])
+    images = tf.zeros((2, 8, 8, 3))
+    maps = rise_saliency(probabilities, images, [0, 1], rise_masks(100, (8, 8), 2), fields)
+    # the image does not matter, so each map is flat at its own row's probability
+    first = tf.nn.softmax([1.0, 0.0, 0, 0, 0, 0, 0])[0]
+    second = tf.nn.softmax([0.0, 2.0, 0, 0, 0, 0, 0])[1]
+    np.testing.assert_allclose(maps[0].numpy(), first, rtol=1e-5)
+    np.testing.assert_allclose(maps[1].numpy(), second, rtol=1e-5)
+
+
+def test_mask_counts_that_do_not_fill_the_chunks_are_refused():
+    with pytest.raises(ValueError, match="multiple of the chunk"):
+        rise_saliency(lambda b: b, tf.zeros((1, 4, 4, 3)), [0], rise_masks(150, (4, 4), 2))
+
+
+def test_gradcam_heatmaps_draws_rise_at_the_input_grid_in_0_1():
+    import keras
+
+    from skin_tf.models.classifier import build_classifier
+
+    keras.utils.set_random_seed(5)
+    model = build_classifier("efficientnet_lite0", (32, 48), weights=None)
+    images = np.random.default_rng(2).uniform(0, 255, (2, 32, 48, 3)).astype("float32")
+    maps = gradcam_heatmaps(model, images, [1, 2], method="rise")
+    assert maps.shape == (2, 32, 48) and maps.min() >= 0.0 and maps.max() <= 1.0
+    with pytest.raises(ValueError, match="reads no layer"):
+        gradcam_heatmaps(model, images, [1, 2], method="rise", layer="top_conv")
