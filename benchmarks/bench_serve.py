@@ -34,6 +34,16 @@ model_int8.tflite, the int8 model calibrated on random images), then measures:
 
 The load average is printed before and after, since other work on the machine skews the figures.
 --quick (64 px, 10 calls, 40 images) only shows that the script runs; its figures mean nothing.
+
+`--ensemble MODEL… [--ensemble-size S]` measures an ensemble export instead (issue 30): the
+members built with their ImageNet weights and pooled by
+`skin_tf.models.ensemble.combine_classifiers` as `skin-tf ensemble` pools trained runs (the
+same layers; latency does not depend on the weights),
+exported with both LiteRT models, and each engine's one-image `predict` timed in turn with the
+same export of its first member alone, beside the PyTorch B0 at --size in its own process:
+
+    .venv/bin/python benchmarks/bench_serve.py --ensemble efficientnet_lite0 efficientnet_lite0 \\
+        efficientnet_lite0 efficientnet_lite1 --ensemble-size 128    # ensemble_128px-cpu's
 """
 
 from __future__ import annotations
@@ -368,6 +378,99 @@ def run(
     }
 
 
+def ensemble_run(
+    models: list[str], ensemble_size: int, size: int, calls: int, calibration: int, torch: bool
+) -> dict[str, object]:
+    """One-image `predict` p50 of an ensemble export and of its first member exported alone,
+    each engine called in turn, and the PyTorch B0 row (see the module docstring)."""
+    import keras
+
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.models.ensemble import combine_classifiers
+    from skin_tf.serving.export import export_model
+    from skin_tf.serving.served import load_served
+
+    load_before = os.getloadavg()
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (ensemble_size, ensemble_size, 3), dtype=np.uint8)
+    shape = (calibration, ensemble_size, ensemble_size, 3)
+    calibration_images = rng.integers(0, 256, shape, dtype=np.uint8)
+    torch_row, torch_note = None, "skipped: --no-torch"
+    if torch:
+        print("timing the PyTorch baseline in its own process…", flush=True)
+        torch_row, torch_note = torch_latency(size, calls)
+    members = [build_classifier(name, ensemble_size, weights="imagenet") for name in models]
+    ensemble = combine_classifiers(members)
+    latency, file_bytes = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        exports = {}
+        for name, model in (("ensemble", ensemble), ("member", members[0])):
+            folder = export_model(model, Path(tmp) / name, calibration=calibration_images)
+            engines = json.loads((folder / "metadata.json").read_text())["engines"]
+            file_bytes[name] = {e: engines[e]["bytes"] for e in ("tflite", "tflite-int8")}
+            exports[name] = load_served(folder, engine="savedmodel")
+        print("timing single images…", flush=True)
+        for engine, key in (("savedmodel", "serve"), ("tflite", "tflite"),
+                            ("tflite-int8", "tflite_int8")):  # fmt: skip
+            using = {name: served.using(engine) for name, served in exports.items()}
+            latency.update(time_alternating({
+                f"{name}_{key}": lambda s=served: s.predict(image) for name, served in using.items()
+            }, calls))  # fmt: skip
+    if torch_row is not None:
+        latency["torch_eager"] = torch_row
+    return {
+        "ensemble": list(models),
+        "ensemble_size": ensemble_size,
+        "image_size": size,
+        "torch": torch_note,
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "file_bytes": file_bytes,
+        "latency": latency,
+    }
+
+
+def ensemble_table(result: dict) -> str:
+    """The ensemble's rows: p50, and its ratios to its first member and to PyTorch's B0."""
+    latency, side = result["latency"], result["ensemble_size"]
+    torch_p50 = latency.get("torch_eager", {}).get("p50_ms")
+    members = ", ".join(result["ensemble"])
+    rows = [
+        f"Ensemble of {len(result['ensemble'])} ({members}) at {side}², one image per call "
+        "(`ServedModel.predict`; each engine timed in turn with the first member exported "
+        "alone):",
+        "",
+        "| engine | ensemble p50 ms | p95 ms | member alone p50 ms | ensemble / member | "
+        f"ensemble / PyTorch B0 {result['image_size']}² p50 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in (("serve", "SavedModel `serve`"), ("tflite", "LiteRT float32"),
+                       ("tflite_int8", "LiteRT int8")):  # fmt: skip
+        ours, alone = latency[f"ensemble_{key}"], latency[f"member_{key}"]
+        versus = f"{ours['p50_ms'] / torch_p50:.2f}×" if torch_p50 else "—"
+        rows.append(
+            f"| {label} | {ours['p50_ms']:.1f} | {ours['p95_ms']:.1f} | {alone['p50_ms']:.1f} | "
+            f"{ours['p50_ms'] / alone['p50_ms']:.2f}× | {versus} |"
+        )
+    if torch_p50:
+        row = latency["torch_eager"]
+        rows.append(
+            f"| PyTorch eager B0, {result['image_size']}² (own process) | {row['p50_ms']:.1f} | "
+            f"{row['p95_ms']:.1f} | — | — | 1.00× |"
+        )
+    sizes = result["file_bytes"]["ensemble"]
+    rows += [
+        f"\nPyTorch baseline: {result['torch']}.",
+        f"\nEnsemble files: model.tflite {sizes['tflite'] / 1e6:.1f} MB, model_int8.tflite "
+        f"{sizes['tflite-int8'] / 1e6:.1f} MB.",
+        f"Load average (1/5/15 min) before {result['load_average_before']}, after "
+        f"{result['load_average_after']}, on {result['cpu_cores']} cores.",
+    ]
+    return "\n".join(rows)
+
+
 def bench_guard(model, images: np.ndarray):
     """A Mahalanobis guard on the fourth stage of the backbone (where the demo run's export put
     its guard), fitted on `images`: its cost does not depend on what it was fitted on."""
@@ -497,6 +600,10 @@ def main(argv: list[str] | None = None) -> int:
         "--no-torch", action="store_true", help="skip the PyTorch row (minutes on busy cores)"
     )
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ensemble", nargs="+", metavar="MODEL", help="time an ensemble of these backbones"
+    )
+    parser.add_argument("--ensemble-size", type=int, default=128, help="the ensemble's side (px)")
     args = parser.parse_args(argv)
     if args.torch_only:  # the PyTorch row, in its own process (see torch_latency)
         forward, note = torch_forward(args.size)
@@ -507,6 +614,23 @@ def main(argv: list[str] | None = None) -> int:
         args.size, args.calls, args.folder_images, args.calibration = 64, 10, 40, 4
     elif args.calls < 50:
         parser.error("--calls must be at least 50 for a meaningful p95")
+    if args.ensemble:
+        if len(args.ensemble) < 2:
+            parser.error("--ensemble needs at least two backbones")
+        result = ensemble_run(
+            args.ensemble,
+            args.ensemble_size if not args.quick else 32,
+            args.size,
+            args.calls,
+            args.calibration,
+            torch=not args.no_torch,
+        )
+        print(ensemble_table(result))
+        if args.quick:
+            print("\n(--quick: tiny settings, these figures are not measurements to quote)")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     result = run(
         args.size,
         args.calls,

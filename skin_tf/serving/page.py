@@ -385,15 +385,17 @@ def engine_help(metadata: Mapping[str, Any], engines: Sequence[str]) -> str:
         >>> print(engine_help({}, ["savedmodel"]))
         - `savedmodel`: SavedModel
         <BLANKLINE>
-        Grad-CAM always comes from the SavedModel's explain endpoint.
+        The heatmap always comes from the SavedModel's explain endpoint.
     """
     lines = [f"- `{engine}`: {engine_details(metadata, engine)}" for engine in engines]
-    return "\n".join([*lines, "", "Grad-CAM always comes from the SavedModel's explain endpoint."])
+    source = "The heatmap always comes from the SavedModel's explain endpoint."
+    return "\n".join([*lines, "", source])
 
 
 def engine_markdown(metadata: Mapping[str, Any], engine: str) -> str:
     """Markdown bullets on the engine that scores: agreement with the SavedModel and its own
-    melanoma threshold; Grad-CAM always comes from the SavedModel.
+    melanoma threshold; the heatmap (Grad-CAM or the method the checks chose) always comes from
+    the SavedModel.
 
     Example:
         >>> engine_markdown({}, "savedmodel").splitlines()[0]
@@ -420,5 +422,5 @@ def engine_markdown(metadata: Mapping[str, Any], engine: str) -> str:
             lines.append(
                 f"- Its own melanoma threshold {point['value']:.3f}, re-chosen on validation"
             )
-    lines.append("- Grad-CAM: SavedModel `explain`")
+    lines.append("- Heatmap: SavedModel `explain`")
     return "\n".join(lines)

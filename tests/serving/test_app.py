@@ -518,7 +518,7 @@ def test_page_scores_with_the_chosen_engine_and_explains_with_the_savedmodel(
     assert picker.label == "Engine for the probabilities" and picker.value == default
     assert [o.split(" ")[0] for o in picker.options] == ["tflite-int8", "tflite", "savedmodel"]
     sidebar = " ".join(values(at.sidebar.markdown))
-    assert "Grad-CAM: SavedModel `explain`" in sidebar and "Probabilities: LiteRT" in sidebar
+    assert "Heatmap: SavedModel `explain`" in sidebar and "Probabilities: LiteRT" in sidebar
     table = at.dataframe[0].value
     assert table["engine"].tolist() == [default]
     engine_point = metadata["engines"][default]["mel_threshold"]  # the int8 model has its own
