@@ -44,6 +44,14 @@ same export of its first member alone, beside the PyTorch B0 at --size in its ow
 
     .venv/bin/python benchmarks/bench_serve.py --ensemble efficientnet_lite0 efficientnet_lite0 \\
         efficientnet_lite0 efficientnet_lite1 --ensemble-size 128    # ensemble_128px-cpu's
+
+`--explain-methods METHOD… [--explain-model M --explain-size S --explain-calls N]` measures
+what a heatmap costs the page instead (issue 33): one SavedModel per method (EfficientNet-Lite0
+at 128 px by default, the cpu runs' shape, ImageNet weights), and `ServedModel.explain` on one
+200×150 image timed in turn across them, N calls each (RISE is 1000 forward passes a call, so N
+is small and the table gives p50 and the slowest call, not a p95):
+
+    .venv/bin/python benchmarks/bench_serve.py --explain-methods gradcam rise
 """
 
 from __future__ import annotations
@@ -143,6 +151,7 @@ def time_alternating(
             "p50_ms": float(np.percentile(values, 50)),
             "p95_ms": float(np.percentile(values, 95)),
             "mean_ms": float(np.mean(values)),
+            "max_ms": float(np.max(values)),
             "cpu_ms_per_call": cpu[name] * 1000.0 / calls,
             "calls": calls,
         }
@@ -471,6 +480,63 @@ def ensemble_table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def explain_run(methods: list[str], model_name: str, side: int, calls: int) -> dict[str, object]:
+    """`ServedModel.explain` of one 200×150 image, per heatmap method, called in turn."""
+    import keras
+
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.serving.export import export_model
+    from skin_tf.serving.served import load_served
+
+    load_before = os.getloadavg()
+    keras.utils.set_random_seed(0)
+    image = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    model = build_classifier(model_name, side, weights="imagenet")
+    with tempfile.TemporaryDirectory() as tmp:
+        served = {
+            method: load_served(export_model(
+                model, Path(tmp) / method.replace("@", "_").replace("+", "-"),
+                explain_method=method, litert_models=False,
+            ))
+            for method in methods
+        }  # fmt: skip
+        print("timing explain…", flush=True)
+        latency = time_alternating(
+            {method: lambda s=s: s.explain(image) for method, s in served.items()}, calls, warmup=2
+        )
+    return {
+        "model": f"{model_name} at {side}² (ImageNet weights)",
+        "calls": calls,
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "latency": latency,
+    }
+
+
+def explain_table(result: dict) -> str:
+    """p50 and slowest call per method, and each p50 over the first method's."""
+    latency = result["latency"]
+    first = next(iter(latency))
+    rows = [
+        f"`ServedModel.explain` (SavedModel), one 200×150 image per call, {result['model']}, "
+        f"{result['calls']} calls per method, the methods called in turn:",
+        "",
+        f"| method | p50 ms | slowest ms | CPU ms per call | p50 / {first} p50 |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method, row in latency.items():
+        rows.append(
+            f"| {method} | {row['p50_ms']:.0f} | {row['max_ms']:.0f} | "
+            f"{row['cpu_ms_per_call']:.0f} | {row['p50_ms'] / latency[first]['p50_ms']:.1f}× |"
+        )
+    rows.append(
+        f"\nLoad average (1/5/15 min) before {result['load_average_before']}, after "
+        f"{result['load_average_after']}, on {result['cpu_cores']} cores."
+    )
+    return "\n".join(rows)
+
+
 def bench_guard(model, images: np.ndarray):
     """A Mahalanobis guard on the fourth stage of the backbone (where the demo run's export put
     its guard), fitted on `images`: its cost does not depend on what it was fitted on."""
@@ -604,6 +670,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ensemble", nargs="+", metavar="MODEL", help="time an ensemble of these backbones"
     )
     parser.add_argument("--ensemble-size", type=int, default=128, help="the ensemble's side (px)")
+    parser.add_argument(
+        "--explain-methods", nargs="+", metavar="METHOD", help="time explain with these methods"
+    )
+    parser.add_argument("--explain-model", default="efficientnet_lite0", help="its backbone")
+    parser.add_argument("--explain-size", type=int, default=128, help="its side (px)")
+    parser.add_argument("--explain-calls", type=int, default=10, help="timed calls per method")
     args = parser.parse_args(argv)
     if args.torch_only:  # the PyTorch row, in its own process (see torch_latency)
         forward, note = torch_forward(args.size)
@@ -614,6 +686,20 @@ def main(argv: list[str] | None = None) -> int:
         args.size, args.calls, args.folder_images, args.calibration = 64, 10, 40, 4
     elif args.calls < 50:
         parser.error("--calls must be at least 50 for a meaningful p95")
+    if args.explain_methods:
+        quick = args.quick
+        result = explain_run(
+            args.explain_methods,
+            args.explain_model,
+            32 if quick else args.explain_size,
+            2 if quick else args.explain_calls,
+        )
+        print(explain_table(result))
+        if quick:
+            print("\n(--quick: tiny settings, these figures are not measurements to quote)")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if args.ensemble:
         if len(args.ensemble) < 2:
             parser.error("--ensemble needs at least two backbones")
