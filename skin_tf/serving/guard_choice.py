@@ -106,15 +106,22 @@ class FittedGuard:
 def candidate_layers(model: keras.Model) -> list[str]:
     """The output layer of each stage of an EfficientNet (`block1…` to `block7…`: the last layer
     of each prefix, e.g. `block4c_add`), the depths at which Mahalanobis guards are fitted
-    besides the penultimate features; empty for a model without such names.
+    besides the penultimate features; empty for a model without such names. For an ensemble
+    (`skin_tf.models.ensemble`: layers `m0_…`, `m1_…`) the first member's stages: without them
+    its guard could only read the pooled features of every member, which missed a third of the
+    out-of-distribution test images (issue 32).
 
     Example:
         >>> candidate_layers(build_classifier("efficientnet_lite0", 96))[:2]  # doctest: +SKIP
         ['block1a_project_bn', 'block2b_add']
     """
+    members = sorted(
+        {int(m.group(1)) for layer in model.layers if (m := re.match(r"m(\d+)_block", layer.name))}
+    )
+    prefix = f"m{members[0]}_" if members else ""
     last: dict[int, str] = {}
     for layer in model.layers:
-        match = re.match(r"block(\d+)[a-z]_", layer.name)
+        match = re.match(rf"{prefix}block(\d+)[a-z]_", layer.name)
         if match:
             last[int(match.group(1))] = layer.name
     return [last[stage] for stage in sorted(last)]

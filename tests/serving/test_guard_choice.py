@@ -39,6 +39,23 @@ def test_candidate_layers_are_the_stage_outputs_of_an_efficientnet(tiny_model):
     assert candidate_layers(tiny_model) == []
 
 
+def test_an_ensemble_offers_its_first_members_stages(tmp_path):
+    """Issue 32: an ensemble's guard may read a member's stages, not only the pooled features,
+    and such a stage gives the member's own features."""
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.models.ensemble import combine_classifiers
+
+    members = [build_classifier("efficientnet_lite0", 32, weights=None) for _ in range(2)]
+    ensemble = combine_classifiers(members)
+    layers = candidate_layers(ensemble)
+    assert len(layers) == 7 and all(layer.startswith("m0_block") for layer in layers)
+    assert "m0_block4c_add" in layers
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    features = pooled_features(ensemble, images, ["m0_block4c_add"])["m0_block4c_add"]
+    alone = pooled_features(members[0], images, ["block4c_add"])["block4c_add"]
+    np.testing.assert_allclose(features, alone, rtol=1e-4, atol=1e-5)  # the member's own stage
+
+
 def test_pooled_features_of_a_non_square_model():
     from skin_tf.models.classifier import build_classifier
 

@@ -110,6 +110,9 @@ def test_an_ensemble_of_runs_is_a_run_evaluated_and_exported_like_one(
     assert scaled > 0
     probs = served.predict(image.numpy().astype("uint8"))
     assert probs.shape == (1, 7) and np.isclose(probs.sum(), 1.0, atol=1e-4)
+    # Its guard was chosen among the first member's stages too, not the pooled features alone.
+    candidates = served.metadata["ood_guard"]["comparison"]["candidates"]
+    assert any(":m0_block" in name for name in candidates), list(candidates)
 
 
 def test_members_are_checked_before_anything_is_written(tmp_path):
