@@ -277,8 +277,8 @@ def _scorecam_cams(
 def _rise_maps(
     logits: keras.Model, batch: np.ndarray, targets: list[int], fields: np.ndarray | None
 ) -> tf.Tensor:
-    """RISE maps (N, h, w), not scaled (`skin_tf.explain.rise`), of the softmax of `logits`,
-    a few images per traced call."""
+    """RISE maps (N, h, w), not scaled (`skin_tf.explain.rise`), of the softmax of `logits`:
+    one traced call for the whole batch (RISE loops over the images inside the graph)."""
     from skin_tf.explain.rise import rise_masks, rise_saliency
 
     masks = rise_masks(hw=batch.shape[1:3])
@@ -287,18 +287,12 @@ def _rise_maps(
         x = images if not held else {"image": images, META_INPUT: held[0]}
         return tf.nn.softmax(logits(x, training=False))
 
-    @tf.function(reduce_retracing=True)
-    def maps(images, classes, *held):
-        return rise_saliency(probabilities, images, classes, masks, *held)
+    @tf.function
+    def maps(images, classes, *rows):
+        return rise_saliency(probabilities, images, classes, masks, *rows)
 
-    step = 8  # images per call: one trace serves every full group
-    parts = []
-    for i in range(0, len(batch), step):
-        held = () if fields is None else (tf.constant(fields[i : i + step]),)
-        parts.append(
-            maps(tf.constant(batch[i : i + step]), tf.constant(targets[i : i + step]), *held)
-        )
-    return tf.concat(parts, axis=0)
+    held = () if fields is None else (tf.constant(fields, tf.float32),)
+    return maps(tf.constant(batch), tf.constant(targets, tf.int32), *held)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
