@@ -34,7 +34,9 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-MASKS = 1000  # Petsiuk et al. used 4000-8000 at 224 px; 1000 kept the checks' time in hand
+# Petsiuk et al. used 4000-8000 at 224 px; 1000 already cost about 7 s an image on 2 cores
+# (benchmarks/README.md, "What a checked heatmap costs the page")
+MASKS = 1000
 GRID = 8  # cells a side: 16 px at 128 px, about a quarter of a lesion's width
 KEEP = 0.5  # probability that a cell shows the image
 CHUNK = 100  # masked copies per model call
