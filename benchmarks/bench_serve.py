@@ -687,46 +687,37 @@ def main(argv: list[str] | None = None) -> int:
     elif args.calls < 50:
         parser.error("--calls must be at least 50 for a meaningful p95")
     if args.explain_methods:
-        quick = args.quick
         result = explain_run(
             args.explain_methods,
             args.explain_model,
-            32 if quick else args.explain_size,
-            2 if quick else args.explain_calls,
+            32 if args.quick else args.explain_size,
+            2 if args.quick else args.explain_calls,
         )
-        print(explain_table(result))
-        if quick:
-            print("\n(--quick: tiny settings, these figures are not measurements to quote)")
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-    if args.ensemble:
+        text = explain_table(result)
+    elif args.ensemble:
         if len(args.ensemble) < 2:
             parser.error("--ensemble needs at least two backbones")
         result = ensemble_run(
             args.ensemble,
-            args.ensemble_size if not args.quick else 32,
+            32 if args.quick else args.ensemble_size,
             args.size,
             args.calls,
             args.calibration,
             torch=not args.no_torch,
         )
-        print(ensemble_table(result))
-        if args.quick:
-            print("\n(--quick: tiny settings, these figures are not measurements to quote)")
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-    result = run(
-        args.size,
-        args.calls,
-        args.data_root,
-        args.folder_images,
-        args.calibration,
-        args.upscale,
-        torch=not args.no_torch,
-    )
-    print(table(result))
+        text = ensemble_table(result)
+    else:
+        result = run(
+            args.size,
+            args.calls,
+            args.data_root,
+            args.folder_images,
+            args.calibration,
+            args.upscale,
+            torch=not args.no_torch,
+        )
+        text = table(result)
+    print(text)
     if args.quick:
         print("\n(--quick: tiny settings, these figures are not measurements to quote)")
     if args.json:
