@@ -140,7 +140,8 @@ def test_explain_heatmap_covers_the_input_pixels(served):
 @pytest.mark.parametrize("method", ["gradcam++", "layercam", "gradcam@block5+top", "rise"])
 def test_explain_computes_the_chosen_method_as_tf_keras_vis_does(model, method):
     """The endpoint's in-graph map of another method or of several layers is the map
-    skin_tf.explain.gradcam draws (tf-keras-vis underneath) for the same method."""
+    skin_tf.explain.gradcam draws for the same method (tf-keras-vis underneath; RISE:
+    skin_tf.explain.rise, the same masks)."""
     _, explain = build_endpoints(model, method=method)
     image = lesion_like(SIZE, SIZE, seed=7)
     out = explain(image[None])
