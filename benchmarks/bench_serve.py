@@ -48,8 +48,8 @@ same export of its first member alone, beside the PyTorch B0 at --size in its ow
 `--explain-methods METHOD… [--explain-model M --explain-size S --explain-calls N]` measures
 what a heatmap costs the page instead (issue 33): one SavedModel per method (EfficientNet-Lite0
 at 128 px by default, the cpu runs' shape, ImageNet weights), and `ServedModel.explain` on one
-200×150 image timed in turn across them, N calls each (RISE is 1000 forward passes a call, so N
-is small and the table gives p50 and the slowest call, not a p95):
+200×150 image timed in turn across them, N calls each (RISE is `rise.MASKS` forward passes a
+call, so N is small and the table gives p50 and the slowest call, not a p95):
 
     .venv/bin/python benchmarks/bench_serve.py --explain-methods gradcam rise
 """
