@@ -165,7 +165,7 @@ def report_text(record: dict[str, Any], run_dir: Path, figure_name: str) -> str:
         "(`skin_tf.explain.faithfulness` says why); the area under the curve of P(explained "
         "class) against the fraction, by the trapezoid rule. Deletion: lower is better; "
         "insertion: higher is better.",
-        *([_rise_line(curve["fill"])] if "rise" in record["methods"] else []),
+        *([_rise_line(curve["fill"], record["rise"])] if "rise" in record["methods"] else []),
         "- **Baselines**: a centred Gaussian (the 'lesion is in the middle' prior) and a random "
         f"map on a {_size(record['random_map_grid'])} grid (the last conv layer's), resized "
         "like the maps.",
@@ -238,10 +238,9 @@ def report_text(record: dict[str, Any], run_dir: Path, figure_name: str) -> str:
     return "\n".join(lines)
 
 
-def _rise_line(fill: str) -> str:
-    """What RISE is, and that it is scored by the perturbation it is computed with."""
-    from skin_tf.explain.rise import GRID, KEEP, MASKS
-
+def _rise_line(fill: str, masks: dict[str, Any]) -> str:
+    """What RISE is (with the masks the record says it drew), and that it is scored by the
+    perturbation it is computed with."""
     same = (
         "the perturbation the deletion curve applies, so RISE is scored by the kind of change "
         "it was computed from (`--fill blur` scores it on another)"
@@ -249,8 +248,9 @@ def _rise_line(fill: str) -> str:
         else "not the blur the curves apply here"
     )
     return (
-        f"- **RISE** (Petsiuk et al. 2018, `skin_tf.explain.rise`): {MASKS} copies of each image "
-        f"under seeded random masks ({GRID}×{GRID} cells, each shown with probability {KEEP}, "
+        f"- **RISE** (Petsiuk et al. 2018, `skin_tf.explain.rise`): {masks['masks']} copies of "
+        f"each image under seeded random masks ({masks['grid']}×{masks['grid']} cells, each "
+        f"shown with probability {masks['keep']}, "
         "upsampled and shifted); a hidden pixel shows the image's mean colour, "
         f"{same}. The map is the mean probability of the class over the copies that show each "
         f"pixel; its grid column gives the mask cells."

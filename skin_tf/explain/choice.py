@@ -50,6 +50,7 @@ def choose_default(record: dict[str, Any]) -> dict[str, Any]:
     }
     if facts is not None:
         choice |= {
+            **({"masks": record["rise"]["masks"]} if method == "rise" else {}),
             "layers": facts["layers"],
             "grid": facts["grid"],
             "deletion_auc": facts["deletion"]["auc"],
@@ -93,9 +94,11 @@ def headline(choice: dict[str, Any]) -> str:
         f"{choice['n_images']} test images"
     )
     grid = "×".join(str(d) for d in choice["grid"])
+    # RISE reads no layer: its grid is the masks' cells
+    grid = f"{choice['masks']} masks of {grid} cells" if "masks" in choice else f"{grid} grid"
     if choice["explanation"]:
         return (
-            f"{choice['title']} ({grid} grid): {scores}; its maps change when the model's top "
+            f"{choice['title']} ({grid}): {scores}; its maps change when the model's top "
             f"block is randomised (median Spearman {choice['spearman_top']:.2f})"
         )
     if not choice["passes_sanity"]:
@@ -115,7 +118,7 @@ def headline(choice: dict[str, Any]) -> str:
         )
     return (
         "No heatmap method beat a centred blob on this model: the best that passes the "
-        f"randomisation check, {choice['title']} ({grid} grid), has {scores}. {verdict}"
+        f"randomisation check, {choice['title']} ({grid}), has {scores}. {verdict}"
     )
 
 
@@ -144,6 +147,15 @@ def explain_choice(run_dir: str | os.PathLike) -> dict[str, Any]:
         return unchecked_choice(
             reason=f"{CHECK_FILE} was made for another best.keras: run skin-tf explain-check again"
         )
+    if record["default"]["method"] == "rise":
+        from skin_tf.explain.rise import rise_settings
+
+        if record.get("rise") != rise_settings():  # the endpoint would draw other masks
+            return unchecked_choice(
+                "rise",
+                reason=f"{CHECK_FILE} measured RISE with masks {record.get('rise')}, this code "
+                f"draws {rise_settings()}: run skin-tf explain-check again",
+            )
     return {
         **record["default"],
         "source": f"{CHECK_FILE} of run {record.get('run')}",

@@ -267,7 +267,7 @@ def build_endpoints(
     One functional model with the conv activations and the pre-logit features as outputs over
     the same layers gives activations and prediction in one forward pass. `method` is the
     heatmap `explain` computes (`skin_tf.explain.methods`: a gradient method, optionally on
-    other layers, e.g. "gradcam@block5", or "rise", 1000 forward passes per image;
+    other layers, e.g. "gradcam@block5", or "rise", `rise.MASKS` forward passes per image;
     `skin-tf explain-check` chooses it); `layer`, a layer name, overrides a gradient method's
     layers.
 

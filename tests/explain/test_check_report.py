@@ -22,6 +22,7 @@ def full_record(**methods) -> dict:
         entry["layers"] = ["block5c_add"] if "@" in name else ["top_conv"]
     out |= {
         "input_size": [150, 200], "random_map_grid": [5, 7], "example": "ISIC_0000001 (mel)",
+        "rise": {"masks": 300, "grid": 8, "keep": 0.5, "seed": 0},  # not this code's: read
         "curve": {"steps": 4, "fill": "mean", "class": "predicted"},
         "randomization": {"images": 50, "steps": STEPS},
         "config": {"images": 200, "steps": 4, "fill": "mean", "randomization_images": 50,
@@ -91,7 +92,7 @@ def test_rise_reads_the_input_and_its_perturbation_is_said(run_dir):
     rec["methods"]["rise"] |= {"layers": [], "grid": [8, 8]}
     text = report_text(rec, run_dir, "demo.png")
     assert "| RISE (default) | input | 8×8 | 0.200" in text
-    assert "- **RISE** (Petsiuk et al. 2018" in text and "1000 copies of each image" in text
+    assert "- **RISE** (Petsiuk et al. 2018" in text and "300 copies of each image" in text
     assert "the perturbation the deletion curve applies" in text
     rec["curve"]["fill"] = "blur"
     assert "not the blur the curves apply here" in report_text(rec, run_dir, "demo.png")

@@ -124,3 +124,32 @@ def test_export_reads_a_check_only_for_the_model_it_was_made_with(tmp_path):
 @pytest.mark.parametrize("high", [0.0, 0.01])
 def test_an_interval_touching_zero_does_not_beat_the_centre(high):
     assert choose_default(record(gradcam=facts(0.29, high, 0.1)))["beats_centre"] is False
+
+
+def rise_record(masks: int) -> dict:
+    """A record whose default is RISE, checked with `masks` masks (the rest as this code's)."""
+    from skin_tf.explain.rise import rise_settings
+
+    rise = facts(0.25, -0.02, 0.1, title="RISE") | {"layers": [], "grid": [8, 8]}
+    return record(rise=rise) | {"rise": rise_settings() | {"masks": masks}}
+
+
+def test_a_rise_headline_names_its_masks_and_cells():
+    chosen = choose_default(rise_record(500))
+    assert chosen["method"] == "rise" and chosen["masks"] == 500
+    assert chosen["headline"].startswith("RISE (500 masks of 8×8 cells): deletion AUC 0.250")
+
+
+def test_export_refuses_a_rise_check_made_with_other_masks(tmp_path):
+    from skin_tf.explain.rise import MASKS
+
+    (tmp_path / "best.keras").write_bytes(b"model")
+    for masks, checked in ((MASKS, True), (MASKS * 2, False)):
+        made = rise_record(masks)
+        saved = {"run": "r", "model_sha256": file_digest(tmp_path / "best.keras"),
+                 "default": choose_default(made), "rise": made["rise"]}  # fmt: skip
+        (tmp_path / CHECK_FILE).write_text(json.dumps(saved))
+        read = explain_choice(tmp_path)
+        assert read["method"] == "rise" and read["checked"] is checked
+    assert f"RISE with masks {{'masks': {MASKS * 2}" in read["reason"]
+    assert "run skin-tf explain-check again" in read["reason"]
