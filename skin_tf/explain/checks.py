@@ -53,7 +53,7 @@ DEFAULT_METHODS = (
     "layercam",
     "gradcam@block5",  # one layer with a grid twice as fine as the last conv
     "layercam@block5+top",  # two layers fused
-    "rise",  # no layer: masked copies of the input (1000 forward passes an image)
+    "rise",  # no layer: masked copies of the input (rise.MASKS forward passes an image)
 )
 SANITY_LIMIT = 0.3
 BASELINE_TITLES = {"centre": "centred Gaussian", "random": "random map"}
@@ -66,8 +66,9 @@ class CheckConfig:
     images: test images (stratified by class); steps: points of each curve after the first;
     fill: what a removed pixel becomes ("mean" colour or "blur", see
     `skin_tf.explain.faithfulness`); randomization_images: how many of them the cascade
-    re-explains; cascade_depth: head, top, then this many minus two stages; batch_size: images
-    per model call (32 was the fastest per image at 96 px on 2 cores).
+    re-explains; cascade_depth: head, top, then this many minus two stages (each step costs
+    every method again; 4 and the batch of 128 keep the demo's check within 10 min on 2 cores,
+    benchmarks/README.md "How many masks RISE needs"); batch_size: images per model call.
     """
 
     images: int = 200
@@ -75,10 +76,10 @@ class CheckConfig:
     fill: str = "mean"
     methods: tuple[str, ...] = DEFAULT_METHODS
     randomization_images: int = 50
-    cascade_depth: int = 5
+    cascade_depth: int = 4
     n_boot: int = 1000
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = 128
     sanity_limit: float = SANITY_LIMIT
 
 
@@ -102,6 +103,7 @@ def explain_check_run(
     from skin_tf.data.pipeline import load_image, resize_rule
     from skin_tf.explain import check_report, faithfulness, sanity
     from skin_tf.explain.gradcam import cam_layers, gradcam_heatmaps, grid_shape, logit_model
+    from skin_tf.explain.rise import rise_settings
     from skin_tf.models.meta_fusion import image_input
     from skin_tf.runs import hardware, run_name_of
 
@@ -199,6 +201,7 @@ def explain_check_run(
         "config": asdict(config),
         "curve": {"steps": config.steps, "fill": config.fill, "class": "predicted"},
         "random_map_grid": list(cam_grid),
+        "rise": rise_settings(),  # export compares them with its own (explain_choice)
         "methods": methods,
         "baselines": baselines,
         "randomization": {"images": subset, "steps": list(next(iter(rho.values())))},
