@@ -67,8 +67,8 @@ class CheckConfig:
     fill: what a removed pixel becomes ("mean" colour or "blur", see
     `skin_tf.explain.faithfulness`); randomization_images: how many of them the cascade
     re-explains; cascade_depth: head, top, then this many minus two stages (each step costs
-    every method again; 4 and the batch of 128 keep the demo's check within 10 min on 2 cores,
-    benchmarks/README.md "How many masks RISE needs"); batch_size: images per model call.
+    every method again); batch_size: images per model call. With these defaults the demo's
+    check took 9.8 min on 2 cores (benchmarks/README.md, "How many masks RISE needs").
     """
 
     images: int = 200

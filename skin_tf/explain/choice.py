@@ -153,8 +153,9 @@ def explain_choice(run_dir: str | os.PathLike) -> dict[str, Any]:
         if record.get("rise") != rise_settings():  # the endpoint would draw other masks
             return unchecked_choice(
                 "rise",
-                reason=f"{CHECK_FILE} measured RISE with masks {record.get('rise')}, this code "
-                f"draws {rise_settings()}: run skin-tf explain-check again",
+                reason=f"{CHECK_FILE} measured RISE with other masks "
+                f"({record.get('rise') or 'not recorded'}) than this code draws "
+                f"({rise_settings()}): run skin-tf explain-check again",
             )
     return {
         **record["default"],

@@ -35,8 +35,8 @@ from collections.abc import Callable
 import tensorflow as tf
 
 # Petsiuk et al. used 4000-8000 at 224 px. On the demo model 500 keep most of 1000's deletion
-# gain over the centred blob (-0.033 vs -0.038) at half the cost, which brings the checks within
-# 10 min (benchmarks/README.md, "How many masks RISE needs")
+# gain over the centred blob (-0.033 vs -0.038) at half the cost; with them the demo's whole
+# check took 9.8 min on 2 cores (benchmarks/README.md, "How many masks RISE needs")
 MASKS = 500
 GRID = 8  # cells a side: 16 px at 128 px, about a quarter of a lesion's width
 KEEP = 0.5  # probability that a cell shows the image
@@ -44,7 +44,7 @@ CHUNK = 100  # masked copies per model call
 SEED = 0
 
 
-def rise_settings() -> dict[str, float]:
+def rise_settings() -> dict[str, int | float]:
     """The masks this code draws (count, cells a side, keep probability, seed): the check
     records them, and export refuses a check of RISE made with other masks.
 

@@ -151,5 +151,8 @@ def test_export_refuses_a_rise_check_made_with_other_masks(tmp_path):
         (tmp_path / CHECK_FILE).write_text(json.dumps(saved))
         read = explain_choice(tmp_path)
         assert read["method"] == "rise" and read["checked"] is checked
-    assert f"RISE with masks {{'masks': {MASKS * 2}" in read["reason"]
+    assert f"RISE with other masks ({{'masks': {MASKS * 2}" in read["reason"]
     assert "run skin-tf explain-check again" in read["reason"]
+    del saved["rise"]  # a check made before the masks were recorded
+    (tmp_path / CHECK_FILE).write_text(json.dumps(saved))
+    assert "other masks (not recorded)" in explain_choice(tmp_path)["reason"]
