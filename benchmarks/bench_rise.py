@@ -57,13 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def measure(args: argparse.Namespace) -> dict:
     import keras
-    import tensorflow as tf
 
     from skin_tf.data.pipeline import load_image, resize_rule
     from skin_tf.explain import checks, faithfulness, sanity
     from skin_tf.explain.choice import SANITY_STEP
     from skin_tf.explain.gradcam import logit_model
-    from skin_tf.explain.rise import rise_masks, rise_saliency
+    from skin_tf.explain.rise import rise_maps
     from skin_tf.models.meta_fusion import image_input, metadata_shape
     from skin_tf.runs import hardware, read_json
 
@@ -80,13 +79,8 @@ def measure(args: argparse.Namespace) -> dict:
     classes = faithfulness.predict_in_batches(predict, images, None, 32).argmax(axis=1)
 
     def rise_of(network: keras.Model, count: int, batch: np.ndarray, targets: np.ndarray):
-        masks = rise_masks(count, hw)
-
-        @tf.function
-        def maps(x, t):  # the check's own route: softmax of the linear head's logits
-            return rise_saliency(lambda b: tf.nn.softmax(network(b, training=False)), x, t, masks)
-
-        return maps(tf.constant(batch), tf.constant(targets, tf.int32)).numpy()
+        # the check's own route (gradcam_heatmaps), with `count` masks
+        return rise_maps(network, batch, targets.tolist(), count=count).numpy()
 
     logits = logit_model(model)
     maps, seconds = {}, {}

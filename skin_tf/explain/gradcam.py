@@ -153,11 +153,11 @@ def gradcam_heatmaps(
     targets = _target_classes(model, batch, class_index, fields)
     network = model if logits else logit_model(model)
     if name == "rise":
+        from skin_tf.explain.rise import rise_maps
+
         if layer is not None:
             raise ValueError(f"rise masks the input and reads no layer: drop layer={layer!r}")
-        return np.clip(
-            normalize_heatmaps(_rise_maps(network, batch, targets, fields)).numpy(), 0, 1
-        )
+        return np.clip(normalize_heatmaps(rise_maps(network, batch, targets, fields)).numpy(), 0, 1)
     visualizer = None if name == "scorecam" else _visualizer(network, name)
     hw = batch.shape[1:3]
     total = np.zeros((len(batch), *hw), np.float32)
@@ -272,27 +272,6 @@ def _scorecam_cams(
         weights = _softmax(scores)[:, target]
         cams.append(np.maximum(chosen @ weights, 0.0))
     return np.stack(cams).astype(np.float32)
-
-
-def _rise_maps(
-    logits: keras.Model, batch: np.ndarray, targets: list[int], fields: np.ndarray | None
-) -> tf.Tensor:
-    """RISE maps (N, h, w), not scaled (`skin_tf.explain.rise`), of the softmax of `logits`:
-    one traced call for the whole batch (RISE loops over the images inside the graph)."""
-    from skin_tf.explain.rise import rise_masks, rise_saliency
-
-    masks = rise_masks(hw=batch.shape[1:3])
-
-    def probabilities(images: tf.Tensor, *held: tf.Tensor) -> tf.Tensor:
-        x = images if not held else {"image": images, META_INPUT: held[0]}
-        return tf.nn.softmax(logits(x, training=False))
-
-    @tf.function
-    def maps(images, classes, *rows):
-        return rise_saliency(probabilities, images, classes, masks, *rows)
-
-    held = () if fields is None else (tf.constant(fields, tf.float32),)
-    return maps(tf.constant(batch), tf.constant(targets, tf.int32), *held)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -30,8 +30,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 # Petsiuk et al. used 4000-8000 at 224 px. On the demo model 500 keep most of 1000's deletion
@@ -139,3 +140,34 @@ def rise_saliency(
     return tf.map_fn(
         one_image, (images, targets, rows), fn_output_signature=tf.float32, parallel_iterations=1
     )
+
+
+def rise_maps(
+    logits: Callable[..., tf.Tensor],
+    images: np.ndarray,
+    targets: Sequence[int],
+    fields: np.ndarray | None = None,
+    count: int = MASKS,
+) -> tf.Tensor:
+    """RISE maps (N, h, w), not scaled, of the softmax of a Keras model's `logits` (e.g.
+    `skin_tf.explain.gradcam.logit_model`), with `count` masks: one traced call for the whole
+    batch (the images are looped over inside the graph). `fields`: the encoded patient fields of
+    a model trained with them, each image's row held.
+
+    Example:
+        >>> maps = rise_maps(logit_model(model), images, [4, 5])  # doctest: +SKIP
+    """
+    from skin_tf.models.meta_fusion import META_INPUT
+
+    masks = rise_masks(count, hw=images.shape[1:3])
+
+    def probabilities(batch: tf.Tensor, *held: tf.Tensor) -> tf.Tensor:
+        x = batch if not held else {"image": batch, META_INPUT: held[0]}
+        return tf.nn.softmax(logits(x, training=False))
+
+    @tf.function
+    def maps(batch, classes, *rows):
+        return rise_saliency(probabilities, batch, classes, masks, *rows)
+
+    held = () if fields is None else (tf.constant(fields, tf.float32),)
+    return maps(tf.constant(images), tf.constant(list(targets), tf.int32), *held)
