@@ -352,14 +352,13 @@ def test_a_4_3_model_is_served_at_its_shape_by_every_engine(real_data_root, tmp_
     expected = keras_probs(model, prepared.model_input[None])
     # The picture at its own size goes through serve's resize (or the same one before LiteRT).
     resized = load_served(folder, engine="savedmodel").predict(prepared.original)
-    for engine in ("savedmodel", "tflite", "tflite-int8"):
+    for engine in ("savedmodel", "tflite"):
         served = load_served(folder, engine=engine)
         assert served.image_size == (48, 64)
-        atol = 0.1 if engine == "tflite-int8" else 1e-4  # int8: quantised (shape is the point)
         probs = served.predict(prepared.model_input)
-        np.testing.assert_allclose(probs, expected, atol=atol)
-        assert probs.argmax() == expected.argmax()
-        np.testing.assert_allclose(served.predict(prepared.original), resized, atol=atol)
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+        np.testing.assert_allclose(served.predict(prepared.original), resized, atol=1e-4)
+    _check_int8_at_shape(load_served(folder, engine="tflite-int8"), model, folder, real_data_root)
     probs, heatmap = load_served(folder).explain(prepared.original)
     assert heatmap.shape == (1, 150, 200) and heatmap.std() > 0.01
     serve, _ = build_endpoints(model, resize="crop")
@@ -370,6 +369,26 @@ def test_a_4_3_model_is_served_at_its_shape_by_every_engine(real_data_root, tmp_
         keras_probs(model, tf.image.resize(box[None].astype("float32"), (48, 64)).numpy().round()),
         atol=1e-4,
     )
+
+
+def _check_int8_at_shape(int8, model, folder: Path, root: Path) -> None:
+    """int8 at 48x64 answers like Keras over 64 real images it was not calibrated on, both at
+    the model's shape and through its own resize of the 200x150 originals. Judged over the set:
+    with this random head one image's probabilities move by up to 0.3 under quantisation, and by
+    a different amount on another CPU's kernels (AVX-512 vs AVX2). Measured on an AVX-512 Xeon:
+    mean |difference| 0.024, top class agreeing on 0.89; pairing each image with another's
+    answer (what a wrong shape or resize gives): 0.139 and 0.42."""
+    from skin_tf.data.images import prepare_image
+
+    assert int8.image_size == (48, 64)
+    prepared = [prepare_image(p, (48, 64)) for p in sorted(root.glob("images/ISIC_00251*.jpg"))]
+    inputs = np.stack([p.model_input for p in prepared[:64]])
+    originals = np.stack([p.original for p in prepared[:64]])
+    reference = keras_probs(model, inputs)
+    resized = load_served(folder, engine="savedmodel").predict(originals)
+    for probs, against in ((int8.predict(inputs), reference), (int8.predict(originals), resized)):
+        assert np.abs(probs - against).mean() <= 0.05
+        assert (probs.argmax(axis=1) == against.argmax(axis=1)).mean() >= 0.75
 
 
 @pytest.mark.slow

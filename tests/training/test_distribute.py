@@ -323,11 +323,16 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(real_data_root: Path, tm
 
 def _check_val_order(run_dir: Path, config) -> None:
     """The per-epoch val metrics come from predictions gathered across replicas; at the best
-    epoch they must equal those of predictions_val.csv, predicted on one device from best.keras
-    in file order. The loss is compared, not macro-F1: a smoke model after two epochs has
-    near-ties between the classes it confuses, which gathered and one-device predictions may
-    break differently (moving the F1 of those classes, not the accuracy); predictions paired
-    with the wrong labels would move the loss."""
+    epoch they must agree with those of predictions_val.csv, predicted on one device from
+    best.keras in file order. Only up to what the two passes' arithmetic moves: the loss to
+    0.5 % (gathered and one-device losses differed by 0.02 % and 0.18 % in two local runs of
+    the two-worker test), accuracy and balanced accuracy up to the near-ties. A smoke model
+    after two epochs is almost uniform (top-two margins of 0.0007 to 0.009 on a 14-image split),
+    so a tie may break either way (CI, 2026-12-07: val_acc 1/14 against 2/14), and on such a
+    model labels paired with the wrong predictions move the loss little (0.02 % to 0.6 % for the
+    13 rotations of that split's labels): this catches the predictions of another epoch's
+    weights (the two epochs' losses differed by 0.8 %), not a reordering of near-identical
+    ones."""
     from skin_tf.evaluation.metrics import PROB_COLUMNS, read_predictions
     from skin_tf.models.losses import build_loss
     from skin_tf.training.selection import validation_logs
@@ -337,10 +342,21 @@ def _check_val_order(run_dir: Path, config) -> None:
     best = history[history["epoch"] == metrics["best_epoch"] - 1].iloc[0]
     val = read_predictions(run_dir, "val")
     loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
-    again = validation_logs(val["label"].to_numpy(), val[list(PROB_COLUMNS)].to_numpy(), loss)
-    assert best["val_acc"] == pytest.approx(metrics["val"]["accuracy"]) == again["val_acc"]
-    assert best["val_balanced_acc"] == pytest.approx(metrics["val"]["balanced_accuracy"])
-    assert best["val_loss"] == pytest.approx(again["val_loss"], rel=1e-3)
+    labels, probs = val["label"].to_numpy(), val[list(PROB_COLUMNS)].to_numpy()
+    again = validation_logs(labels, probs, loss)
+    assert best["val_loss"] == pytest.approx(again["val_loss"], rel=5e-3)
+    assert metrics["val"]["accuracy"] == pytest.approx(again["val_acc"])
+    assert metrics["val"]["balanced_accuracy"] == pytest.approx(again["val_balanced_acc"])
+    top_two = np.sort(probs, axis=1)[:, -2:]
+    near_ties = int((top_two[:, 1] - top_two[:, 0] < 0.005).sum())
+    # One tie broken the other way moves accuracy by 1/n, balanced accuracy by at most
+    # 1 / (classes x the smallest class's support).
+    support = np.bincount(labels)[np.unique(labels)]
+    assert abs(best["val_acc"] - again["val_acc"]) <= near_ties / len(labels) + 1e-9
+    assert (
+        abs(best["val_balanced_acc"] - again["val_balanced_acc"])
+        <= near_ties / (len(support) * support.min()) + 1e-9
+    )
 
 
 def _backed_up(runs: Path) -> Path | None:
