@@ -13,18 +13,20 @@ what it refuses, through every engine and for every candidate export compared (i
    documents, flat colours, gradients, noise, HAM10000 corner crops of plain skin, greyscale,
    inverted). Shifted images are brought to the model's input by serve's own resize
    (`skin_tf.serving.guard_sets.to_model_input`), which is what `assess` does to any image.
-3. The export as clients get it: `ServedModel.assess` with each engine (its own threshold):
-   validation kept, test kept, each benign-shift family kept, each OOD family rejected, AUROC
-   (test split vs OOD), the model's accuracy on the kept and on the rejected images (test split
-   and its shifts; a guard that refuses right answers more often than wrong ones is flagged;
-   and the test split within each true class, where the refused images come from),
-   and the largest class-probability change against the export without the guard.
+3. The export as clients get it: `ServedModel.assess` with each engine (its own threshold and
+   the colour check: an image is kept when its in_distribution is true): validation kept, test
+   kept, each benign-shift family kept, each OOD family rejected, AUROC (test split vs OOD), the
+   model's accuracy on the kept and on the rejected images (test split and its shifts; a guard
+   that refuses right answers more often than wrong ones is flagged; and the test split within
+   each true class, where the refused images come from), and the largest class-probability
+   change against the export without the guard.
 4. The candidates, refitted on the same images as export fits them
    (`skin_tf.serving.guard_choice.fit_run_guard`), each at the threshold export's rule gives
-   it, on the same test sets (float features of the Keras model); the chosen one is marked.
-   Beside them, the guard the rule before issue 32 would have chosen (Mahalanobis on each depth
-   or energy, fitted on training images alone, each at the threshold keeping 95 % of validation
-   alone, the one rejecting the most generated images), at its own threshold.
+   it and with the colour check, on the same test sets (float features of the Keras model); the
+   chosen one is marked. Beside them, the guard the rule before issue 32 would have chosen
+   (Mahalanobis on each depth or energy, fitted on training images alone, each at the threshold
+   keeping 95 % of validation alone, the one rejecting the most generated images), at its own
+   threshold, without a colour check.
 
 Prints markdown tables and, with --json, writes every figure.
 """
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.serving.oo
 
 ENGINES = ("savedmodel", "tflite", "tflite-int8")
 SHIFT_SEED = 1  # export draws its validation shifts with seed 0
+GUARD_FACTS = ("method", "layer", "score", "fitted_on", "colour_check")  # from metadata.json
 KEPT_AIM, OOD_AIM = 0.93, 0.95
 
 
@@ -125,21 +128,23 @@ def engine_figures(guarded: Path, plain: Path, sets, metadata: dict) -> dict:
         start = time.perf_counter()
         on_test = served.assess(list(test.images))
         on_shifted = {f: served.assess(list(s.images)) for f, s in shifted.items()}
-        ood_scores = {family: served.assess([o.pixels for o in members]).ood_score
-                      for family, members in ood.items()}  # fmt: skip
+        threshold = served.ood_threshold
+        ood_scores = {family: served.assess([o.pixels for o in m]).checked_scores(threshold)
+                      for family, m in ood.items()}  # fmt: skip
         seconds = time.perf_counter() - start
         correct = {"test": on_test.probs.argmax(axis=1) == test.labels}
         correct.update({f: a.probs.argmax(axis=1) == shifted[f].labels
                         for f, a in on_shifted.items()})  # fmt: skip
+        test_scores = on_test.checked_scores(threshold)
         row = figures(
-            served.ood_threshold,
-            on_test.ood_score,
-            {f: a.ood_score for f, a in on_shifted.items()},
+            threshold,
+            test_scores,
+            {f: a.checked_scores(threshold) for f, a in on_shifted.items()},
             ood_scores,
             correct,
         )
         row["accuracy_test_by_class"] = accuracy_by_class(
-            served.ood_threshold, on_test.ood_score, correct["test"], test.labels
+            threshold, test_scores, correct["test"], test.labels
         )
         change = np.abs(on_test.probs - before.predict_many(list(test.images))).max()
         thresholds = metadata["ood_guard"]["thresholds"][engine]
@@ -162,7 +167,7 @@ def candidate_figures(run_dir: Path, data_root: Path, sets, guard_images: int, n
     from skin_tf.evaluation.calibration import read_temperature
     from skin_tf.serving import engines
     from skin_tf.serving.endpoints import softmax_head
-    from skin_tf.serving.guard import keep_threshold
+    from skin_tf.serving.guard import checked_scores, keep_threshold
     from skin_tf.serving.guard_choice import candidate_layers, features_function, fit_run_guard
     from skin_tf.serving.guard_sets import ood_validation_images, run_guard_images, to_model_input
 
@@ -195,12 +200,14 @@ def candidate_figures(run_dir: Path, data_root: Path, sets, guard_images: int, n
     plain: dict[int, dict[str, np.ndarray]] = {}  # a fit's scores without its confidence term
 
     def scores_of(guard) -> dict[str, np.ndarray]:
-        """guard.score on every set; the confidence variants of one fit share its plain scores."""
+        """guard.score on every set (+inf where its colour check refuses, `checked_scores`); the
+        confidence variants of one fit share its plain scores."""
         key = id(next(iter(guard.arrays.values())))
         if key not in plain:
             bare = dataclasses.replace(guard, confidence_weight=0.0)
             plain[key] = {n: bare.score(f[guard.layer]) for n, f in features.items()}
-        return {n: plain[key][n] + guard.confidence_weight * (1 - probs[n].max(axis=1))
+        return {n: checked_scores(plain[key][n] + guard.confidence_weight
+                                  * (1 - probs[n].max(axis=1)), guard.colourful(images[n]))
                 for n in features}  # fmt: skip
 
     def on_test(threshold: float, scores: dict[str, np.ndarray]) -> dict:
@@ -223,7 +230,7 @@ def candidate_figures(run_dir: Path, data_root: Path, sets, guard_images: int, n
     for name, guard in fitted.candidates.items():
         if "+" in name.split(":", 1)[-1] or "+shifts" in name:
             continue
-        scores = scores_of(dataclasses.replace(guard, confidence_weight=0.0))
+        scores = scores_of(dataclasses.replace(guard, confidence_weight=0.0, colour_floor=0.0))
         threshold = keep_threshold(scores["val"])
         generated = np.concatenate([scores[n] for n in scores if n.startswith("ood_val/")])
         previous[name] = (float(np.mean(generated > threshold)), threshold, scores)
@@ -262,7 +269,7 @@ def run(run_dir: Path, data_root: Path, guard_images: int, n_shifted: int, n_tes
         "n_test": len(test.images),
         "shifted_families": list(shifted),
         "ood_families": {family: len(members) for family, members in ood.items()},
-        "guard": {key: block[key] for key in ("method", "layer", "score", "fitted_on")},
+        "guard": {key: block.get(key) for key in GUARD_FACTS},
         "chosen": block["comparison"]["chosen"],
         "rule": block["comparison"]["rule"],
         "export_s": export_s,

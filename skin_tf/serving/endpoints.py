@@ -205,12 +205,14 @@ class GuardGraph(tf.Module):
     The threshold is a variable because export chooses it from what `serve` itself scores on the
     validation images, after the endpoints exist; until it is set (NaN) nothing is in
     distribution, so a forgotten step shows. A guard with a confidence term adds
-    `confidence_weight` x (1 - the largest probability) from the probabilities `serve` returns.
+    `confidence_weight` x (1 - the largest probability) from the probabilities `serve` returns;
+    one with a colour check also needs the images at the model's size (`OodGuard.in_distribution`).
 
     Example:
         >>> graph = GuardGraph(energy_guard(np.eye(3, 7), np.zeros(7)))  # doctest: +SKIP
         >>> graph.threshold.assign(0.0)  # doctest: +SKIP
-        >>> graph(tf.zeros((2, 3)))["in_distribution"].numpy()  # doctest: +SKIP
+        >>> out = graph(tf.zeros((2, 3)), None, tf.ones((2, 8, 8, 3)))  # doctest: +SKIP
+        >>> out["in_distribution"].numpy()  # doctest: +SKIP
         array([ True,  True])
     """
 
@@ -225,6 +227,7 @@ class GuardGraph(tf.Module):
         }
         self.threshold = tf.Variable(float("nan"), trainable=False, name="threshold")
         self.confidence_weight = float(guard.confidence_weight)
+        self.colour_floor = float(guard.colour_floor)
 
     def score(self, features: tf.Tensor, probs: tf.Tensor | None = None) -> tf.Tensor:
         """(N,) float32 scores of features (N, d) and, for a guard with a confidence term, the
@@ -244,9 +247,23 @@ class GuardGraph(tf.Module):
         top = tf.reduce_max(tf.cast(probs, tf.float32), axis=-1)
         return score + self.confidence_weight * (1.0 - top)
 
-    def __call__(self, features: tf.Tensor, probs: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    def __call__(
+        self, features: tf.Tensor, probs: tf.Tensor | None, images: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """ood_score and in_distribution of images (N, h, w, 3) at the model's size, 0-255, from
+        their features and probabilities."""
         score = self.score(features, probs)
-        return {"ood_score": score, "in_distribution": score <= self.threshold}
+        accepted = score <= self.threshold
+        if self.colour_floor:
+            accepted &= mean_saturation(images) >= self.colour_floor
+        return {"ood_score": score, "in_distribution": accepted}
+
+
+def mean_saturation(images: tf.Tensor) -> tf.Tensor:
+    """(N,) `skin_tf.serving.guard.mean_saturation` in TensorFlow (float32)."""
+    x = tf.cast(images, tf.float32)
+    top = tf.reduce_max(x, axis=-1)
+    return tf.reduce_mean((top - tf.reduce_min(x, axis=-1)) / tf.maximum(top, 1.0), axis=(1, 2))
 
 
 # ---------------------------------------------------------------- endpoints
@@ -316,11 +333,12 @@ def build_endpoints(
 
     @tf.function(input_signature=float_batch)
     def serve_float(images, *fields):
-        out = probabilities(resize_images(images, size, resize), *fields)
+        resized = resize_images(images, size, resize)
+        out = probabilities(resized, *fields)
         if guard is None:
             return out
         probs, features = out
-        return {"probs": probs, **guard(features, probs)}
+        return {"probs": probs, **guard(features, probs, resized)}
 
     @tf.function(input_signature=float_batch)
     def explain_float(images, *fields):
@@ -346,7 +364,7 @@ def build_endpoints(
                 cam_method, activations, grads, tf.shape(images)[1:3], size, resize
             )
         out = {"probs": tf.nn.softmax(logits * inv_t), "heatmap": cam}
-        return out if guard is None else {**out, **guard(guard_features[0], out["probs"])}
+        return out if guard is None else {**out, **guard(guard_features[0], out["probs"], resized)}
 
     # Public endpoints: one trace per input dtype, each a thin cast around the single float32
     # graph, so the network is traced and stored once per endpoint rather than once per dtype.

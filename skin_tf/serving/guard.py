@@ -21,6 +21,12 @@ got wrong (issue 32); with the term, of two images equally far from the training
 one the model is less sure of is refused first. Every engine outputs its probabilities anyway,
 so the term needs no other output.
 
+Beside the score, a colour check (`colour_floor`): dermoscopy photographs are colour pictures,
+and no feature score refused greyscale copies of test lesions (issue 32: 2 of 14 on the demo,
+0.29 at best among the candidates), so an image whose mean saturation (`mean_saturation`, at the
+model's size) is below the least colourful image the guard was fitted or thresholded on, benign
+shifts such as colour constancy included, is out of distribution whatever its score.
+
 `skin_tf.serving.guard_choice` fits the candidates at export and keeps the best (Lee et al. score
 every layer; on the demo model an intermediate layer separates far better than the penultimate
 one); the SavedModel computes the kept score in its graph (`skin_tf.serving.endpoints.GuardGraph`)
@@ -62,6 +68,10 @@ SCORE_NOTES = {
     "al. 2018), divided by the feature dimension",
     "energy": "free energy of the logits, -logsumexp(logits) at T = 1 (Liu et al. 2020)",
 }
+COLOUR_NOTE = (
+    "; and out of distribution whatever its score if its mean saturation is below {floor:.4g}, "
+    "the least colourful image the guard was fitted or thresholded on"
+)
 CONFIDENCE_NOTE = (
     " + {weight:.4g} x (1 - the largest class probability the engine outputs; Hendrycks and "
     "Gimpel 2017)"
@@ -75,13 +85,15 @@ class OodGuard:
     mahalanobis: `whiten` (d, d) maps features to a space where the shared covariance is the
     identity, `centres` (C, d) are the class means in that space. energy: `kernel` (d, C) and
     `bias` (C,) are the softmax head's. `confidence_weight` w > 0 adds w x (1 - max probability),
-    so `score` then needs the engine's probabilities too.
+    so `score` then needs the engine's probabilities too. `colour_floor` > 0: an image whose
+    `mean_saturation` is below it is out of distribution whatever its score (`colourful`).
     """
 
     method: str
     arrays: dict[str, np.ndarray] = field(repr=False)
     layer: str | None = None  # whose mean-pooled output it reads; None: the head's input
     confidence_weight: float = 0.0
+    colour_floor: float = 0.0  # 0: no colour check
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +105,8 @@ class OodGuard:
             raise ValueError(
                 f"confidence_weight must be a finite number >= 0, got {self.confidence_weight}"
             )
+        if not 0 <= self.colour_floor < 1:
+            raise ValueError(f"colour_floor is a saturation in [0, 1), got {self.colour_floor}")
 
     @property
     def dim(self) -> int:
@@ -134,12 +148,33 @@ class OodGuard:
             raise ValueError(f"expected probs ({len(f)}, C), got shape {p.shape}")
         return scores + self.confidence_weight * (1.0 - p.max(axis=1))
 
+    def colourful(self, images: np.ndarray) -> np.ndarray:
+        """(N,) whether each image (N, H, W, 3) at the model's size, 0-255, passes the colour
+        check (all True without one).
+
+        Example:
+            >>> guard = OodGuard("energy", {"kernel": np.eye(3, 7), "bias": np.zeros(7)},
+            ...                  colour_floor=0.05)
+            >>> guard.colourful(np.full((2, 8, 8, 3), [120.0, 120.0, 120.0])).tolist()
+            [False, False]
+        """
+        return mean_saturation(images) >= self.colour_floor
+
+    def in_distribution(
+        self, scores: np.ndarray, threshold: float, images: np.ndarray
+    ) -> np.ndarray:
+        """(N,) the one rule every engine applies: score at most the engine's threshold, and the
+        image (at the model's size) passes the colour check."""
+        return (np.asarray(scores) <= threshold) & self.colourful(images)
+
     @property
     def note(self) -> str:
         """What the score is, in words (metadata.json's `score`)."""
         note = SCORE_NOTES[self.method]
         if self.confidence_weight:
             note += CONFIDENCE_NOTE.format(weight=self.confidence_weight)
+        if self.colour_floor:
+            note += COLOUR_NOTE.format(floor=self.colour_floor)
         return note
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -147,19 +182,49 @@ class OodGuard:
         path = Path(path)
         with path.open("wb") as handle:  # a file object: np.savez adds no ".npz" of its own
             np.savez(handle, method=np.array(self.method), layer=np.array(self.layer or ""),
-                     confidence_weight=np.array(self.confidence_weight), **self.arrays)  # fmt: skip
+                     confidence_weight=np.array(self.confidence_weight),
+                     colour_floor=np.array(self.colour_floor), **self.arrays)  # fmt: skip
         return path
 
 
 def load_guard(path: str | os.PathLike) -> OodGuard:
     """The guard `OodGuard.save` wrote (no pickles are loaded). A file written before the
-    confidence term existed loads with confidence_weight 0, the score it was exported with."""
-    scalars = ("method", "layer", "confidence_weight")
+    confidence term or the colour check existed loads with confidence_weight or colour_floor 0,
+    the guard it was exported with."""
+    scalars = ("method", "layer", "confidence_weight", "colour_floor")
     with np.load(Path(path), allow_pickle=False) as data:
         method, layer = str(data["method"]), str(data["layer"]) or None
-        weight = float(data["confidence_weight"]) if "confidence_weight" in data.files else 0.0
+        weight, floor = (float(data[k]) if k in data.files else 0.0 for k in scalars[2:])
         arrays = {name: data[name] for name in data.files if name not in scalars}
-    return OodGuard(method, arrays, layer, weight)
+    return OodGuard(method, arrays, layer, weight, floor)
+
+
+def mean_saturation(images: np.ndarray) -> np.ndarray:
+    """(N,) the mean HSV saturation, (max - min) / max of each pixel's channels, of images
+    (N, H, W, 3) in 0-255 (a pixel darker than 1 counts its max as 1): 0 for a grey picture,
+    unchanged by brightness. `skin_tf.serving.endpoints.GuardGraph` computes the same in the
+    SavedModel's graph.
+
+    Example:
+        >>> mean_saturation(np.array([[[[200, 100, 100], [50, 50, 50]]]])).round(3)
+        array([0.25])
+    """
+    x = np.asarray(images, np.float64)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected images (N, H, W, 3), got shape {x.shape}")
+    top = x.max(axis=-1)
+    return ((top - x.min(axis=-1)) / np.maximum(top, 1.0)).mean(axis=(1, 2))
+
+
+def colour_floor(*image_sets: np.ndarray) -> float:
+    """The colour check's floor: the lowest `mean_saturation` among these images (the ones a
+    guard is fitted and thresholded on, at the model's size), so every one of them passes.
+
+    Example:
+        >>> colour_floor(np.full((1, 2, 2, 3), [100, 50, 50]), np.full((1, 2, 2, 3), [100, 75, 75]))
+        0.25
+    """
+    return float(min(mean_saturation(images).min() for images in image_sets if len(images)))
 
 
 # ---------------------------------------------------------------- fitting
@@ -264,13 +329,29 @@ def separation(
     rejected = {name: 1.0 - kept_share(s, threshold) for name, s in ood_scores.items()}
     rejected["all"] = 1.0 - kept_share(pooled, threshold)
     truth = np.r_[np.zeros(len(kept_scores)), np.ones(len(pooled))]
-    auroc = roc_auc_score(truth, np.r_[kept_scores, pooled]) if len(pooled) else None
+    ranked = np.r_[kept_scores, pooled]
+    finite = np.isfinite(ranked)
+    # AUROC is a ranking: an image failing the colour check (+inf) ranks above every score
+    ranked[~finite] = ranked[finite].max() + 1 if finite.any() else 0.0
+    auroc = roc_auc_score(truth, ranked) if len(pooled) else None
     return {
         "threshold": float(threshold),
         "kept": kept_share(kept_scores, threshold),
         "rejected": rejected,
         "auroc": None if auroc is None else float(auroc),
     }
+
+
+def checked_scores(scores: np.ndarray, colourful: np.ndarray) -> np.ndarray:
+    """Scores with +inf for the images failing the colour check (`OodGuard.colourful`), so a
+    threshold on them keeps exactly what `OodGuard.in_distribution` keeps (and `separation`
+    ranks those images as the least like the training images).
+
+    Example:
+        >>> checked_scores(np.array([0.5, 0.7]), np.array([True, False]))
+        array([0.5, inf])
+    """
+    return np.where(np.asarray(colourful, bool), np.asarray(scores, np.float64), np.inf)
 
 
 def shifted_kept(threshold: float, shifted: Mapping[str, np.ndarray]) -> dict[str, float]:

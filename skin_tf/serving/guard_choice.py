@@ -8,7 +8,8 @@ without looking at any test image.
    that has seen zoom, framing, blur or colour constancy as ordinary variation. Each
    Mahalanobis guard also comes with a confidence term, `CONFIDENCE_WEIGHTS` x its 95 %
    validation score x (1 - the largest class probability); the softmax head gives the energy
-   guard.
+   guard. Every candidate also gets the colour check (`skin_tf.serving.guard.colour_floor`):
+   an image less saturated than every image of steps 1 and 2 is out of distribution.
 2. Threshold: every candidate gets the smallest threshold that keeps at least 95 % of the
    run's *validation* images and at least 95 % of every benign-shift family made from them
    (`skin_tf.serving.guard_sets.benign_images`; 2 points above the 93 % a guard must keep, a
@@ -66,11 +67,14 @@ from skin_tf.serving.guard import (
     OodGuard,
     accuracy_gap,
     accuracy_split,
+    checked_scores,
+    colour_floor,
     constrained_threshold,
     energy_guard,
     fit_mahalanobis,
     keep_threshold,
     kept_share,
+    mean_saturation,
     refuses_the_doubtful,
     separation,
     shifted_kept,
@@ -213,6 +217,9 @@ def fit_run_guard(
     ood = ood_validation_images(train.images, seed=seed)
     sets.update({f"ood/{family}": images for family, images in ood.items()})
     features = {name: features_of(images) for name, images in sets.items()}
+    fitted_on = [train, val, *shifted.values(), *([shifted_train] if shifted_train else [])]
+    floor = colour_floor(*(check.images for check in fitted_on))
+    colourful = {name: mean_saturation(images) >= floor for name, images in sets.items()}
     if with_fields:  # the probabilities given each image's fields: the accuracy rule's
         given = {"val": val, **{f"shifted/{f}": s for f, s in shifted.items()}}
         probabilities_of = _probabilities_given(model, temperature)
@@ -235,12 +242,17 @@ def fit_run_guard(
             scale = keep_threshold(plain["val"])
             for weight in weights:
                 name = candidate_name(layer, suffix, weight)
-                candidates[name] = dataclasses.replace(base, confidence_weight=weight * scale)
+                candidates[name] = dataclasses.replace(
+                    base, confidence_weight=weight * scale, colour_floor=floor
+                )
                 scored[name] = {s: plain[s] + (weight * scale * doubt[s] if weight else 0.0)
                                 for s in sets}  # fmt: skip
     if not with_fields:
-        candidates["energy"] = energy_guard(kernel, bias)
+        candidates["energy"] = dataclasses.replace(energy_guard(kernel, bias), colour_floor=floor)
         scored["energy"] = {s: candidates["energy"].score(features[s][None]) for s in sets}
+    # The colour check is every candidate's: +inf where it refuses (none of `fitted_on`).
+    scored = {n: {s: checked_scores(v, colourful[s]) for s, v in by_set.items()}
+              for n, by_set in scored.items()}  # fmt: skip
 
     comparison = {}
     for name, scores in scored.items():
@@ -253,6 +265,16 @@ def fit_run_guard(
         comparison[name] = figures
     chosen, rule_applied = choose(comparison, sum(len(images) for images in ood.values()))
     record = _record(train, val, shifted, shifted_train, ood, candidates, comparison, with_fields)
+    record["colour_check"] = {
+        "statistic": "mean HSV saturation, (max - min) / max of each pixel's channels, of the "
+        "image at the model's size (skin_tf.serving.guard.mean_saturation)",
+        "floor": floor,
+        "rule": "out of distribution whatever its score if below the floor: the least colourful "
+        f"of the {sum(len(c.images) for c in fitted_on)} images the guard was fitted and "
+        "thresholded on (training images and their shifts, validation images and their "
+        "benign-shift families), so it keeps all of them",
+        "generated_rejected": {f: float(np.mean(~colourful[f"ood/{f}"])) for f in ood},
+    }
     record["comparison"]["chosen"] = chosen
     record["comparison"]["accuracy_rule_applied"] = rule_applied
     return FittedGuard(candidates[chosen], record, shifted, candidates)
@@ -486,9 +508,11 @@ def metadata_block(
         "score": guard.note,
         "confidence_weight": guard.confidence_weight,
         "outputs": "ood_score per image (higher: less like the training images) and "
-        "in_distribution (ood_score <= the engine's threshold below)",
+        "in_distribution (ood_score <= the engine's threshold below"
+        + (", and the image's mean saturation >= colour_floor)" if guard.colour_floor else ")"),
         "file": GUARD_FILE,
         "feature_dim": guard.dim,
+        "colour_floor": guard.colour_floor,
         **(fitted.record if fitted is not None else {"fitted_on": "a guard given to export"}),
         "thresholds": engine_thresholds(scores, source, shifted, correct),
         "note": "a screen for images unlike the training images (photos of other things, "

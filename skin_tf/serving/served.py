@@ -42,7 +42,7 @@ import numpy as np
 
 from skin_tf.runs import read_json
 from skin_tf.serving.engines import ENGINES
-from skin_tf.serving.guard import GUARD_FILE, OodGuard, load_guard
+from skin_tf.serving.guard import GUARD_FILE, OodGuard, checked_scores, load_guard
 from skin_tf.serving.litert import FLOAT_FILE, INT8_FILE, LiteRTError
 from skin_tf.serving.patient import Given, any_given, encode_given
 
@@ -93,7 +93,9 @@ class _Loaded:
 class Assessment:
     """What an engine says about N images: probabilities and, when the export has a guard, each
     image's ood_score (higher: less like the training images) and in_distribution (its score is
-    at most the engine's threshold); both None without a guard.
+    at most the engine's threshold and, for a guard with a colour check, the image is not
+    greyer than any the guard was fitted on: `OodGuard.in_distribution`); both None without a
+    guard.
 
     Example:
         >>> Assessment(np.eye(7)[:2]).in_distribution is None
@@ -103,6 +105,21 @@ class Assessment:
     probs: np.ndarray
     ood_score: np.ndarray | None = None
     in_distribution: np.ndarray | None = None
+
+    def checked_scores(self, threshold: float) -> np.ndarray:
+        """ood_score with +inf where the image is out of distribution although its score is
+        within `threshold` (the colour check refused it): a threshold on these keeps exactly
+        the images in distribution (`skin_tf.serving.guard.checked_scores`).
+
+        Example:
+            >>> Assessment(np.eye(7)[:2], np.array([1.0, 1.0]), np.array([True, False])
+            ...            ).checked_scores(2.0)
+            array([ 1., inf])
+        """
+        if self.ood_score is None or self.in_distribution is None:
+            raise ValueError("an assessment without the guard has no scores")
+        colourful = self.in_distribution | (self.ood_score > threshold)
+        return checked_scores(self.ood_score, colourful)
 
     @staticmethod
     def concatenate(parts: list[Assessment]) -> Assessment:
@@ -217,7 +234,7 @@ class ServedModel:
 
     @property
     def ood_threshold(self) -> float | None:
-        """This engine's guard threshold (in_distribution when ood_score <= it), or None."""
+        """This engine's guard threshold (in_distribution needs ood_score <= it), or None."""
         if not self.guarded:
             return None
         return self.metadata["ood_guard"]["thresholds"][self.engine]["threshold"]
@@ -300,8 +317,9 @@ class ServedModel:
                 f"{runner.path} has no features output although metadata.json describes a guard: "
                 "re-run `skin-tf export RUN_DIR --out FOLDER --overwrite`"
             )
-        scores = self._loaded.guard().score(np.concatenate([f for _, f in outputs]), probs)
-        return Assessment(probs, scores, scores <= self.ood_threshold)
+        guard = self._loaded.guard()
+        scores = guard.score(np.concatenate([f for _, f in outputs]), probs)
+        return Assessment(probs, scores, guard.in_distribution(scores, self.ood_threshold, batch))
 
     def _serve(self, batch: np.ndarray, vectors: np.ndarray | None) -> Assessment:
         import tensorflow as tf

@@ -1,9 +1,12 @@
 """The guard's scores and thresholds: Mahalanobis and energy in numpy, the confidence term, the
 same scores inside the graph (`skin_tf.serving.endpoints.GuardGraph`), the .npz round trip (and
-a file written before the confidence term), thresholds that keep at least 95 % of the images
+a file written before the confidence term), the colour check in numpy and in the graph,
+thresholds that keep at least 95 % of the images
 they are chosen on and of every benign-shift family, and the accuracy on kept vs rejected."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -13,15 +16,21 @@ from skin_tf.serving.endpoints import GuardGraph
 from skin_tf.serving.guard import (
     OodGuard,
     accuracy_split,
+    checked_scores,
+    colour_floor,
     constrained_threshold,
     energy_guard,
     fit_mahalanobis,
     keep_threshold,
     kept_share,
     load_guard,
+    mean_saturation,
     refuses_the_doubtful,
+    separation,
     shifted_kept,
 )
+
+COLOURFUL = np.full((40, 4, 4, 3), [180.0, 120.0, 100.0], np.float32)  # saturation 0.444
 
 
 def gaussian_classes(n: int = 700, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +78,7 @@ def test_the_graph_computes_the_numpy_score(method):
     graph = GuardGraph(guard)
     threshold = keep_threshold(guard.score(features))
     graph.threshold.assign(threshold)
-    out = graph(features[:40].astype(np.float32))
+    out = graph(features[:40].astype(np.float32), None, COLOURFUL)
     np.testing.assert_allclose(out["ood_score"].numpy(), guard.score(features[:40]), rtol=1e-4)
     np.testing.assert_array_equal(
         out["in_distribution"].numpy(), out["ood_score"].numpy() <= np.float32(threshold)
@@ -93,17 +102,64 @@ def test_the_confidence_term_adds_weight_times_one_minus_the_top_probability():
     # In the graph: the same score from the same probabilities.
     graph = GuardGraph(guard)
     graph.threshold.assign(float(np.median(guard.score(features, probs))))
-    out = graph(features[:40].astype(np.float32), probs[:40].astype(np.float32))
+    out = graph(features[:40].astype(np.float32), probs[:40].astype(np.float32), COLOURFUL)
     np.testing.assert_allclose(
         out["ood_score"].numpy(), guard.score(features[:40], probs[:40]), rtol=1e-4
     )
     with pytest.raises(ValueError, match="pass the probabilities too"):
-        graph(features[:4].astype(np.float32))
+        graph(features[:4].astype(np.float32), None, COLOURFUL[:4])
 
 
 def test_an_unset_graph_threshold_keeps_nothing():
     guard = energy_guard(np.eye(3, 7), np.zeros(7))
-    assert not GuardGraph(guard)(np.zeros((2, 3), np.float32))["in_distribution"].numpy().any()
+    out = GuardGraph(guard)(np.zeros((2, 3), np.float32), None, COLOURFUL[:2])
+    assert not out["in_distribution"].numpy().any()
+
+
+def test_mean_saturation_is_zero_for_grey_and_blind_to_brightness():
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, (5, 6, 7, 3))
+    grey = np.repeat(images.mean(axis=-1, keepdims=True), 3, axis=-1)
+    np.testing.assert_array_equal(mean_saturation(grey), 0.0)
+    np.testing.assert_allclose(mean_saturation(images * 0.5), mean_saturation(images))
+    assert mean_saturation(np.zeros((1, 2, 2, 3))) == 0.0  # black: no division by zero
+    with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
+        mean_saturation(images[0])
+
+
+def test_the_colour_check_refuses_what_is_greyer_than_every_fitted_image_in_numpy_and_graph():
+    import tensorflow as tf
+
+    from skin_tf.serving.endpoints import mean_saturation as graph_saturation
+
+    rng = np.random.default_rng(4)
+    fitted = rng.uniform(0, 255, (30, 8, 8, 3)).astype(np.float32)
+    floor = colour_floor(fitted[:20], fitted[20:])
+    assert floor == pytest.approx(mean_saturation(fitted).min())
+    grey = np.repeat(fitted[:10].mean(axis=-1, keepdims=True), 3, axis=-1)
+    washed = 0.85 * grey + 0.15 * fitted[:10]  # a little colour left: below every fitted image
+    images = np.concatenate([fitted, grey, washed])
+    np.testing.assert_allclose(
+        graph_saturation(tf.constant(images)).numpy(), mean_saturation(images), rtol=1e-5
+    )
+    features, labels = gaussian_classes(n=len(images), d=8)
+    guard = dataclasses.replace(fit_mahalanobis(features, labels), colour_floor=floor)
+    assert "mean saturation is below" in guard.note
+    threshold = float(guard.score(features).max())  # every score is kept: colour decides
+    expected = np.r_[np.ones(30, bool), np.zeros(20, bool)]
+    np.testing.assert_array_equal(guard.in_distribution(guard.score(features), threshold, images),
+                                  expected)  # fmt: skip
+    graph = GuardGraph(guard)
+    graph.threshold.assign(threshold + 1e-3)
+    out = graph(features.astype(np.float32), None, images)
+    np.testing.assert_array_equal(out["in_distribution"].numpy(), expected)
+    # What a threshold on checked scores keeps is what in_distribution keeps.
+    checked = checked_scores(guard.score(features), guard.colourful(images))
+    np.testing.assert_array_equal(checked <= threshold, expected)
+    facts = separation(threshold, checked[:30], {"grey": checked[30:]})
+    assert facts["rejected"]["grey"] == 1.0 and facts["auroc"] == 1.0
+    with pytest.raises(ValueError, match="colour_floor is a saturation"):
+        OodGuard("energy", {"kernel": np.eye(3, 7), "bias": np.zeros(7)}, colour_floor=1.5)
 
 
 def test_saved_guard_loads_back(tmp_path):
@@ -114,8 +170,9 @@ def test_saved_guard_loads_back(tmp_path):
     np.testing.assert_array_equal(loaded.score(features), guard.score(features))
     energy = load_guard(energy_guard(np.eye(3, 7), np.ones(7)).save(tmp_path / "energy.npz"))
     assert energy.layer is None and energy.method == "energy" and energy.confidence_weight == 0
-    weighted = OodGuard(guard.method, guard.arrays, guard.layer, confidence_weight=1.25)
-    assert load_guard(weighted.save(tmp_path / "weighted.npz")).confidence_weight == 1.25
+    weighted = OodGuard(guard.method, guard.arrays, guard.layer, 1.25, colour_floor=0.03)
+    again = load_guard(weighted.save(tmp_path / "weighted.npz"))
+    assert (again.confidence_weight, again.colour_floor) == (1.25, 0.03)
 
 
 def test_a_guard_file_from_before_the_confidence_term_loads_with_weight_zero(tmp_path):
@@ -125,7 +182,8 @@ def test_a_guard_file_from_before_the_confidence_term_loads_with_weight_zero(tmp
         np.savez(handle, method=np.array("mahalanobis"), layer=np.array("block4c_add"),
                  **guard.arrays)  # fmt: skip
     old = load_guard(tmp_path / "old.npz")
-    assert old.confidence_weight == 0.0 and set(old.arrays) == {"whiten", "centres"}
+    assert old.confidence_weight == old.colour_floor == 0.0
+    assert set(old.arrays) == {"whiten", "centres"}
     np.testing.assert_array_equal(old.score(features), guard.score(features))
 
 

@@ -239,6 +239,8 @@ def test_the_guard_of_a_real_run_keeps_shifted_lesions_and_rejects_the_ood_test_
     assert block["comparison"]["chosen"] in block["chosen_from"]
     assert "280 images" in block["fitted_on"] and "+shifts" in block["fitted_on"]
     assert set(block["benign_shifts"]["families"]) == set(BENIGN_FAMILIES)
+    colour = block["colour_check"]  # the least colourful fitted image: a lesion's saturation
+    assert 0.005 < colour["floor"] == block["colour_floor"] < 0.2 and "keeps all" in colour["rule"]
     split = split_by_lesion(real_frame, seed=42)
     test = split[split["split"] == "test"].sample(150, random_state=0)
     sources = SourceImages([read_rgb_image(p) for p in test["path"]], test["label"].to_numpy(),
@@ -253,15 +255,17 @@ def test_the_guard_of_a_real_run_keeps_shifted_lesions_and_rejects_the_ood_test_
         thresholds = block["thresholds"][engine]
         assert thresholds["val_kept"] >= 0.95  # by construction
         assert min(thresholds["shifted_kept"].values()) >= 0.95
+        threshold = served.ood_threshold  # with the colour check: what in_distribution keeps
         plain = served.assess(sources.images)
         on_shifted = {f: served.assess(images) for f, images in families.items()}
-        scores = {f: served.assess([o.pixels for o in members]).ood_score
+        scores = {f: served.assess([o.pixels for o in members]).checked_scores(threshold)
                   for f, members in ood.items()}  # fmt: skip
-        figures = separation(served.ood_threshold, plain.ood_score, scores)
-        kept = shifted_kept(served.ood_threshold, {f: a.ood_score for f, a in on_shifted.items()})
+        figures = separation(threshold, plain.checked_scores(threshold), scores)
+        kept = shifted_kept(threshold, {f: a.checked_scores(threshold)
+                                        for f, a in on_shifted.items()})  # fmt: skip
         assessed = [plain, *on_shifted.values()]
         correct = np.concatenate([a.probs.argmax(axis=1) == sources.labels for a in assessed])
-        pooled = np.concatenate([a.ood_score for a in assessed])
+        pooled = np.concatenate([a.checked_scores(threshold) for a in assessed])
         acc = accuracy_split(served.ood_threshold, pooled, correct)
         rejected = figures["rejected"]
         lines.append(
@@ -279,6 +283,7 @@ def test_the_guard_of_a_real_run_keeps_shifted_lesions_and_rejects_the_ood_test_
             ("a family of photos, documents, colours, noise or negatives passes",
              min(rejected[f] for f in ("photos", "documents", "flat_colours", "noise",
                                        "inverted")) >= 0.9),
+            ("a greyscale lesion passes the colour check", rejected["greyscale"] == 1.0),
             # Refuses right answers no more often than wrong ones, within sampling error: this
             # miniature run rejects a few dozen of these images (the demo's figures, over 12,000
             # images, are in benchmarks/README.md).
