@@ -245,6 +245,8 @@ for index, upload in enumerate(uploads):
             served.mel_point,
             served.metadata.get("mel_threshold"),
             result.in_distribution,
+            result.ood_score,
+            result.ood_threshold,
         )
         (st.warning if answer.mel_flag else st.info)(text)
 

@@ -180,11 +180,14 @@ def mel_flag_text(
     point: Mapping[str, Any],
     run_point: Mapping[str, Any] | None = None,
     in_distribution: bool | None = None,
+    ood_score: float | None = None,
+    ood_threshold: float | None = None,
 ) -> str:
     """One markdown paragraph: P(mel) against the engine's validated threshold
     (`ServedModel.mel_point`), with that threshold's test figures beside its validation ones.
     Whether the flag is raised is the image's `verdict` (the rule `skin-tf predict` and the
-    table follow): never for an image the guard rejected (`in_distribution` False).
+    table follow): never for an image the guard rejected (`in_distribution` False; the
+    score and the engine's threshold say why).
 
     Below the threshold it says how many melanomas the threshold misses (from the test
     sensitivity), so that it does not read as an all-clear. `run_point` (metadata.json's
@@ -199,7 +202,7 @@ def mel_flag_text(
     point = point or {}
     threshold = point.get("value")
     p_mel = float(probs[MEL_INDEX])
-    answer = verdict(probs, threshold, in_distribution)
+    answer = verdict(probs, threshold, in_distribution, None, ood_score, ood_threshold)
     if not answer.answered:
         return f"**No melanoma flag**: this picture is {answer.reason}."
     if answer.mel_flag is None:

@@ -113,7 +113,8 @@ def predict_files(
         assessed = served.assess([image for _, image in pending], fields)
         for k, (i, _) in enumerate(pending):
             ood = _ood_fields(assessed, k)
-            results[i] = _result(files[i], assessed.probs[k], served.threshold, top_k, engine, ood)
+            results[i] = _result(files[i], assessed.probs[k], served.threshold, top_k, engine,
+                                 ood, served.ood_threshold)  # fmt: skip
             results[i]["patient_fields"] = fields_used(served.fields, given[i]) if fields else None
         pending.clear()
 
@@ -183,13 +184,16 @@ def _result(
     top_k: int,
     engine: str,
     ood: dict[str, Any],
+    ood_threshold: float | None = None,
 ) -> dict[str, Any]:
     order = np.argsort(-probs, kind="stable")[:top_k]
     return {
         "image": str(path),
         "probs": {c: float(p) for c, p in zip(CLASSES, probs, strict=True)},
         "top": [(CLASSES[i], float(probs[i])) for i in order],
-        **_verdict_fields(probs, threshold, ood["in_distribution"]),
+        **_verdict_fields(
+            probs, threshold, ood["in_distribution"], None, ood["ood_score"], ood_threshold
+        ),  # fmt: skip
         **ood,
         "engine": engine,
         "patient_fields": None,
@@ -202,9 +206,11 @@ def _verdict_fields(
     threshold: float | None,
     in_distribution: bool | None = None,
     error: str | None = None,
+    ood_score: float | None = None,
+    ood_threshold: float | None = None,
 ) -> dict[str, Any]:
     """top_class, mel_flag, mel_threshold, verdict and reason of one image, from `verdict`."""
-    answer = verdict(probs, threshold, in_distribution, error)
+    answer = verdict(probs, threshold, in_distribution, error, ood_score, ood_threshold)
     return {
         "top_class": answer.top_class,
         "mel_flag": answer.mel_flag,
@@ -246,7 +252,8 @@ def format_predictions(results: Sequence[dict[str, Any]], json: bool = False) ->
         ISIC_0024306.jpg: nv 0.912 | mel 0.051 | bkl 0.020 | melanoma flag: no
         (P(mel) 0.051 < 0.312)
         cat.png: out of distribution (ood_score 2.31): not like the dermatoscopic images the
-        model was trained on, so no answer and no melanoma flag (the model's output anyway: …)
+        model was trained on, so these probabilities are no answer and no melanoma flag is
+        given (the model's output anyway: …)
     """
     if json:
         return "\n".join(_json_line(r) for r in results)
@@ -257,10 +264,10 @@ def format_predictions(results: Sequence[dict[str, Any]], json: bool = False) ->
             continue
         top = " | ".join(f"{c} {p:.3f}" for c, p in r["top"])
         if r["verdict"] == REJECTED:  # no answer, no flag
+            why = r["reason"].removeprefix("out of distribution: ")  # the verdict's words
             lines.append(
-                f"{r['image']}: out of distribution (ood_score {r['ood_score']:.3g}): not like "
-                "the dermatoscopic images the model was trained on, so no answer and no melanoma "
-                f"flag (the model's output anyway: {top})"
+                f"{r['image']}: out of distribution (ood_score {r['ood_score']:.3g}): {why} "
+                f"(the model's output anyway: {top})"
             )
             continue
         p_mel = r["probs"]["mel"]

@@ -22,10 +22,9 @@ import pandas as pd
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.serving.upload import UploadResult
-from skin_tf.serving.verdict import REJECTED, REJECTED_REASON
+from skin_tf.serving.verdict import REJECTED
 
 PROBABILITY_DECIMALS = 4  # the table and CSV: enough to rank and threshold, none of float noise
-OOD_ROW_NOTE = REJECTED_REASON + "."
 # The table's text: about 6 px a character on average in the grid's 14 px sans-serif (7.5 leaves
 # room for wide letters), plus the cell's padding.
 _CHAR_PX = 7.5
@@ -70,7 +69,7 @@ def predictions_frame(
             row["patient_fields"] = result.fields_text
         notes = list(result.notes)
         if answer.status == REJECTED:
-            notes.insert(0, OOD_ROW_NOTE)
+            notes.insert(0, f"{answer.reason}.")  # the verdict's words: score or colour
         row["notes"] = " ".join(notes) or None
         row["error"] = result.error
         rows.append(row)

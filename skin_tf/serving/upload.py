@@ -23,7 +23,7 @@ from PIL import Image
 
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.serving.patient import Given, describe_used, fields_used
-from skin_tf.serving.verdict import Verdict, verdict
+from skin_tf.serving.verdict import Verdict, refused_by_colour, verdict
 
 if TYPE_CHECKING:
     from skin_tf.serving.served import ServedModel
@@ -90,7 +90,8 @@ class UploadResult:
             >>> cat.verdict(0.3).status, cat.verdict(0.3).mel_flag
             ('out_of_distribution', None)
         """
-        return verdict(self.probs, mel_threshold, self.in_distribution, self.error)
+        return verdict(self.probs, mel_threshold, self.in_distribution, self.error,
+                       self.ood_score, self.ood_threshold)  # fmt: skip
 
     @property
     def rejected(self) -> bool:
@@ -161,6 +162,13 @@ def ood_notice(result: UploadResult) -> str | None:
     """
     if not result.rejected:
         return None
+    if refused_by_colour(result.ood_score, result.ood_threshold):
+        return (
+            "This picture has less colour than any dermatoscopic image the model was trained "
+            "on (a greyscale photo?), so the model gives no answer for it: dermoscopy "
+            "photographs are colour pictures. If it is a lesion, try a colour dermatoscopic "
+            "photo of it; what the model computed anyway is below, greyed, and is not a result."
+        )
     return (
         "This does not look like a dermatoscopic image of a skin lesion, so the model gives no "
         "answer for it. It was trained only on dermatoscopic close-ups of skin lesions, and "

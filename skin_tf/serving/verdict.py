@@ -20,6 +20,11 @@ REJECTED_REASON = (
     "out of distribution: not like the dermatoscopic images the model was trained on, so these "
     "probabilities are no answer and no melanoma flag is given"
 )
+COLOUR_REASON = (
+    "out of distribution: it has less colour than any dermatoscopic image the model was trained "
+    "on (dermoscopy photographs are colour pictures; a greyscale one is refused), so these "
+    "probabilities are no answer and no melanoma flag is given"
+)
 NO_THRESHOLD_REASON = (
     "the model has no melanoma operating threshold, so no melanoma flag is given: run "
     "`skin-tf threshold RUN_DIR` on its run, then export it again"
@@ -61,11 +66,15 @@ def verdict(
     mel_threshold: float | None,
     in_distribution: bool | None = None,
     error: str | None = None,
+    ood_score: float | None = None,
+    ood_threshold: float | None = None,
 ) -> Verdict:
     """The one rule for what a client may show about one image: no answer for an image that
     failed (`error`) or that the out-of-distribution guard rejected (`in_distribution` False;
     None means the export has no guard, and the image is answered); otherwise its top class, and
     the melanoma flag P(mel) >= mel_threshold (the exported rule) when there is a threshold.
+    `ood_score` and the engine's `ood_threshold`, when given, say why an image was rejected
+    (`refused_by_colour`).
 
     Example:
         >>> probs = np.array([0.05, 0.05, 0.1, 0.0, 0.3, 0.5, 0.0])
@@ -79,7 +88,8 @@ def verdict(
     if error is not None:
         return Verdict(FAILED, reason=error)
     if in_distribution is False:
-        return Verdict(REJECTED, reason=REJECTED_REASON)
+        colour = refused_by_colour(ood_score, ood_threshold)
+        return Verdict(REJECTED, reason=COLOUR_REASON if colour else REJECTED_REASON)
     if probs is None:
         raise ValueError("verdict needs the image's probabilities or the error that stopped it")
     probs = np.asarray(probs)
@@ -88,3 +98,14 @@ def verdict(
     if mel_threshold is None:
         return Verdict(ANSWER, top_class, None, p_mel, None, NO_THRESHOLD_REASON)
     return Verdict(ANSWER, top_class, bool(p_mel >= mel_threshold), p_mel, float(mel_threshold))
+
+
+def refused_by_colour(ood_score: float | None, ood_threshold: float | None) -> bool:
+    """Whether a rejected image was refused by the guard's colour check rather than its score
+    (`skin_tf.serving.guard.OodGuard.in_distribution`): its score is within the threshold.
+
+    Example:
+        >>> refused_by_colour(1.2, 3.05), refused_by_colour(41.7, 3.05)
+        (True, False)
+    """
+    return ood_score is not None and ood_threshold is not None and ood_score <= ood_threshold

@@ -22,8 +22,7 @@ from PIL import Image
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.serving import launch as launch
 from skin_tf.serving import page as support
-from skin_tf.serving import table as predictions
-from skin_tf.serving.verdict import verdict
+from skin_tf.serving.verdict import REJECTED_REASON, verdict
 from tests.data.test_images import png_header
 
 SAMPLE_IMAGE = "ISIC_0024306.jpg"  # a real HAM10000 image (nv) of the shared 200x150 copy
@@ -594,7 +593,7 @@ def test_an_upload_that_is_no_lesion_image_gets_a_notice_not_an_answer(
     assert table["in_distribution"].tolist() == [True, False]
     assert table["ood_score"][1] > table["ood_score"][0]
     assert pd.isna(table["mel_flag"][1]) and not pd.isna(table["mel_flag"][0])
-    assert table["notes"][1] == predictions.OOD_ROW_NOTE
+    assert table["notes"][1] == REJECTED_REASON + "."
 
 
 @pytest.mark.slow

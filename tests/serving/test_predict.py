@@ -18,6 +18,7 @@ from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.data.pipeline import load_image
 from skin_tf.serving.predict import format_predictions, predict_files
 from skin_tf.serving.served import Assessment
+from skin_tf.serving.verdict import COLOUR_REASON
 from tests.data.test_images import encoded, png_header, rgb
 
 
@@ -31,6 +32,7 @@ class FakeServed:
     engine_note = "the fake's default"
 
     guard_note = None
+    ood_threshold = 1.0  # the fake guard's threshold (see assess)
     fields: tuple[str, ...] = ()  # an image-only export
     path = Path("fake_export")
 
@@ -150,8 +152,25 @@ def test_the_guards_verdict_is_in_every_result(image_folder, tmp_path):
     text = format_predictions(results).splitlines()
     assert "out of distribution" not in text[0]
     assert text[2].startswith(f"{image_folder / 'b.jpg'}: out of distribution (ood_score 7.5): not")
-    assert "no answer and no melanoma flag (the model's output anyway: mel 0.400" in text[2]
+    assert "no melanoma flag is given (the model's output anyway: mel 0.400" in text[2]
     assert "melanoma flag: YES" not in text[2]
+
+
+def test_an_image_the_colour_check_refuses_says_so_in_json_and_text(image_folder):
+    """An image rejected although its score is within the threshold was refused by the guard's
+    colour check: the verdict's reason says so, and the text line carries the same words."""
+
+    class Greyscale(FakeServed):
+        def assess(self, images, fields=None):
+            out = super().assess(images, fields)
+            return Assessment(out.probs, out.ood_score, np.zeros(len(images), bool))
+
+    results = predict_files(Greyscale(ood=[0.4, 0.5]), [image_folder / "a.png"])
+    line = json.loads(format_predictions(results, json=True))
+    assert line["verdict"] == "out_of_distribution" and line["reason"] == COLOUR_REASON
+    assert line["top_class"] is None and line["mel_flag"] is None
+    text = format_predictions(results)
+    assert "(ood_score 0.4): it has less colour than any dermatoscopic image" in text
 
 
 def test_an_image_the_guard_rejects_gets_no_class_and_no_flag_in_json_as_in_text(image_folder):

@@ -13,6 +13,7 @@ import pytest
 from skin_tf.data.ham10000 import CLASSES
 from skin_tf.serving import table as predictions
 from skin_tf.serving import upload as analysis
+from skin_tf.serving.verdict import REJECTED_REASON
 from tests.serving.test_app import mel_probs
 
 
@@ -90,7 +91,7 @@ def test_a_rejected_upload_keeps_its_numbers_but_no_flag_and_says_why():
     assert frame["mel_flag"][0] is True and frame["mel_flag"][1] is None
     assert pd.isna(frame["mel_threshold"][1]) and frame["p_mel"][1] == 0.7  # numbers kept
     assert frame["top_class"][0] == "mel" and pd.isna(frame["top_class"][1])  # no answer, no class
-    assert frame["notes"][1] == predictions.OOD_ROW_NOTE and pd.isna(frame["notes"][0])
+    assert frame["notes"][1] == REJECTED_REASON + "." and pd.isna(frame["notes"][0])
     back = pd.read_csv(io.StringIO(predictions.predictions_csv(frame).decode()), dtype=str,
                        keep_default_na=False)  # fmt: skip
     assert back["ood_score"].tolist() == ["1.2000", "41.7000"]

@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 from skin_tf.serving.served import load_served
-from skin_tf.serving.verdict import NO_THRESHOLD_REASON, REJECTED_REASON, Verdict, verdict
+from skin_tf.serving.verdict import (
+    COLOUR_REASON,
+    NO_THRESHOLD_REASON,
+    REJECTED_REASON,
+    Verdict,
+    verdict,
+)
 from tests.serving.test_served import copy_export
 
 
@@ -24,6 +30,10 @@ def test_the_verdict_answers_only_an_image_that_was_read_and_not_rejected():
     rejected = verdict(probs, 0.3, in_distribution=False)
     assert rejected == Verdict("out_of_distribution", reason=REJECTED_REASON)
     assert not rejected.answered and "no melanoma flag" in rejected.reason
+    # Why: a score above the engine's threshold, or (within it) the guard's colour check.
+    assert verdict(probs, 0.3, False, None, 41.7, 3.05).reason == REJECTED_REASON
+    greyscale = verdict(probs, 0.3, False, None, 1.2, 3.05)
+    assert greyscale == Verdict("out_of_distribution", reason=COLOUR_REASON)
     assert verdict(None, 0.3, error="empty file (0 bytes)") == Verdict(
         "error", reason="empty file (0 bytes)"
     )
