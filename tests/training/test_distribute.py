@@ -325,14 +325,12 @@ def _check_val_order(run_dir: Path, config) -> None:
     """The per-epoch val metrics come from predictions gathered across replicas; at the best
     epoch they must agree with those of predictions_val.csv, predicted on one device from
     best.keras in file order. Only up to what the two passes' arithmetic moves: the loss to
-    0.5 % (gathered and one-device losses differed by 0.02 % and 0.18 % in two local runs of
-    the two-worker test), accuracy and balanced accuracy up to the near-ties. A smoke model
-    after two epochs is almost uniform (top-two margins of 0.0007 to 0.009 on a 14-image split),
-    so a tie may break either way (CI, 2026-12-07: val_acc 1/14 against 2/14), and on such a
-    model labels paired with the wrong predictions move the loss little (0.02 % to 0.6 % for the
-    13 rotations of that split's labels): this catches the predictions of another epoch's
-    weights (the two epochs' losses differed by 0.8 %), not a reordering of near-identical
-    ones."""
+    0.5 % (it differed by 0.18 % in a local run of the two-worker test), accuracy and balanced
+    accuracy up to the near-ties. A smoke model after two epochs is almost uniform (top-two
+    margins under 0.01 on a 14-image split), so a tie may break either way (CI, 2026-12-07:
+    val_acc 1/14 against 2/14), and on such a model labels paired with the wrong predictions
+    move the loss little: this catches the predictions of another epoch's weights, not a
+    reordering of near-identical ones."""
     from skin_tf.evaluation.metrics import PROB_COLUMNS, read_predictions
     from skin_tf.models.losses import build_loss
     from skin_tf.training.selection import validation_logs
