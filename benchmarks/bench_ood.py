@@ -16,6 +16,8 @@ what it refuses, through every engine and for every candidate export compared (i
 3. The export as clients get it: `ServedModel.assess` with each engine (its own threshold and
    the colour check: an image is kept when its in_distribution is true): validation kept, test
    kept, each benign-shift family kept, each OOD family rejected, AUROC (test split vs OOD), the
+   share of the test split and of each family refused by the colour check alone, and what each
+   would keep with the colour floor at the least colourful fitted image (no margin), the
    model's accuracy on the kept and on the rejected images (test split and its shifts; a guard
    that refuses right answers more often than wrong ones is flagged; and the test split within
    each true class, where the refused images come from), and the largest class-probability
@@ -146,6 +148,11 @@ def engine_figures(guarded: Path, plain: Path, sets, metadata: dict) -> dict:
         row["accuracy_test_by_class"] = accuracy_by_class(
             threshold, test_scores, correct["test"], test.labels
         )
+        row["colour_check"] = colour_figures(
+            threshold, {"test": on_test, **on_shifted},
+            {"test": test.images, **{f: s.images for f, s in shifted.items()}},
+            metadata["ood_guard"].get("colour_check"),
+        )  # fmt: skip
         change = np.abs(on_test.probs - before.predict_many(list(test.images))).max()
         thresholds = metadata["ood_guard"]["thresholds"][engine]
         rows[engine] = {
@@ -156,6 +163,23 @@ def engine_figures(guarded: Path, plain: Path, sets, metadata: dict) -> dict:
             "assess_s": seconds,
         }
     return rows
+
+
+def colour_figures(threshold: float, assessed: dict, images: dict, check: dict | None) -> dict:
+    """Which part of the guard refused the in-distribution sets: the share of each refused by
+    the colour check alone (its score within the threshold), and the share each would keep
+    with the floor at the least colourful fitted image itself (no margin)."""
+    from skin_tf.serving.guard import mean_saturation
+
+    if not check:
+        return {}
+    out = {"floor": check["floor"], "refused_by_colour": {}, "kept_without_margin": {}}
+    least = check.get("least_colourful_fitted", check["floor"])
+    for name, a in assessed.items():
+        out["refused_by_colour"][name] = float(np.isinf(a.checked_scores(threshold)).mean())
+        unmargined = a.in_distribution & (mean_saturation(images[name]) >= least)
+        out["kept_without_margin"][name] = float(unmargined.mean())
+    return out
 
 
 def candidate_figures(run_dir: Path, data_root: Path, sets, guard_images: int, n_shifted: int):
@@ -345,6 +369,16 @@ def tables(result: dict) -> str:
         lines.append(f"- {engine}: {aims}; largest class-probability change against the "
                      f"export without the guard {f['max_prob_change']:.1e}; assess "
                      f"{f['assess_s']:.0f} s.")  # fmt: skip
+    for engine, f in result["engines"].items():
+        colour = f.get("colour_check")
+        if colour:
+            lines.append(
+                f"- {engine}, the colour check (floor {colour['floor']:.4f}): refused alone "
+                + ", ".join(f"{n} {v:.3f}" for n, v in colour["refused_by_colour"].items())
+                + "; kept with the floor at the least colourful fitted image (no margin) "
+                + ", ".join(f"{n} {v:.3f}" for n, v in colour["kept_without_margin"].items())
+                + "."
+            )
     classes = list(next(iter(result["engines"].values()))["accuracy_test_by_class"])
     lines += [
         "",

@@ -9,7 +9,8 @@ without looking at any test image.
    Mahalanobis guard also comes with a confidence term, `CONFIDENCE_WEIGHTS` x its 95 %
    validation score x (1 - the largest class probability); the softmax head gives the energy
    guard. Every candidate also gets the colour check (`skin_tf.serving.guard.colour_floor`):
-   an image less saturated than every image of steps 1 and 2 is out of distribution.
+   an image less than half as saturated as the least colourful image of steps 1 and 2 is out
+   of distribution.
 2. Threshold: every candidate gets the smallest threshold that keeps at least 95 % of the
    run's *validation* images and at least 95 % of every benign-shift family made from them
    (`skin_tf.serving.guard_sets.benign_images`; 2 points above the 93 % a guard must keep, a
@@ -59,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from skin_tf.serving.guard import (
+    COLOUR_MARGIN,
     GUARD_FILE,
     KEEP,
     QUANTILE_METHOD,
@@ -74,6 +76,7 @@ from skin_tf.serving.guard import (
     fit_mahalanobis,
     keep_threshold,
     kept_share,
+    least_colourful,
     mean_saturation,
     refuses_the_doubtful,
     separation,
@@ -219,6 +222,7 @@ def fit_run_guard(
     features = {name: features_of(images) for name, images in sets.items()}
     fitted_on = [train, val, *shifted.values(), *([shifted_train] if shifted_train else [])]
     floor = colour_floor(*(check.images for check in fitted_on))
+    least = least_colourful(*(check.images for check in fitted_on))
     colourful = {name: mean_saturation(images) >= floor for name, images in sets.items()}
     if with_fields:  # the probabilities given each image's fields: the accuracy rule's
         given = {"val": val, **{f"shifted/{f}": s for f, s in shifted.items()}}
@@ -269,10 +273,13 @@ def fit_run_guard(
         "statistic": "mean HSV saturation, (max - min) / max of each pixel's channels, of the "
         "image at the model's size (skin_tf.serving.guard.mean_saturation)",
         "floor": floor,
-        "rule": "out of distribution whatever its score if below the floor: the least colourful "
-        f"of the {sum(len(c.images) for c in fitted_on)} images the guard was fitted and "
-        "thresholded on (training images and their shifts, validation images and their "
-        "benign-shift families), so it keeps all of them",
+        "least_colourful_fitted": least,
+        "margin": COLOUR_MARGIN,
+        "rule": f"out of distribution whatever its score if below the floor: {COLOUR_MARGIN:g} x "
+        f"the least colourful of the {sum(len(c.images) for c in fitted_on)} images the guard "
+        "was fitted and thresholded on (training images and their shifts, validation images and "
+        "their benign-shift families), so it keeps all of them with a margin for the ones it was "
+        "not fitted on",
         "generated_rejected": {f: float(np.mean(~colourful[f"ood/{f}"])) for f in ood},
     }
     record["comparison"]["chosen"] = chosen

@@ -93,8 +93,8 @@ class _Loaded:
 class Assessment:
     """What an engine says about N images: probabilities and, when the export has a guard, each
     image's ood_score (higher: less like the training images) and in_distribution (its score is
-    at most the engine's threshold and, for a guard with a colour check, the image is not
-    greyer than any the guard was fitted on: `OodGuard.in_distribution`); both None without a
+    at most the engine's threshold and, for a guard with a colour check, the image passes
+    its colour floor: `OodGuard.in_distribution`); both None without a
     guard.
 
     Example:

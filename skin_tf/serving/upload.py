@@ -164,7 +164,7 @@ def ood_notice(result: UploadResult) -> str | None:
         return None
     if refused_by_colour(result.ood_score, result.ood_threshold):
         return (
-            "This picture has less colour than any dermatoscopic image the model was trained "
+            "This picture has far less colour than any dermatoscopic image the model was trained "
             "on (a greyscale photo?), so the model gives no answer for it: dermoscopy "
             "photographs are colour pictures. If it is a lesion, try a colour dermatoscopic "
             "photo of it; what the model computed anyway is below, greyed, and is not a result."

@@ -21,8 +21,8 @@ REJECTED_REASON = (
     "probabilities are no answer and no melanoma flag is given"
 )
 COLOUR_REASON = (
-    "out of distribution: it has less colour than any dermatoscopic image the model was trained "
-    "on (dermoscopy photographs are colour pictures; a greyscale one is refused), so these "
+    "out of distribution: it has far less colour than any dermatoscopic image the model was "
+    "trained on (dermoscopy photographs are colour pictures; a greyscale one is refused), so these "
     "probabilities are no answer and no melanoma flag is given"
 )
 NO_THRESHOLD_REASON = (

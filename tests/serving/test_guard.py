@@ -14,6 +14,7 @@ from scipy.special import logsumexp
 
 from skin_tf.serving.endpoints import GuardGraph
 from skin_tf.serving.guard import (
+    COLOUR_MARGIN,
     OodGuard,
     accuracy_split,
     checked_scores,
@@ -23,6 +24,7 @@ from skin_tf.serving.guard import (
     fit_mahalanobis,
     keep_threshold,
     kept_share,
+    least_colourful,
     load_guard,
     mean_saturation,
     refuses_the_doubtful,
@@ -135,9 +137,11 @@ def test_the_colour_check_refuses_what_is_greyer_than_every_fitted_image_in_nump
     rng = np.random.default_rng(4)
     fitted = rng.uniform(0, 255, (30, 8, 8, 3)).astype(np.float32)
     floor = colour_floor(fitted[:20], fitted[20:])
-    assert floor == pytest.approx(mean_saturation(fitted).min())
+    assert floor == pytest.approx(COLOUR_MARGIN * mean_saturation(fitted).min())
+    assert least_colourful(fitted[:20], fitted[20:]) == pytest.approx(mean_saturation(fitted).min())
     grey = np.repeat(fitted[:10].mean(axis=-1, keepdims=True), 3, axis=-1)
-    washed = 0.85 * grey + 0.15 * fitted[:10]  # a little colour left: below every fitted image
+    washed = 0.95 * grey + 0.05 * fitted[:10]  # a little colour left: below the floor
+    assert (mean_saturation(washed) < floor).all()
     images = np.concatenate([fitted, grey, washed])
     np.testing.assert_allclose(
         graph_saturation(tf.constant(images)).numpy(), mean_saturation(images), rtol=1e-5

@@ -239,8 +239,9 @@ def test_the_guard_of_a_real_run_keeps_shifted_lesions_and_rejects_the_ood_test_
     assert block["comparison"]["chosen"] in block["chosen_from"]
     assert "280 images" in block["fitted_on"] and "+shifts" in block["fitted_on"]
     assert set(block["benign_shifts"]["families"]) == set(BENIGN_FAMILIES)
-    colour = block["colour_check"]  # the least colourful fitted image: a lesion's saturation
-    assert 0.005 < colour["floor"] == block["colour_floor"] < 0.2 and "keeps all" in colour["rule"]
+    colour = block["colour_check"]  # half the least colourful fitted image, a lesion's
+    assert 0.005 < colour["least_colourful_fitted"] < 0.2 and "keeps all" in colour["rule"]
+    assert colour["floor"] == block["colour_floor"] == 0.5 * colour["least_colourful_fitted"]
     split = split_by_lesion(real_frame, seed=42)
     test = split[split["split"] == "test"].sample(150, random_state=0)
     sources = SourceImages([read_rgb_image(p) for p in test["path"]], test["label"].to_numpy(),

@@ -170,7 +170,7 @@ def test_an_image_the_colour_check_refuses_says_so_in_json_and_text(image_folder
     assert line["verdict"] == "out_of_distribution" and line["reason"] == COLOUR_REASON
     assert line["top_class"] is None and line["mel_flag"] is None
     text = format_predictions(results)
-    assert "(ood_score 0.4): it has less colour than any dermatoscopic image" in text
+    assert "(ood_score 0.4): it has far less colour than any dermatoscopic image" in text
 
 
 def test_an_image_the_guard_rejects_gets_no_class_and_no_flag_in_json_as_in_text(image_folder):

@@ -73,6 +73,6 @@ def test_a_rejected_upload_gets_a_plain_notice_and_the_others_none():
     # notice and the verdict (which the flag text and the table read) say so.
     grey = UploadResult("grey.jpg", probs=np.eye(7)[4], ood_score=1.2, in_distribution=False,
                         ood_threshold=2.01)  # fmt: skip
-    assert ood_notice(grey).startswith("This picture has less colour than any dermatoscopic")
+    assert ood_notice(grey).startswith("This picture has far less colour than any dermatoscopic")
     assert "2.01" not in ood_notice(grey) and "not a result" in ood_notice(grey)
-    assert grey.verdict(0.3).reason.startswith("out of distribution: it has less colour")
+    assert grey.verdict(0.3).reason.startswith("out of distribution: it has far less colour")
