@@ -102,8 +102,14 @@ def explain_check_run(
 
     from skin_tf.data.pipeline import load_image, resize_rule
     from skin_tf.explain import check_report, faithfulness, sanity
-    from skin_tf.explain.gradcam import cam_layers, gradcam_heatmaps, grid_shape, logit_model
-    from skin_tf.explain.rise import rise_settings
+    from skin_tf.explain.gradcam import (
+        cam_layers,
+        gradcam_heatmaps,
+        grid_shape,
+        logit_model,
+        normalize_heatmaps,
+    )
+    from skin_tf.explain.rise import RiseOnTrunk, rise_settings
     from skin_tf.models.meta_fusion import image_input
     from skin_tf.runs import hardware, run_name_of
 
@@ -152,17 +158,24 @@ def explain_check_run(
     randomised_maps: dict[str, dict[str, np.ndarray]] = {m: {} for m in config.methods}
     for method in config.methods:
         seconds[f"randomisation {method}"] = 0.0
+    held = None if fields is None else fields[:subset]
+    # RISE's masked copies go once through the layers the cascade never changes (the cascade
+    # re-initialises one copy in place, so its split holds for every step)
+    split, trunk = None, None
     for step, random_model in sanity.cascade(logits, config.cascade_depth, config.seed):
         for method in config.methods:
             started_method = time.time()
-            again = gradcam_heatmaps(
-                random_model,
-                images[:subset],
-                classes[:subset].tolist(),
-                method,
-                logits=True,
-                fields=None if fields is None else fields[:subset],
-            )
+            if parse_method(method)[0] == "rise" and split is None:
+                split = sanity.trunk_split(random_model, config.cascade_depth) or ()
+            if parse_method(method)[0] == "rise" and split:
+                trunk = trunk or RiseOnTrunk(split[0], images[:subset], held)
+                raw = trunk.maps(split[1], classes[:subset])
+                again = np.clip(normalize_heatmaps(raw).numpy(), 0.0, 1.0)
+            else:
+                again = gradcam_heatmaps(
+                    random_model, images[:subset], classes[:subset].tolist(), method,
+                    logits=True, fields=held,
+                )  # fmt: skip
             rho[method][step] = sanity.spearman_rows(maps[method][:subset], again)
             randomised_maps[method][step] = again[0]
             seconds[f"randomisation {method}"] += time.time() - started_method

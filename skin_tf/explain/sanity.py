@@ -76,6 +76,35 @@ def cascade(model: keras.Model, depth: int = 5, seed: int = 0) -> Iterator[tuple
         yield step, copy
 
 
+def trunk_split(model: keras.Model, depth: int = 5) -> tuple[keras.Model, keras.Model] | None:
+    """(lower, upper): `model` cut at the output of the stage below the deepest one the
+    cascade's first `depth` steps re-initialise (every member's, in an ensemble), so `lower`
+    is the same for every step and only `upper` changes. `upper` takes the cut's feature maps,
+    then a model's patient fields. Both share `model`'s layers (and so its re-initialisation).
+    None when the cascade reaches the first stage (nothing below to share).
+
+    Example:
+        >>> lower, upper = trunk_split(lite0, depth=4)  # doctest: +SKIP
+        >>> lower.layers[-1].name  # doctest: +SKIP
+        'block5c_add'
+    """
+    from skin_tf.explain.gradcam import cam_layers
+    from skin_tf.models.meta_fusion import image_input
+
+    all_steps = [step for step, _ in cascade_steps(model, depth=10**6)]
+    stages = [int(step[5:]) for step in all_steps[:depth] if step.startswith("block")]
+    below = (min(stages) if stages else int(all_steps[2][5:]) + 1) - 1
+    if below < 1:
+        return None
+    cuts = [model.get_layer(name).output for name in cam_layers(model, [f"block{below}"])]
+    image = image_input(model)
+    fields = [tensor for tensor in model.inputs if tensor is not image]
+    lower = keras.Model(image, cuts if len(cuts) > 1 else cuts[0])
+    inputs = [*cuts, *fields]
+    upper = keras.Model(inputs if len(inputs) > 1 else inputs[0], model.output)
+    return lower, upper
+
+
 def reinitialise(layer: keras.layers.Layer, seed: int = 0) -> None:
     """Give every weight of `layer` a fresh value from its own initializer (seeded).
 

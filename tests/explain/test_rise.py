@@ -90,3 +90,50 @@ def test_gradcam_heatmaps_draws_rise_at_the_input_grid_in_0_1():
     assert maps.shape == (2, 32, 48) and maps.min() >= 0.0 and maps.max() <= 1.0
     with pytest.raises(ValueError, match="reads no layer"):
         gradcam_heatmaps(model, images, [1, 2], method="rise", layer="top_conv")
+
+
+@pytest.mark.parametrize("metadata_width", [0, 5])
+def test_the_trunk_cache_gives_the_cascades_rise_maps_at_every_step(metadata_width):
+    """RiseOnTrunk (masked copies through the shared layers once) equals RISE through the whole
+    randomised copy at each step of the cascade, with patient fields held too."""
+    import keras
+
+    from skin_tf.explain.gradcam import logit_model
+    from skin_tf.explain.rise import RiseOnTrunk, rise_maps
+    from skin_tf.explain.sanity import cascade, trunk_split
+    from skin_tf.models.classifier import build_classifier
+
+    keras.utils.set_random_seed(7)
+    model = build_classifier("efficientnet_lite0", (32, 48), weights=None,
+                             metadata_width=metadata_width)  # fmt: skip
+    rng = np.random.default_rng(3)
+    for layer in model.layers:  # batch norms away from their identity, as after training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(0, 0.2, layer.moving_mean.shape))
+    images = rng.uniform(0, 255, (2, 32, 48, 3)).astype("float32")
+    fields = rng.uniform(0, 1, (2, metadata_width)).astype("float32") if metadata_width else None
+    targets = [1, 4]
+    logits = logit_model(model)
+    trunk, before = None, None
+    for step, copy in cascade(logits, depth=4, seed=0):
+        lower, upper = trunk_split(copy, depth=4)
+        assert lower.layers[-1].name == "block5c_add"
+        trunk = trunk or RiseOnTrunk(lower, images, fields, count=100)
+        cached = trunk.maps(upper, targets)
+        full = rise_maps(copy, images, targets, fields, count=100).numpy()
+        np.testing.assert_allclose(cached, full, rtol=1e-4, atol=1e-6)
+        assert before is None or np.abs(cached - before).max() > 1e-4, step  # the model changed
+        before = cached
+
+
+def test_the_trunk_is_cut_below_the_deepest_stage_the_cascade_reaches():
+    import keras
+
+    from skin_tf.explain.sanity import trunk_split
+    from skin_tf.models.classifier import build_classifier
+
+    keras.utils.set_random_seed(0)
+    model = build_classifier("efficientnet_lite0", (32, 48), weights=None)
+    assert trunk_split(model, depth=2)[0].layers[-1].name.startswith("block7")
+    assert trunk_split(model, depth=3)[0].layers[-1].name == "block6d_add"
+    assert trunk_split(model, depth=9) is None  # the cascade reaches block1: nothing shared
