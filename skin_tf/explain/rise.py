@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -178,7 +179,8 @@ class RiseOnTrunk:
     randomisation cascade's copies (`skin_tf.explain.sanity.trunk_split`), which re-initialise
     only layers above it. Each masked copy goes through the shared `lower` part once and is kept
     as features; each model's `upper` part reads them. A cascade of k steps then costs one trunk
-    pass and k upper passes instead of k full passes. The masks, fill and sums are
+    pass and k upper passes instead of k full passes (each model's `predict_on_batch`, traced
+    once per model: the cascade changes one copy in place). The masks, fill and sums are
     `rise_saliency`'s, so the maps are the same up to float rounding (a test holds them equal).
 
     Example:
@@ -189,7 +191,7 @@ class RiseOnTrunk:
 
     def __init__(
         self,
-        lower: Callable[..., object],
+        lower: keras.Model,
         images: np.ndarray,
         fields: np.ndarray | None = None,
         count: int = MASKS,
@@ -206,12 +208,12 @@ class RiseOnTrunk:
         for image in images:
             fill = image.mean(axis=(0, 1), keepdims=True)
             parts = [
-                _as_list(lower(image * part + fill * (1.0 - part), training=False))
+                _as_list(lower.predict_on_batch(image * part + fill * (1.0 - part)))
                 for part in np.split(shown, count // chunk)
             ]
             self.features.append([np.concatenate(cut) for cut in zip(*parts, strict=True)])
 
-    def maps(self, upper: Callable[..., tf.Tensor], targets: Sequence[int]) -> np.ndarray:
+    def maps(self, upper: keras.Model, targets: Sequence[int]) -> np.ndarray:
         """(N, h, w) RISE maps, not scaled, of softmax(upper(features)) for each image's class;
         `upper` takes the cut's features (and a model's patient fields last) and gives logits."""
         out = []
@@ -221,7 +223,7 @@ class RiseOnTrunk:
                 inputs = [f[start : start + self.chunk] for f in features]
                 if self.fields is not None:
                     inputs.append(np.repeat(self.fields[i : i + 1], self.chunk, axis=0))
-                logits = upper(inputs if len(inputs) > 1 else inputs[0], training=False)
+                logits = upper.predict_on_batch(inputs if len(inputs) > 1 else inputs[0])
                 scores.append(tf.nn.softmax(logits).numpy()[:, int(target)])
             weighted = np.tensordot(np.concatenate(scores), self.masks, axes=1)
             out.append(weighted / self.kept)
