@@ -58,25 +58,17 @@ def main(argv: list[str] | None = None) -> dict:
 def measure(args: argparse.Namespace) -> dict:
     import keras
 
-    from skin_tf.data.pipeline import load_image, resize_rule
     from skin_tf.explain import checks, faithfulness, sanity
     from skin_tf.explain.choice import SANITY_STEP
     from skin_tf.explain.gradcam import logit_model
     from skin_tf.explain.rise import rise_maps
-    from skin_tf.models.meta_fusion import image_input, metadata_shape
-    from skin_tf.runs import hardware, read_json
+    from skin_tf.runs import hardware
 
     started, load_start = time.time(), os.getloadavg()
     counts = sorted(set(args.counts))
-    model = keras.models.load_model(args.run_dir / "best.keras", compile=False)
-    if metadata_shape(model)[0]:
-        raise SystemExit("this benchmark takes image-only runs; the run was trained with fields")
-    hw = tuple(int(d) for d in image_input(model).shape[1:3])
-    resize = resize_rule(str(read_json(args.run_dir / "config.json").get("resize", "squash")))
-    picked = checks.pick_images(checks.held_out_images(args.run_dir, args.data), args.images)
-    images = np.stack([load_image(p, hw, resize) for p in picked["path"]]).astype(np.float32)
+    model, picked, images, classes = explained_images(args.run_dir, args.data, args.images)
+    hw = images.shape[1:3]
     predict = faithfulness.probability_function(model)
-    classes = faithfulness.predict_in_batches(predict, images, None, 32).argmax(axis=1)
 
     def rise_of(network: keras.Model, count: int, batch: np.ndarray, targets: np.ndarray):
         # the check's own route (gradcam_heatmaps), with `count` masks
@@ -143,6 +135,29 @@ def measure(args: argparse.Namespace) -> dict:
         "load_average_end": list(os.getloadavg()),
         "total_seconds": time.time() - started,
     }
+
+
+def explained_images(run_dir: Path, data: Path | None, n: int):
+    """The images `skin-tf explain-check` picks from an image-only run (its test split, classes
+    in turn, seed 0) at the model's size, and the class the model predicts for each:
+    (model, picked rows, images, classes)."""
+    import keras
+
+    from skin_tf.data.pipeline import load_image, resize_rule
+    from skin_tf.explain import checks, faithfulness
+    from skin_tf.models.meta_fusion import image_input, metadata_shape
+    from skin_tf.runs import read_json
+
+    model = keras.models.load_model(run_dir / "best.keras", compile=False)
+    if metadata_shape(model)[0]:
+        raise SystemExit("this benchmark takes image-only runs; the run was trained with fields")
+    hw = tuple(int(d) for d in image_input(model).shape[1:3])
+    resize = resize_rule(str(read_json(run_dir / "config.json").get("resize", "squash")))
+    picked = checks.pick_images(checks.held_out_images(run_dir, data), n)
+    images = np.stack([load_image(p, hw, resize) for p in picked["path"]]).astype(np.float32)
+    predict = faithfulness.probability_function(model)
+    classes = faithfulness.predict_in_batches(predict, images, None, 32).argmax(axis=1)
+    return model, picked, images, classes
 
 
 def print_tables(record: dict) -> None:

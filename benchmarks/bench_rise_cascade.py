@@ -58,25 +58,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    import keras
+    from bench_rise import explained_images
 
-    from skin_tf.data.pipeline import load_image, resize_rule
-    from skin_tf.explain import checks, faithfulness, sanity
+    from skin_tf.explain import sanity
     from skin_tf.explain.gradcam import logit_model, normalize_heatmaps
     from skin_tf.explain.rise import MASKS, RiseOnTrunk, rise_maps
-    from skin_tf.models.meta_fusion import image_input, metadata_shape
-    from skin_tf.runs import hardware, read_json
+    from skin_tf.runs import hardware
 
     load_start = os.getloadavg()
-    model = keras.models.load_model(args.run_dir / "best.keras", compile=False)
-    if metadata_shape(model)[0]:
-        raise SystemExit("this benchmark takes image-only runs; the run was trained with fields")
-    hw = tuple(int(d) for d in image_input(model).shape[1:3])
-    resize = resize_rule(str(read_json(args.run_dir / "config.json").get("resize", "squash")))
-    picked = checks.pick_images(checks.held_out_images(args.run_dir, args.data), args.images)
-    images = np.stack([load_image(p, hw, resize) for p in picked["path"]]).astype(np.float32)
-    predict = faithfulness.probability_function(model)
-    classes = faithfulness.predict_in_batches(predict, images, None, 32).argmax(axis=1)
+    model, _, images, classes = explained_images(args.run_dir, args.data, args.images)
+    hw = images.shape[1:3]
     logits = logit_model(model)
 
     def scaled(maps) -> np.ndarray:

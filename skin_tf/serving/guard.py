@@ -21,11 +21,12 @@ got wrong (issue 32); with the term, of two images equally far from the training
 one the model is less sure of is refused first. Every engine outputs its probabilities anyway,
 so the term needs no other output.
 
-Beside the score, a colour check (`colour_floor`): dermoscopy photographs are colour pictures,
-and no feature score refused greyscale copies of test lesions (issue 32: 2 of 14 on the demo,
-0.29 at best among the candidates), so an image whose mean saturation (`mean_saturation`, at the
-model's size) is below half the least colourful image the guard was fitted or thresholded on,
-benign shifts such as colour constancy included, is out of distribution whatever its score. The
+Beside the score, a colour check (`OodGuard.colour_floor`): dermoscopy photographs are colour
+pictures, and no feature score refused greyscale copies of test lesions (issue 32: 2 of 14 on
+the demo, 0.29 at best among the candidates), so an image whose mean saturation
+(`mean_saturation`, at the model's size) is below half the least colourful image the guard was
+fitted or thresholded on (`least_colourful`), benign shifts such as colour constancy included,
+is out of distribution whatever its score. The
 half is a margin: the least colourful of the ten thousand or so fitted images only estimates
 where lesion photographs end, a user's set reaches below it, and a grey picture is at 0.
 
@@ -221,7 +222,7 @@ def mean_saturation(images: np.ndarray) -> np.ndarray:
 
 def least_colourful(*image_sets: np.ndarray) -> float:
     """The lowest `mean_saturation` among these images (the ones a guard is fitted and
-    thresholded on, at the model's size).
+    thresholded on, at the model's size); the colour check's floor is `COLOUR_MARGIN` x it.
 
     Example:
         >>> reddish = np.full((1, 2, 2, 3), [100, 50, 50])
@@ -230,17 +231,6 @@ def least_colourful(*image_sets: np.ndarray) -> float:
         0.25
     """
     return float(min(mean_saturation(images).min() for images in image_sets if len(images)))
-
-
-def colour_floor(*image_sets: np.ndarray) -> float:
-    """The colour check's floor: `COLOUR_MARGIN` x the `least_colourful` of these images, so
-    every one of them passes, and images a little greyer than any of them do too.
-
-    Example:
-        >>> colour_floor(np.full((1, 2, 2, 3), [100, 50, 50]), np.full((1, 2, 2, 3), [100, 75, 75]))
-        0.125
-    """
-    return COLOUR_MARGIN * least_colourful(*image_sets)
 
 
 # ---------------------------------------------------------------- fitting

@@ -8,7 +8,7 @@ without looking at any test image.
    that has seen zoom, framing, blur or colour constancy as ordinary variation. Each
    Mahalanobis guard also comes with a confidence term, `CONFIDENCE_WEIGHTS` x its 95 %
    validation score x (1 - the largest class probability); the softmax head gives the energy
-   guard. Every candidate also gets the colour check (`skin_tf.serving.guard.colour_floor`):
+   guard. Every candidate also gets the colour check (`skin_tf.serving.guard.least_colourful`):
    an image less than half as saturated as the least colourful image of steps 1 and 2 is out
    of distribution.
 2. Threshold: every candidate gets the smallest threshold that keeps at least 95 % of the
@@ -70,7 +70,6 @@ from skin_tf.serving.guard import (
     accuracy_gap,
     accuracy_split,
     checked_scores,
-    colour_floor,
     constrained_threshold,
     energy_guard,
     fit_mahalanobis,
@@ -221,8 +220,8 @@ def fit_run_guard(
     sets.update({f"ood/{family}": images for family, images in ood.items()})
     features = {name: features_of(images) for name, images in sets.items()}
     fitted_on = [train, val, *shifted.values(), *([shifted_train] if shifted_train else [])]
-    floor = colour_floor(*(check.images for check in fitted_on))
     least = least_colourful(*(check.images for check in fitted_on))
+    floor = COLOUR_MARGIN * least
     colourful = {name: mean_saturation(images) >= floor for name, images in sets.items()}
     if with_fields:  # the probabilities given each image's fields: the accuracy rule's
         given = {"val": val, **{f"shifted/{f}": s for f, s in shifted.items()}}
