@@ -19,8 +19,8 @@ The story, top to bottom in `explain_check_run`:
    the head down; a method passes when randomising the top block (`top`: the last conv and
    the head) takes it below 0.3. RISE's masked copies of these images go through the layers
    the cascade never re-initialises once (`skin_tf.explain.rise.RiseOnTrunk`, held in memory:
-   R x masks x the cut's feature map, 0.7 GB for 50 images at 128 px), for the trained
-   model's maps of them as for every step's.
+   R x masks x the cut's float32 feature map, e.g. 50 x 500 x 8 x 8 x 112 x 4 bytes = 0.7 GB
+   for Lite0 at 128 px), for the trained model's maps of them as for every step's.
 5. `skin_tf.explain.choice.choose_default`: the method the page and the `explain` endpoint use
    and what may be said about it. The record goes to `<run>/explain_check.json`, which
    `skin-tf export` reads (`skin_tf.explain.choice.explain_choice`), and the report to
