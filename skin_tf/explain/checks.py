@@ -134,7 +134,9 @@ def explain_check_run(
     held = None if fields is None else fields[:subset]
     # RISE's masked copies of the cascade's images go once through the layers the cascade never
     # re-initialises (RiseOnTrunk): every model's maps of them then cost only its upper part
-    split, trunk = sanity.trunk_split(logits, config.cascade_depth), None
+    with_rise = any(parse_method(m)[0] == "rise" for m in config.methods)
+    split = sanity.trunk_split(logits, config.cascade_depth) if with_rise else None
+    trunk = None
     for method in config.methods:
         tic = time.time()
         if parse_method(method)[0] == "rise" and split:
