@@ -348,6 +348,20 @@ def separation(
     }
 
 
+def refused_by_colour(
+    in_distribution: np.ndarray, scores: np.ndarray, threshold: float
+) -> np.ndarray:
+    """Which images an engine's verdict (`OodGuard.in_distribution`) rejected although their
+    score is within its threshold: the colour check refused them. Engines output the verdict
+    and the score, not the check, so every client reads the reason from this one rule.
+
+    Example:
+        >>> refused_by_colour(np.array([False, False, True]), np.array([1.2, 41.7, 1.0]), 3.05)
+        array([ True, False, False])
+    """
+    return ~np.asarray(in_distribution, bool) & (np.asarray(scores, np.float64) <= threshold)
+
+
 def checked_scores(scores: np.ndarray, colourful: np.ndarray) -> np.ndarray:
     """Scores with +inf for the images failing the colour check (`OodGuard.colourful`), so a
     threshold on them keeps exactly what `OodGuard.in_distribution` keeps (and `separation`

@@ -42,7 +42,13 @@ import numpy as np
 
 from skin_tf.runs import read_json
 from skin_tf.serving.engines import ENGINES
-from skin_tf.serving.guard import GUARD_FILE, OodGuard, checked_scores, load_guard
+from skin_tf.serving.guard import (
+    GUARD_FILE,
+    OodGuard,
+    checked_scores,
+    load_guard,
+    refused_by_colour,
+)
 from skin_tf.serving.litert import FLOAT_FILE, INT8_FILE, LiteRTError
 from skin_tf.serving.patient import Given, any_given, encode_given
 
@@ -118,8 +124,8 @@ class Assessment:
         """
         if self.ood_score is None or self.in_distribution is None:
             raise ValueError("an assessment without the guard has no scores")
-        colourful = self.in_distribution | (self.ood_score > threshold)
-        return checked_scores(self.ood_score, colourful)
+        colour = refused_by_colour(self.in_distribution, self.ood_score, threshold)
+        return checked_scores(self.ood_score, ~colour)
 
     @staticmethod
     def concatenate(parts: list[Assessment]) -> Assessment:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
+from skin_tf.serving.guard import refused_by_colour as _colour_refusals
 
 ANSWER, REJECTED, FAILED = "answer", "out_of_distribution", "error"
 REJECTED_REASON = (
@@ -102,10 +103,12 @@ def verdict(
 
 def refused_by_colour(ood_score: float | None, ood_threshold: float | None) -> bool:
     """Whether a rejected image was refused by the guard's colour check rather than its score
-    (`skin_tf.serving.guard.OodGuard.in_distribution`): its score is within the threshold.
+    (`skin_tf.serving.guard.refused_by_colour`, for one rejected image).
 
     Example:
         >>> refused_by_colour(1.2, 3.05), refused_by_colour(41.7, 3.05)
         (True, False)
     """
-    return ood_score is not None and ood_threshold is not None and ood_score <= ood_threshold
+    if ood_score is None or ood_threshold is None:
+        return False
+    return bool(_colour_refusals(np.array([False]), np.array([ood_score]), ood_threshold)[0])
