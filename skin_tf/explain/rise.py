@@ -174,6 +174,31 @@ def rise_maps(
     return maps(tf.constant(images), tf.constant(list(targets), tf.int32), *held)
 
 
+def rise_maps_of(
+    predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
+    images: np.ndarray,
+    targets: Sequence[int],
+    fields: np.ndarray | None = None,
+    count: int = MASKS,
+) -> tf.Tensor:
+    """RISE maps (N, h, w), not scaled, of a numpy `predict(batch, fields)` (probabilities, e.g.
+    `skin_tf.explain.faithfulness.probability_function(model)` on LiteRT, which the checks use
+    for speed): `rise_saliency` run eagerly, each chunk of masked copies one call.
+
+    Example:
+        >>> maps = rise_maps_of(probability_function(model), images, [4, 5])  # doctest: +SKIP
+    """
+    masks = rise_masks(count, hw=images.shape[1:3])
+
+    def probabilities(batch: tf.Tensor, *held: tf.Tensor) -> tf.Tensor:
+        return tf.constant(predict(batch.numpy(), held[0].numpy() if held else None))
+
+    held = () if fields is None else (tf.constant(fields, tf.float32),)
+    return rise_saliency(
+        probabilities, tf.constant(images, tf.float32), list(targets), masks, *held
+    )
+
+
 class RiseOnTrunk:
     """RISE maps of fixed images under models that share every layer below a cut: the
     randomisation cascade's copies (`skin_tf.explain.sanity.trunk_split`), which re-initialise

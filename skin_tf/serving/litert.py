@@ -26,16 +26,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import tempfile
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from skin_tf.models.litert_runtime import LiteRTRunner, quietly
 
 if TYPE_CHECKING:
     import keras
@@ -73,7 +71,7 @@ def convert_float(
         >>> Path("model.tflite").write_bytes(convert_float(model, 1.2))  # doctest: +SKIP
     """
     converter = _converter(model, temperature, features, layer)
-    return _quietly(converter.convert)
+    return quietly(converter.convert)
 
 
 def convert_int8(
@@ -119,13 +117,13 @@ def convert_int8(
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=list(FLOAT_OPS_IN_INT8))
-    debugger = _quietly(
+    debugger = quietly(
         tf.lite.experimental.QuantizationDebugger,
         converter=converter,
         debug_dataset=representative,
         debug_options=options,
     )
-    return _quietly(debugger.get_nondebug_quantized_model)
+    return quietly(debugger.get_nondebug_quantized_model)
 
 
 def _converter(
@@ -139,46 +137,6 @@ def _converter(
     return tf.lite.TFLiteConverter.from_concrete_functions(
         [probabilities.get_concrete_function()], probabilities.features_model
     )
-
-
-def _quietly(fn, *args, **kwargs):
-    """Call `fn` without the converter's chatter (absl info lines, the tf.lite.Interpreter
-    deprecation warning of the quantisation debugger, which we do not use to run models, and what
-    the converter's C++ code prints on file descriptor 2, such as "fully_quantize: 0,
-    inference_type: 6, …"). What went to fd 2 is printed when the call fails: it may say why."""
-    import warnings
-
-    from absl import logging as absl_logging
-
-    previous = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        with warnings.catch_warnings(), _native_stderr_captured():
-            warnings.simplefilter("ignore")
-            return fn(*args, **kwargs)
-    finally:
-        absl_logging.set_verbosity(previous)
-
-
-@contextlib.contextmanager
-def _native_stderr_captured() -> Iterator[None]:
-    """File descriptor 2 (where C++ code writes, past Python's sys.stderr) into a temporary file
-    for the block; on an exception its text goes to sys.stderr before the exception. fd 2 is the
-    process's: native output of other threads in the meantime is held back the same way."""
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as captured:
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -237,45 +195,26 @@ class LiteRTModel:
                 f"{self.path} not found: the LiteRT model is missing from this export; re-run "
                 "`skin-tf export RUN_DIR --out FOLDER --overwrite`, or choose --engine savedmodel"
             )
-        from ai_edge_litert.interpreter import Interpreter
-
-        threads = num_threads or len(os.sched_getaffinity(0))
         try:
-            self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-            self._interpreter.allocate_tensors()
-            self._probs, self._features = self._outputs()
+            self._runner = LiteRTRunner(path=self.path, num_threads=num_threads)
         except (RuntimeError, ValueError) as err:
             raise LiteRTError(
                 f"{self.path} is not a readable LiteRT model ({err}); re-run `skin-tf export "
                 "RUN_DIR --out FOLDER --overwrite`, or choose --engine savedmodel"
             ) from None
-        inputs = sorted(self._interpreter.get_input_details(), key=lambda d: -len(d["shape"]))
-        if len(inputs) not in (1, 2) or (len(inputs) == 2 and len(inputs[1]["shape"]) != 2):
-            raise LiteRTError(f"{self.path} has inputs {[list(d['shape']) for d in inputs]}, not "
-                              "images [+ patient fields]")  # fmt: skip
-        self._input, self._fields = inputs[0], (inputs[1] if len(inputs) == 2 else None)
-        self.fields_width = 0 if self._fields is None else int(self._fields["shape"][-1])
-        shape = self._input["shape_signature"]
-        if len(shape) != 4 or shape[3] != 3 or min(shape[1:3]) < 1:
-            raise LiteRTError(f"{self.path} takes {list(shape)}, not RGB image batches of one size")
-        self.image_size = (int(shape[1]), int(shape[2]))  # (height, width)
-        self._batch = int(self._input["shape"][0])
-        self._lock = threading.Lock()
-
-    def _outputs(self) -> tuple[int, int | None]:
-        """Tensor indices of the probabilities and (None when absent) the features: the export's
-        function returns (probs, features) as a tuple, whose order the converter keeps."""
-        outputs = self._interpreter.get_output_details()
-        if len(outputs) == 1:
-            return int(outputs[0]["index"]), None
-        if len(outputs) != 2:
-            raise ValueError(f"{len(outputs)} outputs, expected probabilities [+ features]")
-        return int(outputs[0]["index"]), int(outputs[1]["index"])
+        self._interpreter = self._runner.interpreter
+        if len(self._runner.outputs) not in (1, 2):
+            raise LiteRTError(
+                f"{self.path} has {len(self._runner.outputs)} outputs, not probabilities [+ "
+                "features]; re-run `skin-tf export RUN_DIR --out FOLDER --overwrite`"
+            )
+        self.fields_width = self._runner.fields_width
+        self.image_size = self._runner.image_shape  # (height, width)
 
     @property
     def has_features(self) -> bool:
         """Whether the model outputs the penultimate features (exported with the guard)."""
-        return self._features is not None
+        return len(self._runner.outputs) == 2
 
     def predict(self, images: np.ndarray, fields: np.ndarray | None = None) -> np.ndarray:
         """(N, 7) float32 probabilities of images (N, H, W, 3) or one image (H, W, 3)."""
@@ -296,29 +235,13 @@ class LiteRTModel:
                 "them with skin_tf.serving.litert.to_model_size"
             )
         vectors = self._checked_fields(fields, len(batch))
-        with self._lock:
-            if len(batch) == 0:
-                return self._empty(self._probs), self._empty(self._features)
-            if len(batch) != self._batch:
-                shape = [len(batch), height, width, 3]
-                self._interpreter.resize_tensor_input(self._input["index"], shape)
-                if self._fields is not None:
-                    self._interpreter.resize_tensor_input(
-                        self._fields["index"], [len(batch), self.fields_width]
-                    )
-                self._interpreter.allocate_tensors()
-                self._batch = len(batch)
-            self._interpreter.set_tensor(self._input["index"], batch)
-            if vectors is not None:
-                self._interpreter.set_tensor(self._fields["index"], vectors)
-            self._interpreter.invoke()
-            probs = self._interpreter.get_tensor(self._probs).copy()
-            if self._features is None:
-                return probs, None
-            return probs, self._interpreter.get_tensor(self._features).copy()
+        if len(batch) == 0:
+            return self._empty(0), self._empty(1)
+        outputs = self._runner.run(batch, vectors)
+        return outputs[0], (outputs[1] if self.has_features else None)
 
     def _checked_fields(self, fields: np.ndarray | None, n: int) -> np.ndarray | None:
-        if self._fields is None:
+        if self.fields_width == 0:
             if fields is not None:
                 raise ValueError(f"{self.path.name} takes no patient fields, only images")
             return None
@@ -331,8 +254,11 @@ class LiteRTModel:
             )
         return vectors
 
-    def _empty(self, index: int | None) -> np.ndarray | None:
-        if index is None:
+    def _empty(self, output: int) -> np.ndarray | None:
+        """(0, width) of output 0 (probabilities) or 1 (features), None for a missing output:
+        the export's function returns (probs, features) as a tuple, whose order LiteRT keeps."""
+        if output >= len(self._runner.outputs):
             return None
+        index = self._runner.outputs[output]
         details = next(d for d in self._interpreter.get_output_details() if d["index"] == index)
         return np.zeros((0, details["shape_signature"][-1]), np.float32)

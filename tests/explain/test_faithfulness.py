@@ -1,5 +1,6 @@
 """Deletion and insertion curves: the baselines a map must beat, pixel orders, removal images,
-batched perturbations, and curves that rank a map that knows where the evidence is first."""
+batched perturbations, the two engines of the model's answers, and curves that rank a map that
+knows where the evidence is first."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from skin_tf.explain.faithfulness import (
     deletion_insertion,
     perturbed,
     pixel_ranks,
+    probability_function,
     random_maps,
     removal_images,
 )
@@ -131,3 +133,25 @@ def test_curves_name_shape_and_step_mistakes():
         deletion_insertion(predict, images, {"m": masks.astype("f4")}, [0])
     with pytest.raises(ValueError, match="steps"):
         deletion_insertion(predict, images, {"m": masks.astype("f4")}, [0, 0], steps=1)
+
+
+@pytest.mark.parametrize("width", [0, 5])
+def test_both_engines_give_the_models_probabilities(width):
+    """LiteRT (the checks' default, for speed) and TensorFlow answer alike, fields held."""
+    import keras
+
+    from skin_tf.models.classifier import build_classifier
+
+    keras.utils.set_random_seed(4)
+    model = build_classifier("efficientnet_lite0", (32, 48), weights=None, metadata_width=width)
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (6, 32, 48, 3)).astype("float32")
+    fields = rng.uniform(0, 1, (6, width)).astype("float32") if width else None
+    fast, slow = probability_function(model), probability_function(model, "tensorflow")
+    np.testing.assert_allclose(fast(images, fields), slow(images, fields), atol=1e-5)
+    for predict in (fast, slow):  # each misuse named, whichever engine runs
+        wrong = None if width else np.zeros((6, 3), "float32")
+        with pytest.raises(ValueError, match="give them" if width else "give no fields"):
+            predict(images, wrong)
+    with pytest.raises(ValueError, match="unknown engine 'gpu'"):
+        probability_function(model, "gpu")

@@ -137,3 +137,26 @@ def test_the_trunk_is_cut_below_the_deepest_stage_the_cascade_reaches():
     assert trunk_split(model, depth=2)[0].layers[-1].name.startswith("block7")
     assert trunk_split(model, depth=3)[0].layers[-1].name == "block6d_add"
     assert trunk_split(model, depth=9) is None  # the cascade reaches block1: nothing shared
+
+
+@pytest.mark.parametrize("metadata_width", [0, 5])
+def test_rise_on_the_checks_engine_equals_rise_in_the_graph(metadata_width):
+    """rise_maps_of (eager, each chunk one LiteRT call, as explain-check runs it) gives the maps
+    of rise_maps (one traced TensorFlow call, as the explain endpoint runs it)."""
+    import keras
+
+    from skin_tf.explain.faithfulness import probability_function
+    from skin_tf.explain.gradcam import logit_model
+    from skin_tf.explain.rise import rise_maps, rise_maps_of
+    from skin_tf.models.classifier import build_classifier
+
+    keras.utils.set_random_seed(5)
+    model = build_classifier("efficientnet_lite0", (32, 48), weights=None,
+                             metadata_width=metadata_width)  # fmt: skip
+    rng = np.random.default_rng(6)
+    images = rng.uniform(0, 255, (2, 32, 48, 3)).astype("float32")
+    fields = rng.uniform(0, 1, (2, metadata_width)).astype("float32") if metadata_width else None
+    fast = rise_maps_of(probability_function(model), images, [2, 5], fields, count=200).numpy()
+    graph = rise_maps(logit_model(model), images, [2, 5], fields, count=200).numpy()
+    assert fast.shape == (2, 32, 48) and fast.std() > 1e-4  # not flat: the masks moved the answer
+    np.testing.assert_allclose(fast, graph, rtol=1e-4, atol=1e-6)

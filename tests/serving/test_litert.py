@@ -192,5 +192,5 @@ def test_the_converter_s_native_chatter_is_held_back_unless_it_fails(tiny_model,
         raise RuntimeError("conversion failed")
 
     with pytest.raises(RuntimeError, match="conversion failed"):
-        litert._quietly(failing_conversion)
+        litert.quietly(failing_conversion)
     assert "'tfl.conv_2d' op quantization parameters are missing" in capfd.readouterr().err

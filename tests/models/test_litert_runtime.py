@@ -1,0 +1,56 @@
+"""A Keras model on LiteRT: the float32 flatbuffer answers as the Keras model does, for any batch
+size, with patient fields too; the conversion says nothing; bad arguments are named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skin_tf.models.litert_runtime import LiteRTRunner, float_flatbuffer
+
+
+@pytest.fixture(scope="module", params=[0, 5], ids=["images", "with_fields"])
+def model_and_runner(request):
+    import keras
+
+    from skin_tf.models.classifier import build_classifier
+
+    keras.utils.set_random_seed(2)
+    model = build_classifier("efficientnet_lite0", (32, 48), weights=None,
+                             metadata_width=request.param)  # fmt: skip
+    return model, LiteRTRunner(float_flatbuffer(model)), request.param
+
+
+def test_the_runner_answers_as_the_keras_model_for_any_batch_size(model_and_runner):
+    from skin_tf.models.meta_fusion import META_INPUT
+
+    model, runner, width = model_and_runner
+    assert runner.image_shape == (32, 48) and runner.fields_width == width
+    assert len(runner.outputs) == 1
+    rng = np.random.default_rng(0)
+    for n in (3, 1, 5, 3):  # the batch dimension is resized each time N changes
+        images = rng.uniform(0, 255, (n, 32, 48, 3)).astype("float32")
+        fields = rng.uniform(0, 1, (n, width)).astype("float32") if width else None
+        inputs = images if not width else {"image": images, META_INPUT: fields}
+        expected = np.asarray(model(inputs, training=False))
+        (probs,) = runner.run(images, fields)
+        assert probs.shape == (n, 7)
+        np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_the_conversion_prints_nothing(capfd):
+    from skin_tf.models.classifier import build_classifier
+
+    blob = float_flatbuffer(build_classifier("efficientnet_lite0", 32, weights=None))
+    assert len(blob) > 1_000_000  # the weights are frozen in, not left as variables
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_bad_arguments_and_damaged_bytes_are_named(tmp_path):
+    with pytest.raises(ValueError, match="content.*path"):
+        LiteRTRunner()
+    with pytest.raises(ValueError, match="not both"):
+        LiteRTRunner(b"x", path=tmp_path / "m.tflite")
+    with pytest.raises((ValueError, RuntimeError)):
+        LiteRTRunner(b"not a flatbuffer" * 10)
