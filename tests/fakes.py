@@ -78,3 +78,26 @@ def make_fake_ham10000(
         writer.writeheader()
         writer.writerows(rows)
     return root
+
+
+def small_classifier(hw: tuple[int, int] = (32, 48), metadata_width: int = 0, seed: int = 0):
+    """A softmax classifier of a few layers in `build_classifier`'s layout (an `image` input,
+    a `metadata` one when metadata_width > 0, a Dense softmax head): for tests of what runs a
+    model, which a Lite0 would only make slower to trace and convert."""
+    import keras
+
+    from skin_tf.models.meta_fusion import META_INPUT
+
+    keras.utils.set_random_seed(seed)
+    image = keras.Input((*hw, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0)(image)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    inputs = image
+    if metadata_width:
+        fields = keras.Input((metadata_width,), name=META_INPUT)
+        x = keras.layers.Concatenate()([x, keras.layers.Dense(8, activation="relu")(fields)])
+        inputs = {"image": image, META_INPUT: fields}
+    outputs = keras.layers.Dense(7, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)

@@ -138,12 +138,9 @@ def test_curves_name_shape_and_step_mistakes():
 @pytest.mark.parametrize("width", [0, 5])
 def test_both_engines_give_the_models_probabilities(width):
     """LiteRT (the checks' default, for speed) and TensorFlow answer alike, fields held."""
-    import keras
+    from tests.fakes import small_classifier
 
-    from skin_tf.models.classifier import build_classifier
-
-    keras.utils.set_random_seed(4)
-    model = build_classifier("efficientnet_lite0", (32, 48), weights=None, metadata_width=width)
+    model = small_classifier((32, 48), metadata_width=width, seed=4)
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (6, 32, 48, 3)).astype("float32")
     fields = rng.uniform(0, 1, (6, width)).astype("float32") if width else None

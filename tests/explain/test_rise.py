@@ -143,16 +143,12 @@ def test_the_trunk_is_cut_below_the_deepest_stage_the_cascade_reaches():
 def test_rise_on_the_checks_engine_equals_rise_in_the_graph(metadata_width):
     """rise_maps_of (eager, each chunk one LiteRT call, as explain-check runs it) gives the maps
     of rise_maps (one traced TensorFlow call, as the explain endpoint runs it)."""
-    import keras
-
     from skin_tf.explain.faithfulness import probability_function
     from skin_tf.explain.gradcam import logit_model
     from skin_tf.explain.rise import rise_maps, rise_maps_of
-    from skin_tf.models.classifier import build_classifier
+    from tests.fakes import small_classifier
 
-    keras.utils.set_random_seed(5)
-    model = build_classifier("efficientnet_lite0", (32, 48), weights=None,
-                             metadata_width=metadata_width)  # fmt: skip
+    model = small_classifier((32, 48), metadata_width=metadata_width, seed=5)
     rng = np.random.default_rng(6)
     images = rng.uniform(0, 255, (2, 32, 48, 3)).astype("float32")
     fields = rng.uniform(0, 1, (2, metadata_width)).astype("float32") if metadata_width else None
