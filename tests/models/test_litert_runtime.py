@@ -1,5 +1,6 @@
 """A Keras model on LiteRT: the float32 flatbuffer answers as the Keras model does, for any batch
-size, with patient fields too; the conversion says nothing; bad arguments are named."""
+size, with patient fields too; the conversion says nothing and freezes the weights; bad arguments
+are named and damaged bytes refused."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_the_conversion_prints_nothing_and_freezes_the_weights(capfd):
     assert out == "" and err == ""
 
 
-def test_bad_arguments_and_damaged_bytes_are_named(tmp_path):
+def test_bad_arguments_are_named_and_damaged_bytes_refused(tmp_path):
     with pytest.raises(ValueError, match="content.*path"):
         LiteRTRunner()
     with pytest.raises(ValueError, match="not both"):
