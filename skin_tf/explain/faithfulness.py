@@ -236,7 +236,7 @@ def probability_function(
 
     engine="litert" runs the same float32 network converted to LiteRT, whose XNNPACK engine
     answers the checks' batches faster on a CPU (`skin_tf.models.litert_runtime`; the
-    probabilities agree with TensorFlow's to float rounding, a test holds them within 1e-4);
+    probabilities agree with TensorFlow's to float rounding, a test holds them within 1e-5);
     "tensorflow" runs the Keras model in a tf.function traced once.
 
     Example:

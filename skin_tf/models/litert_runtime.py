@@ -2,9 +2,9 @@
 and the interpreter that runs batches of any size.
 
 `skin_tf.serving.litert` builds the export's `.tflite` files on top of this; the explanation
-checks (`skin_tf.explain.faithfulness.probability_function`) run their hundred thousand forward
-passes through it, because on two CPU cores the same float32 network answers a batch faster here
-than under TensorFlow (benchmarks/README.md, "The check's forward passes on LiteRT").
+checks (`skin_tf.explain.faithfulness.probability_function`) run most of their forward passes
+through it, because on two CPU cores the same float32 network answers a batch faster here than
+under TensorFlow (benchmarks/README.md, "The check's forward passes on LiteRT").
 
 Example:
     >>> runner = LiteRTRunner(float_flatbuffer(model))  # doctest: +SKIP
@@ -50,8 +50,8 @@ class LiteRTRunner:
     available core: `run(images, fields)` → every output, in the model's output order.
 
     The image input is the one of rank 4; a model with patient fields has a second input of
-    rank 2. The batch dimension is resized when N changes (cheap after the first time), and
-    calls are serialised with a lock: an interpreter is not thread-safe.
+    rank 2. The batch dimension is resized when N changes, and calls are serialised with a
+    lock: an interpreter is not thread-safe.
 
     Example:
         >>> runner = LiteRTRunner(path="saved_models/demo/model.tflite")  # doctest: +SKIP
