@@ -55,3 +55,15 @@ def test_members_must_be_several_and_of_one_shape():
         combine_classifiers([_member(0), _member(1, size=(32, 32))])
     with pytest.raises(ValueError, match="3 temperatures for 2 members"):
         combine_classifiers([_member(0), _member(1)], [1.0, 1.0, 1.0])
+
+
+@pytest.mark.slow  # two Lite0 members traced and converted: ~20 s
+def test_an_ensemble_runs_on_litert_as_on_tensorflow():
+    """The explanation checks answer through the model's LiteRT copy: the combined model
+    converts, and its pooled probabilities come out as Keras gives them."""
+    from skin_tf.models.litert_runtime import LiteRTRunner, float_flatbuffer
+
+    combined = combine_classifiers([_member(3), _member(4)], [1.2, 0.9])
+    images = np.random.default_rng(1).uniform(0, 255, (5, 32, 48, 3)).astype("float32")
+    (probs,) = LiteRTRunner(float_flatbuffer(combined)).run(images)
+    np.testing.assert_allclose(probs, combined.predict(images, verbose=0), atol=1e-5)
