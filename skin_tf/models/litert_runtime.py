@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -86,7 +87,7 @@ class LiteRTRunner:
             raise ValueError(f"takes {list(shape)}, not RGB image batches of one size")
         self.image_shape = (int(shape[1]), int(shape[2]))  # (height, width)
         self.fields_width = 0 if self._fields is None else int(self._fields["shape"][-1])
-        self.outputs = [int(d["index"]) for d in self.interpreter.get_output_details()]
+        self.outputs = _outputs_in_order(self.interpreter)
         self._batch = int(self._image["shape"][0])
         self._lock = threading.Lock()
 
@@ -111,6 +112,21 @@ class LiteRTRunner:
                 self.interpreter.set_tensor(self._fields["index"], np.asarray(fields, np.float32))
             self.interpreter.invoke()
             return [self.interpreter.get_tensor(index).copy() for index in self.outputs]
+
+
+def _outputs_in_order(interpreter) -> list[int]:
+    """The output tensors' indices in the model's own order. A converted Keras model's signature
+    names them output_0, output_1, …, while the interpreter lists them in its graph's order,
+    which can differ (two outputs of a small test model: reversed); a flatbuffer with no
+    signature (the export's, from a concrete function) keeps the interpreter's order."""
+    listed = [int(d["index"]) for d in interpreter.get_output_details()]
+    if len(interpreter.get_signature_list()) != 1:
+        return listed
+    named = interpreter.get_signature_runner().get_output_details()
+    numbers = {name: re.fullmatch(r"output_(\d+)", name) for name in named}
+    if len(named) != len(listed) or not all(numbers.values()):
+        return listed
+    return [int(named[n]["index"]) for n in sorted(named, key=lambda n: int(numbers[n][1]))]
 
 
 # ---------------------------------------------------------------- the converter's chatter

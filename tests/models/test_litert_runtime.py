@@ -34,6 +34,26 @@ def test_the_runner_answers_as_the_keras_model_for_any_batch_size(model_and_runn
         np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 
+def test_a_model_with_many_outputs_gets_them_in_its_own_order():
+    """The interpreter lists a converted model's outputs in its graph's order (two outputs came
+    reversed); the runner gives them in the Keras model's order (output_0, output_1, …, output_11:
+    a name sort would put output_10 before output_2)."""
+    import keras
+
+    image = keras.Input((8, 8, 3))
+    outputs = [keras.layers.Conv2D(k + 1, 1, name=f"c{k}")(image) for k in range(12)]
+    model = keras.Model(image, outputs)
+    runner = LiteRTRunner(float_flatbuffer(model))
+    assert len(runner.outputs) == 12
+    interpreter_order = [int(d["index"]) for d in runner.interpreter.get_output_details()]
+    assert interpreter_order != runner.outputs  # the case this guards against happens
+    images = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    got = runner.run(images)
+    assert [a.shape[-1] for a in got] == list(range(1, 13))
+    for mine, theirs in zip(got, model.predict_on_batch(images), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-4)
+
+
 def test_the_conversion_prints_nothing_and_freezes_the_weights(capfd):
     model = small_classifier((32, 32), seed=3)
     blob = float_flatbuffer(model)
