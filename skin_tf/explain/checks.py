@@ -14,16 +14,18 @@ The story, top to bottom in `explain_check_run`:
 3. deletion and insertion curves (`skin_tf.explain.faithfulness`): per-image areas, their means
    with 95% lesion-bootstrap intervals and each method's paired difference from the centred
    Gaussian (`skin_tf.evaluation.compare.paired_mean_differences`). These curves and the
-   trained model's RISE maps (steps 2-3 hold most of the check's forward passes) run on the
-   model's LiteRT float32 copy (`faithfulness.probability_function`), faster on a CPU than
-   TensorFlow with the same answers to float rounding; every other map, TensorFlow.
+   trained model's RISE and Score-CAM maps (which read its answers on altered copies: most of
+   the check's forward passes) run on the model's LiteRT float32 copy
+   (`faithfulness.probability_function`), faster on a CPU than TensorFlow with the same answers
+   to float rounding; gradients and every randomised model's maps, TensorFlow.
 4. the randomisation cascade (`skin_tf.explain.sanity`) on the first R images: the median
    Spearman correlation of each method's maps with its maps on the model re-initialised from
    the head down; a method passes when randomising the top block (`top`: the last conv and
    the head) takes it below 0.3. RISE's masked copies of these images go through the layers
-   the cascade never re-initialises once (`skin_tf.explain.rise.RiseOnTrunk`, held in memory:
-   R x masks x the cut's float32 feature map, e.g. 50 x 500 x 8 x 8 x 112 x 4 bytes = 0.7 GB
-   for Lite0 at 128 px), for the trained model's maps of them as for every step's.
+   the cascade never re-initialises once, on LiteRT (`skin_tf.explain.rise.RiseOnTrunk`, held
+   in memory: R x masks x the cut's float32 feature map, e.g. 50 x 500 x 8 x 8 x 112 x 4
+   bytes = 0.7 GB for Lite0 at 128 px), for the trained model's maps of them as for every
+   step's.
 5. `skin_tf.explain.choice.choose_default`: the method the page and the `explain` endpoint use
    and what may be said about it. The record goes to `<run>/explain_check.json`, which
    `skin-tf export` reads (`skin_tf.explain.choice.explain_choice`), and the report to
@@ -64,8 +66,8 @@ DEFAULT_METHODS = (
 SANITY_LIMIT = 0.3
 # the same float32 network, answered faster on a CPU (faithfulness.probability_function)
 FORWARD_PASSES = (
-    "curves and the trained model's RISE maps: the model converted to LiteRT float32 (XNNPACK); "
-    "the cascade, the trunk's RISE maps and every gradient or Score-CAM map: TensorFlow"
+    "curves, the trained model's RISE and Score-CAM masked copies and the RISE trunk's pass: "
+    "LiteRT float32 (XNNPACK); gradients, activations and every randomised model: TensorFlow"
 )
 BASELINE_TITLES = {"centre": "centred Gaussian", "random": "random map"}
 
@@ -159,8 +161,9 @@ def explain_check_run(
             maps[method] = np.concatenate(parts)
         else:
             maps[method] = gradcam_heatmaps(
-                logits, images, classes.tolist(), method, logits=True, fields=fields
-            )
+                logits, images, classes.tolist(), method, logits=True, fields=fields,
+                predict=predict,
+            )  # fmt: skip
         seconds[f"maps {method}"] = time.time() - tic
     cam_grid = grid_shape(model, "gradcam")
     maps[faithfulness.CENTRE] = np.repeat(faithfulness.centred_gaussian(hw)[None], len(images), 0)

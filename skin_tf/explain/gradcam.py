@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -118,6 +118,7 @@ def gradcam_heatmaps(
     *,
     logits: bool = False,
     fields: np.ndarray | None = None,
+    predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Class-activation maps (N, h, w) in 0..1 for images already at the model's input size.
 
@@ -131,7 +132,11 @@ def gradcam_heatmaps(
     logits=True: `model` already outputs logits (`logit_model`), so no copy with a linear head
     is made; this saves a clone per call when many calls share one model. `fields`: for a model
     with patient fields, each image's encoded fields (N, width), held fixed: the map is then the
-    image's, given those fields (as the exported `explain` computes it).
+    image's, given those fields (as the exported `explain` computes it). `predict`: the same
+    model's probabilities on another engine (`skin_tf.explain.faithfulness.probability_function`,
+    LiteRT by default), for the forward passes of the methods that read the model's answers on
+    altered copies of the images, RISE and Score-CAM; the checks pass it for speed, and the maps
+    agree with TensorFlow's to float rounding.
 
     Example:
         >>> maps = gradcam_heatmaps(model, images, method="layercam@block5+top")  # doctest: +SKIP
@@ -153,18 +158,22 @@ def gradcam_heatmaps(
     targets = _target_classes(model, batch, class_index, fields)
     network = model if logits else logit_model(model)
     if name == "rise":
-        from skin_tf.explain.rise import rise_maps
+        from skin_tf.explain.rise import rise_maps, rise_maps_of
 
         if layer is not None:
             raise ValueError(f"rise masks the input and reads no layer: drop layer={layer!r}")
-        return np.clip(normalize_heatmaps(rise_maps(network, batch, targets, fields)).numpy(), 0, 1)
+        if predict is None:
+            raw = rise_maps(network, batch, targets, fields)
+        else:
+            raw = rise_maps_of(predict, batch, targets, fields)
+        return np.clip(normalize_heatmaps(raw).numpy(), 0, 1)
     visualizer = None if name == "scorecam" else _visualizer(network, name)
     hw = batch.shape[1:3]
     total = np.zeros((len(batch), *hw), np.float32)
     resolved = (layer,) if layer is not None else cam_layers(model, layers)
     for conv in resolved:
         if visualizer is None:
-            cams = _scorecam_cams(network, conv, batch, targets, fields)
+            cams = _scorecam_cams(network, conv, batch, targets, fields, predict)
         else:
             cams = _layer_cams(visualizer, conv, batch, targets, fields)
         total += normalize_heatmaps(heatmap_to_input(cams, hw, hw, "squash")).numpy()
@@ -235,8 +244,10 @@ def _scorecam_cams(
     batch: np.ndarray,
     targets: list[int],
     fields: np.ndarray | None = None,
+    predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """tf-keras-vis' Score-CAM with max_N=64, image by image, with one compiled forward pass.
+    """tf-keras-vis' Score-CAM with max_N=64, image by image, with one compiled forward pass
+    (or, given `predict`, the masked copies' probabilities from it, one call an image).
 
     tf-keras-vis keeps the union of every image's 64 most varied channels and scores all of them
     on every image of a call, and its model.predict costs about a second per call on 2 cores;
@@ -260,16 +271,20 @@ def _scorecam_cams(
         low = masks.min(axis=(0, 1), keepdims=True)
         masks = (masks - low) / (masks.max(axis=(0, 1), keepdims=True) - low + _EPSILON)
         masked = image[None] * np.moveaxis(masks, -1, 0)[..., None]  # (k, H, W, 3)
-        # predict_on_batch: traced once per model (the cascade reuses one copy), no progress bar
-        held = None if fields is None else np.repeat(fields[k : k + 1], _BATCH, axis=0)
-        parts = [masked[i : i + _BATCH] for i in range(0, len(top), _BATCH)]
-        scores = np.concatenate([
-            logits.predict_on_batch(
-                part if held is None else {"image": part, META_INPUT: held[: len(part)]}
-            )
-            for part in parts
-        ])  # fmt: skip
-        weights = _softmax(scores)[:, target]
+        if predict is not None:
+            held = None if fields is None else np.repeat(fields[k : k + 1], len(top), axis=0)
+            weights = predict(masked, held)[:, target]
+        else:
+            # predict_on_batch: traced once per model (the cascade reuses one copy), no progress bar
+            held = None if fields is None else np.repeat(fields[k : k + 1], _BATCH, axis=0)
+            parts = [masked[i : i + _BATCH] for i in range(0, len(top), _BATCH)]
+            scores = np.concatenate([
+                logits.predict_on_batch(
+                    part if held is None else {"image": part, META_INPUT: held[: len(part)]}
+                )
+                for part in parts
+            ])  # fmt: skip
+            weights = _softmax(scores)[:, target]
         cams.append(np.maximum(chosen @ weights, 0.0))
     return np.stack(cams).astype(np.float32)
 

@@ -16,10 +16,11 @@ randomised model's maps).
 
 Why a hand-written method: the cpu models' last conv grid is 4×4, and on it no gradient or
 Score-CAM map beat a centred blob on deletion (`results/explain/`); RISE reads the answers at
-the input's own resolution. tf-keras-vis has no perturbation method. One TensorFlow function
-serves both the checks (eagerly) and the SavedModel's `explain` endpoint (in its graph); the
-masks come from stateless random ops with a fixed seed, so both draw the same ones and the export
-stores no mask. Cost: MASKS forward passes per image.
+the input's own resolution. tf-keras-vis has no perturbation method. `rise_saliency` is the
+SavedModel's `explain` endpoint's (in its graph); the checks make the same copies and sums in
+numpy around a faster engine's answers (`rise_maps_of`, `RiseOnTrunk`; tests hold the maps
+equal). The masks come from stateless random ops with a fixed seed, so every route draws the
+same ones and the export stores no mask. Cost: MASKS forward passes per image.
 
 Example:
     >>> masks = rise_masks(4, (6, 8), grid=2)
@@ -30,7 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -180,23 +181,27 @@ def rise_maps_of(
     targets: Sequence[int],
     fields: np.ndarray | None = None,
     count: int = MASKS,
-) -> tf.Tensor:
+    chunk: int = CHUNK,
+) -> np.ndarray:
     """RISE maps (N, h, w), not scaled, of a numpy `predict(batch, fields)` (probabilities, e.g.
     `skin_tf.explain.faithfulness.probability_function(model)` on LiteRT, which the checks use
-    for speed): `rise_saliency` run eagerly, each chunk of masked copies one call.
+    for speed): `rise_saliency`'s masks, copies and sums in numpy, each chunk of masked copies
+    one call (a test holds the maps equal to `rise_maps`'s).
 
     Example:
         >>> maps = rise_maps_of(probability_function(model), images, [4, 5])  # doctest: +SKIP
     """
-    masks = rise_masks(count, hw=images.shape[1:3])
-
-    def probabilities(batch: tf.Tensor, *held: tf.Tensor) -> tf.Tensor:
-        return tf.constant(predict(batch.numpy(), held[0].numpy() if held else None))
-
-    held = () if fields is None else (tf.constant(fields, tf.float32),)
-    return rise_saliency(
-        probabilities, tf.constant(images, tf.float32), list(targets), masks, *held
-    )
+    images = np.asarray(images, np.float32)
+    masks = _checked_masks(count, chunk, images.shape[1:3])
+    kept = np.maximum(masks.sum(axis=0), 1e-6)
+    out = []
+    for i, (image, target) in enumerate(zip(images, targets, strict=True)):
+        held = None if fields is None else np.repeat(fields[i : i + 1], chunk, axis=0)
+        scores = [
+            predict(copies, held)[:, int(target)] for copies in _masked_copies(image, masks, chunk)
+        ]
+        out.append(np.tensordot(np.concatenate(scores), masks, axes=1) / kept)
+    return np.stack(out).astype(np.float32)
 
 
 class RiseOnTrunk:
@@ -207,6 +212,10 @@ class RiseOnTrunk:
     pass and k upper passes instead of k full passes (each model's `predict_on_batch`, traced
     once per model: the cascade changes one copy in place). The masks, fill and sums are
     `rise_saliency`'s, so the maps are the same up to float rounding (a test holds them equal).
+
+    The trunk pass runs on `engine`: "litert" converts `lower` (fixed for the whole cascade) to
+    LiteRT float32 once, faster on a CPU (`skin_tf.models.litert_runtime`); "tensorflow" runs
+    the Keras part. Each upper part stays in TensorFlow: the cascade changes its weights.
 
     Example:
         >>> lower, upper = trunk_split(logits, depth=4)  # doctest: +SKIP
@@ -221,38 +230,58 @@ class RiseOnTrunk:
         fields: np.ndarray | None = None,
         count: int = MASKS,
         chunk: int = CHUNK,
+        engine: str = "litert",
     ) -> None:
-        if count % chunk:
-            raise ValueError(f"{count} masks is not a multiple of the chunk {chunk}")
         images = np.asarray(images, np.float32)
-        self.masks = rise_masks(count, hw=images.shape[1:3]).numpy()
+        self.masks = _checked_masks(count, chunk, images.shape[1:3])
         self.kept = np.maximum(self.masks.sum(axis=0), 1e-6)
-        self.fields, self.chunk = fields, chunk
-        shown = self.masks[..., None]
+        self.fields = fields
+        features_of = _features_function(lower, engine)
         self.features: list[list[np.ndarray]] = []  # per image: each cut's (count, ...) features
         for image in images:
-            fill = image.mean(axis=(0, 1), keepdims=True)
-            parts = [
-                _as_list(lower.predict_on_batch(image * part + fill * (1.0 - part)))
-                for part in np.split(shown, count // chunk)
-            ]
+            parts = [features_of(copies) for copies in _masked_copies(image, self.masks, chunk)]
             self.features.append([np.concatenate(cut) for cut in zip(*parts, strict=True)])
 
     def maps(self, upper: keras.Model, targets: Sequence[int]) -> np.ndarray:
         """(N, h, w) RISE maps, not scaled, of softmax(upper(features)) for each image's class;
-        `upper` takes the cut's features (and a model's patient fields last) and gives logits."""
+        `upper` takes the cut's features (and a model's patient fields last) and gives logits.
+        Each image's copies are one call."""
         out = []
         for i, (features, target) in enumerate(zip(self.features, targets, strict=True)):
-            scores = []
-            for start in range(0, len(self.masks), self.chunk):
-                inputs = [f[start : start + self.chunk] for f in features]
-                if self.fields is not None:
-                    inputs.append(np.repeat(self.fields[i : i + 1], self.chunk, axis=0))
-                logits = upper.predict_on_batch(inputs if len(inputs) > 1 else inputs[0])
-                scores.append(tf.nn.softmax(logits).numpy()[:, int(target)])
-            weighted = np.tensordot(np.concatenate(scores), self.masks, axes=1)
-            out.append(weighted / self.kept)
+            inputs = list(features)
+            if self.fields is not None:
+                inputs.append(np.repeat(self.fields[i : i + 1], len(self.masks), axis=0))
+            logits = upper.predict_on_batch(inputs if len(inputs) > 1 else inputs[0])
+            scores = tf.nn.softmax(logits).numpy()[:, int(target)]
+            out.append(np.tensordot(scores, self.masks, axes=1) / self.kept)
         return np.stack(out).astype(np.float32)
+
+
+def _checked_masks(count: int, chunk: int, hw: tuple[int, int]) -> np.ndarray:
+    if count % chunk:
+        raise ValueError(f"{count} masks is not a multiple of the chunk {chunk}")
+    return rise_masks(count, hw=tuple(hw)).numpy()
+
+
+def _masked_copies(image: np.ndarray, masks: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
+    """`rise_saliency`'s masked copies of one image, `chunk` at a time: the image where a mask
+    is 1, its mean colour where it is 0."""
+    fill = image.mean(axis=(0, 1), keepdims=True)
+    for start in range(0, len(masks), chunk):
+        shown = masks[start : start + chunk, ..., None]
+        yield image * shown + fill * (1.0 - shown)
+
+
+def _features_function(lower: keras.Model, engine: str) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """The trunk's features (every cut, in `lower`'s output order) of a batch of copies."""
+    if engine == "tensorflow":
+        return lambda copies: _as_list(lower.predict_on_batch(copies))
+    if engine != "litert":
+        raise ValueError(f"unknown engine {engine!r}: choose litert or tensorflow")
+    from skin_tf.models.litert_runtime import LiteRTRunner, float_flatbuffer
+
+    runner = LiteRTRunner(float_flatbuffer(lower))
+    return runner.run
 
 
 def _as_list(outputs: object) -> list[np.ndarray]:

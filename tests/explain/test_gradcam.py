@@ -234,3 +234,28 @@ def test_a_model_with_patient_fields_is_mapped_with_them_held(real_frame):
     assert score.shape == (1, SIZE, SIZE) and 0.0 <= score.min() <= score.max() <= 1.0
     with pytest.raises(ValueError, match="pass fields"):
         gradcam_heatmaps(model, images)
+
+
+@pytest.mark.parametrize("metadata_width", [0, 5])
+def test_scorecam_on_another_engine_equals_scorecam_in_tensorflow(metadata_width):
+    """Given `predict` (the checks pass the model's LiteRT copy), Score-CAM's masked copies are
+    scored by it: the maps equal those of the model's own TensorFlow passes, fields held too."""
+    from skin_tf.explain.faithfulness import probability_function
+    from skin_tf.explain.gradcam import logit_model
+    from tests.fakes import small_classifier
+
+    model = small_classifier((32, 48), metadata_width=metadata_width, seed=4)
+    conv = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    rng = np.random.default_rng(8)
+    images = rng.uniform(0, 255, (3, 32, 48, 3)).astype("float32")
+    fields = rng.uniform(0, 1, (3, metadata_width)).astype("float32") if metadata_width else None
+    logits = logit_model(model)
+    kwargs = {"method": "scorecam", "layer": conv, "logits": True, "fields": fields}
+    in_tensorflow = gradcam_heatmaps(logits, images, [1, 3, 6], **kwargs)
+    on_litert = gradcam_heatmaps(
+        logits, images, [1, 3, 6], predict=probability_function(model), **kwargs
+    )
+    assert in_tensorflow.std() > 0.01  # maps with structure, not flat
+    np.testing.assert_allclose(on_litert, in_tensorflow, atol=1e-4)
+    other_class = gradcam_heatmaps(logits, images, [0, 0, 0], **kwargs)
+    assert np.abs(other_class - in_tensorflow).max() > 1e-3  # so the equality says something

@@ -92,10 +92,13 @@ def test_gradcam_heatmaps_draws_rise_at_the_input_grid_in_0_1():
         gradcam_heatmaps(model, images, [1, 2], method="rise", layer="top_conv")
 
 
-@pytest.mark.parametrize("metadata_width", [0, 5])
-def test_the_trunk_cache_gives_the_cascades_rise_maps_at_every_step(metadata_width):
-    """RiseOnTrunk (masked copies through the shared layers once) equals RISE through the whole
-    randomised copy at each step of the cascade, with patient fields held too."""
+@pytest.mark.parametrize(
+    ("metadata_width", "engine"), [(0, "litert"), (5, "litert"), (0, "tensorflow")]
+)
+def test_the_trunk_cache_gives_the_cascades_rise_maps_at_every_step(metadata_width, engine):
+    """RiseOnTrunk (masked copies through the shared layers once, on either engine) equals RISE
+    through the whole randomised copy at each step of the cascade, with patient fields held
+    too."""
     import keras
 
     from skin_tf.explain.gradcam import logit_model
@@ -118,7 +121,7 @@ def test_the_trunk_cache_gives_the_cascades_rise_maps_at_every_step(metadata_wid
     for step, copy in cascade(logits, depth=4, seed=0):
         lower, upper = trunk_split(copy, depth=4)
         assert lower.layers[-1].name == "block5c_add"
-        trunk = trunk or RiseOnTrunk(lower, images, fields, count=100)
+        trunk = trunk or RiseOnTrunk(lower, images, fields, count=100, engine=engine)
         cached = trunk.maps(upper, targets)
         full = rise_maps(copy, images, targets, fields, count=100).numpy()
         np.testing.assert_allclose(cached, full, rtol=1e-4, atol=1e-6)
@@ -141,7 +144,7 @@ def test_the_trunk_is_cut_below_the_deepest_stage_the_cascade_reaches():
 
 @pytest.mark.parametrize("metadata_width", [0, 5])
 def test_rise_on_the_checks_engine_equals_rise_in_the_graph(metadata_width):
-    """rise_maps_of (eager, each chunk one LiteRT call, as explain-check runs it) gives the maps
+    """rise_maps_of (numpy, each chunk one LiteRT call, as explain-check runs it) gives the maps
     of rise_maps (one traced TensorFlow call, as the explain endpoint runs it)."""
     from skin_tf.explain.faithfulness import probability_function
     from skin_tf.explain.gradcam import logit_model
@@ -152,7 +155,7 @@ def test_rise_on_the_checks_engine_equals_rise_in_the_graph(metadata_width):
     rng = np.random.default_rng(6)
     images = rng.uniform(0, 255, (2, 32, 48, 3)).astype("float32")
     fields = rng.uniform(0, 1, (2, metadata_width)).astype("float32") if metadata_width else None
-    fast = rise_maps_of(probability_function(model), images, [2, 5], fields, count=200).numpy()
+    fast = rise_maps_of(probability_function(model), images, [2, 5], fields, count=200)
     graph = rise_maps(logit_model(model), images, [2, 5], fields, count=200).numpy()
     assert fast.shape == (2, 32, 48) and fast.std() > 1e-4  # not flat: the masks moved the answer
     np.testing.assert_allclose(fast, graph, rtol=1e-4, atol=1e-6)
