@@ -80,8 +80,9 @@ class CheckConfig:
     fill: what a removed pixel becomes ("mean" colour or "blur", see
     `skin_tf.explain.faithfulness`); randomization_images: how many of them the cascade
     re-explains; cascade_depth: head, top, then this many minus two stages (each step costs
-    every method again); batch_size: images per model call. With these defaults the demo's
-    check took 9.8 min on 2 cores (benchmarks/README.md, "How many masks RISE needs").
+    every method again); batch_size: images per model call. With these defaults the check
+    took 5.6 min on the demo's 96 px model and 9.1 min at 128 px on a 2-core AMD EPYC
+    (benchmarks/README.md, "The whole check at 128 px with them").
     """
 
     images: int = 200
