@@ -159,3 +159,35 @@ def test_rise_on_the_checks_engine_equals_rise_in_the_graph(metadata_width):
     graph = rise_maps(logit_model(model), images, [2, 5], fields, count=200).numpy()
     assert fast.shape == (2, 32, 48) and fast.std() > 1e-4  # not flat: the masks moved the answer
     np.testing.assert_allclose(fast, graph, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_ensembles_trunk_on_litert_keeps_each_members_cut_in_place():
+    """An ensemble's trunk has one cut per member, of the same shape; on LiteRT they must come
+    back in the model's order (the interpreter lists outputs in its own), or the upper part would
+    read member 0's features as member 1's: the maps equal the TensorFlow trunk's."""
+    import keras
+
+    from skin_tf.explain.gradcam import logit_model
+    from skin_tf.explain.rise import RiseOnTrunk
+    from skin_tf.explain.sanity import trunk_split
+    from skin_tf.models.classifier import build_classifier
+    from skin_tf.models.ensemble import combine_classifiers
+
+    keras.utils.set_random_seed(11)
+    members = [build_classifier("efficientnet_lite0", (32, 48), weights=None) for _ in range(2)]
+    rng = np.random.default_rng(12)
+    for member in members:  # batch norms away from their identity, each member its own
+        for layer in member.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.moving_mean.assign(rng.normal(0, 0.2, layer.moving_mean.shape))
+    lower, upper = trunk_split(logit_model(combine_classifiers(members)), depth=4)
+    assert len(lower.outputs) == 2 and lower.outputs[0].shape == lower.outputs[1].shape
+    images = rng.uniform(0, 255, (2, 32, 48, 3)).astype("float32")
+    on_litert = RiseOnTrunk(lower, images, count=100, engine="litert")
+    in_tensorflow = RiseOnTrunk(lower, images, count=100, engine="tensorflow")
+    for mine, theirs in zip(on_litert.features[0], in_tensorflow.features[0], strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-3, atol=1e-3)
+    maps = on_litert.maps(upper, [1, 4])
+    assert maps.std() > 1e-5  # the masks move the answer
+    np.testing.assert_allclose(maps, in_tensorflow.maps(upper, [1, 4]), rtol=1e-4, atol=1e-6)
