@@ -8,9 +8,10 @@ rounds interleaved (issue 33): TensorFlow (before), the same float32 network con
 For the first N images `skin-tf explain-check` picks (test split, classes in turn, seed 0), each
 explained for its predicted class, every route computes the same work:
 - RISE maps of the trained model with the check's masks (`rise.MASKS`): `rise_maps` (one traced
-  TensorFlow call, the `explain` endpoint's route), `rise_saliency` run eagerly around each
-  LiteRT call (the check's route until the masked copies were made in numpy), and `rise_maps_of`
-  (numpy copies, each chunk one LiteRT call: now);
+  TensorFlow call, the `explain` endpoint's route) and `rise_maps_of` (`rise_saliency` run
+  eagerly, each chunk of masked copies one LiteRT call: the check's). At commit 8fa129a
+  `rise_maps_of` made its copies in numpy and a third route timed the eager one against it
+  (0.98x, benchmarks/explain/2026-12-07_check_passes_cpu128.json): no gain, so it was removed;
 - deletion and insertion curves (16 steps, mean fill, 128 images a call) of three map families,
   RISE's, the centred Gaussian and a random map (the check has nine), on either engine;
 - Score-CAM maps (64 masked copies an image): the model's TensorFlow `predict_on_batch`, or
@@ -40,7 +41,7 @@ import numpy as np
 
 # work: its routes, the one it is compared with first (before), the one the check runs last (now)
 ROUTES = {
-    "rise": ("tensorflow", "litert_eager", "litert"),
+    "rise": ("tensorflow", "litert"),
     "curves": ("tensorflow", "litert"),
     "scorecam": ("tensorflow", "litert"),
     "trunk": ("tensorflow", "litert"),
@@ -83,20 +84,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    import tensorflow as tf
     from bench_rise import explained_images
 
     from skin_tf.explain import faithfulness
     from skin_tf.explain.checks import CheckConfig
     from skin_tf.explain.gradcam import gradcam_heatmaps, logit_model, normalize_heatmaps
-    from skin_tf.explain.rise import (
-        MASKS,
-        RiseOnTrunk,
-        rise_maps,
-        rise_maps_of,
-        rise_masks,
-        rise_saliency,
-    )
+    from skin_tf.explain.rise import MASKS, RiseOnTrunk, rise_maps, rise_maps_of
     from skin_tf.explain.sanity import trunk_split
     from skin_tf.runs import hardware
 
@@ -119,13 +112,6 @@ def measure(args: argparse.Namespace) -> dict:
     def scaled(maps) -> np.ndarray:
         return np.clip(normalize_heatmaps(maps).numpy(), 0.0, 1.0)
 
-    def rise_eager() -> np.ndarray:  # the check's RISE until this change
-        def probabilities(batch):
-            return tf.constant(on_litert(batch.numpy()))
-
-        masks = rise_masks(MASKS, hw=hw)
-        return rise_saliency(probabilities, tf.constant(images), targets, masks).numpy()
-
     def curves(predict):
         maps = {"rise": scaled(rise_now), **baselines}
         return faithfulness.deletion_insertion(predict, images, maps, classes, 16, "mean", 0, 128)
@@ -137,7 +123,6 @@ def measure(args: argparse.Namespace) -> dict:
     work = {
         "rise": {
             "tensorflow": lambda: scaled(rise_maps(logits, images, targets)),
-            "litert_eager": lambda: scaled(rise_eager()),
             "litert": lambda: scaled(rise_maps_of(on_litert, images, classes)),
         },
         "curves": {

@@ -17,10 +17,11 @@ randomised model's maps).
 Why a hand-written method: the cpu models' last conv grid is 4×4, and on it no gradient or
 Score-CAM map beat a centred blob on deletion (`results/explain/`); RISE reads the answers at
 the input's own resolution. tf-keras-vis has no perturbation method. `rise_saliency` is the
-SavedModel's `explain` endpoint's (in its graph); the checks make the same copies and sums in
-numpy around a faster engine's answers (`rise_maps_of`, `RiseOnTrunk`; tests hold the maps
-equal). The masks come from stateless random ops with a fixed seed, so every route draws the
-same ones and the export stores no mask. Cost: MASKS forward passes per image.
+SavedModel's `explain` endpoint's (in its graph) and, run eagerly around a faster engine's
+answers, the checks' (`rise_maps_of`); `RiseOnTrunk` makes the same copies and sums in numpy
+(tests hold the maps equal). The masks come from stateless random ops with a fixed seed, so
+every route draws the same ones and the export stores no mask. Cost: MASKS forward passes per
+image.
 
 Example:
     >>> masks = rise_masks(4, (6, 8), grid=2)
@@ -181,27 +182,25 @@ def rise_maps_of(
     targets: Sequence[int],
     fields: np.ndarray | None = None,
     count: int = MASKS,
-    chunk: int = CHUNK,
 ) -> np.ndarray:
     """RISE maps (N, h, w), not scaled, of a numpy `predict(batch, fields)` (probabilities, e.g.
     `skin_tf.explain.faithfulness.probability_function(model)` on LiteRT, which the checks use
-    for speed): `rise_saliency`'s masks, copies and sums in numpy, each chunk of masked copies
-    one call (a test holds the maps equal to `rise_maps`'s).
+    for speed): `rise_saliency` run eagerly, each chunk of masked copies one call. (Making the
+    copies in numpy instead was no faster: benchmarks/README.md.)
 
     Example:
         >>> maps = rise_maps_of(probability_function(model), images, [4, 5])  # doctest: +SKIP
     """
-    images = np.asarray(images, np.float32)
-    masks = _checked_masks(count, chunk, images.shape[1:3])
-    kept = np.maximum(masks.sum(axis=0), 1e-6)
-    out = []
-    for i, (image, target) in enumerate(zip(images, targets, strict=True)):
-        held = None if fields is None else np.repeat(fields[i : i + 1], chunk, axis=0)
-        scores = [
-            predict(copies, held)[:, int(target)] for copies in _masked_copies(image, masks, chunk)
-        ]
-        out.append(np.tensordot(np.concatenate(scores), masks, axes=1) / kept)
-    return np.stack(out).astype(np.float32)
+    masks = rise_masks(count, hw=images.shape[1:3])
+
+    def probabilities(batch: tf.Tensor, *held: tf.Tensor) -> tf.Tensor:
+        return tf.constant(predict(batch.numpy(), held[0].numpy() if held else None))
+
+    held = () if fields is None else (tf.constant(fields, tf.float32),)
+    maps = rise_saliency(
+        probabilities, tf.constant(images, tf.float32), list(targets), masks, *held
+    )
+    return maps.numpy()
 
 
 class RiseOnTrunk:
@@ -232,8 +231,10 @@ class RiseOnTrunk:
         chunk: int = CHUNK,
         engine: str = "litert",
     ) -> None:
+        if count % chunk:
+            raise ValueError(f"{count} masks is not a multiple of the chunk {chunk}")
         images = np.asarray(images, np.float32)
-        self.masks = _checked_masks(count, chunk, images.shape[1:3])
+        self.masks = rise_masks(count, hw=images.shape[1:3]).numpy()
         self.kept = np.maximum(self.masks.sum(axis=0), 1e-6)
         self.fields = fields
         features_of = _features_function(lower, engine)
@@ -255,12 +256,6 @@ class RiseOnTrunk:
             scores = tf.nn.softmax(logits).numpy()[:, int(target)]
             out.append(np.tensordot(scores, self.masks, axes=1) / self.kept)
         return np.stack(out).astype(np.float32)
-
-
-def _checked_masks(count: int, chunk: int, hw: tuple[int, int]) -> np.ndarray:
-    if count % chunk:
-        raise ValueError(f"{count} masks is not a multiple of the chunk {chunk}")
-    return rise_masks(count, hw=tuple(hw)).numpy()
 
 
 def _masked_copies(image: np.ndarray, masks: np.ndarray, chunk: int) -> Iterator[np.ndarray]:

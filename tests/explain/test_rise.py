@@ -144,7 +144,7 @@ def test_the_trunk_is_cut_below_the_deepest_stage_the_cascade_reaches():
 
 @pytest.mark.parametrize("metadata_width", [0, 5])
 def test_rise_on_the_checks_engine_equals_rise_in_the_graph(metadata_width):
-    """rise_maps_of (numpy, each chunk one LiteRT call, as explain-check runs it) gives the maps
+    """rise_maps_of (eager, each chunk one LiteRT call, as explain-check runs it) gives the maps
     of rise_maps (one traced TensorFlow call, as the explain endpoint runs it)."""
     from skin_tf.explain.faithfulness import probability_function
     from skin_tf.explain.gradcam import logit_model
