@@ -92,6 +92,7 @@ def cpu_seconds() -> float:
 def run_arm(arm: str, args: argparse.Namespace) -> dict:
     """Train one arm in this process; per-epoch times and both variants' val metrics."""
     import keras
+    import numpy as np
 
     from skin_tf.data.pipeline import make_dataset
     from skin_tf.models.losses import build_loss
@@ -109,6 +110,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
     runs = args.out / "runs"
     record = args.out / f"{arm}.epochs.jsonl"
+    snapshots = args.out / f"{arm}.val_probs"
     resume = unfinished_run(runs, arm)
     epochs = epochs_so_far(record, resume)
     # A resumed arm's clocks go on from its last recorded epoch (unknown CPU time stays unknown).
@@ -126,6 +128,11 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
             logs = logs if logs is not None else {}
             probs = predict_probs(self.model, val_images)
             raw = validation_logs(val["label"].to_numpy(), probs, loss)
+            # Every epoch's val probabilities and weights: a snapshot ensemble of the last
+            # epochs is then measured on val (and, if chosen, test) without a second training.
+            snapshots.mkdir(parents=True, exist_ok=True)
+            np.save(snapshots / f"epoch_{epoch + 1:02d}.npy", probs)
+            self.model.save_weights(snapshots / f"epoch_{epoch + 1:02d}.weights.h5")
             logs.update({f"raw_{k}": v for k, v in raw.items()})
             cpu = None if cpu_before is None else cpu_before + cpu_seconds() - cpu_start
             epochs.append(
