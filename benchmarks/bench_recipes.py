@@ -21,10 +21,12 @@ epoch × step time at each epoch's size + one validation pass) and when it reach
         [--out runs/bench_recipes] [--arms lite0_128 lite0_prog_150x200] [--costs] \\
         [--test VARIANT ...]
 
-Each finished arm writes `<out>/<arm>.json`; a rerun skips arms already measured, so an
-interrupted benchmark resumes. An arm cut off mid-training resumes too, from its run's last
-finished epoch (`skin_tf.train(resume=...)`), its epochs so far read back from
-`<out>/<arm>.epochs.jsonl`; wall and CPU time then count the epochs trained, not the pause.
+Each finished arm writes `<out>/<arm>.json` (and, epoch by epoch, `<out>/<arm>.val_probs/`: the
+trained weights' validation probabilities and weights, which `bench_snapshots.py` averages); a
+rerun skips arms already measured, so an interrupted benchmark resumes. An arm cut off
+mid-training resumes too, from its run's last finished epoch (`skin_tf.train(resume=...)`),
+its epochs so far read back from `<out>/<arm>.epochs.jsonl`; wall and CPU time then count the
+epochs trained, not the pause.
 The tables print validation figures for every variant; test figures only for the variants named
 with `--test` (chosen on validation), with their paired difference from `lite0_128` on the same
 test images.
