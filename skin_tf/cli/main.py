@@ -300,8 +300,9 @@ def _meta_gain(args: argparse.Namespace) -> int:
     from skin_tf.evaluation.meta_gain import write_metadata_gain
 
     path = write_metadata_gain(
-        args.image_run, args.fields_run, args.results, args.data, args.bootstrap, args.seed
-    )
+        args.image_run, args.fields_run, args.results, args.data, args.bootstrap, args.seed,
+        args.split,
+    )  # fmt: skip
     import pandas as pd
 
     table = pd.read_csv(path.with_suffix(".csv"))
@@ -325,6 +326,8 @@ def _add_meta_gain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="HAM10000 folder if not the run's own")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (lesions)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="val: compare on validation (to choose), into <run>_val.md")  # fmt: skip
     p.set_defaults(func=_meta_gain)
 
 

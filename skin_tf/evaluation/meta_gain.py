@@ -7,10 +7,12 @@ or site gets). Each is compared with the image-only run by a paired lesion boots
 (`compare.paired_difference`) on balanced accuracy, melanoma ROC AUC, accuracy, macro-F1 and
 every class's recall.
 
-    skin-tf meta-gain runs/<image-only run> runs/<run with fields>
+    skin-tf meta-gain runs/<image-only run> runs/<run with fields> [--split val]
 
 writes results/metadata/<run>.md, a table of the differences with their 95 % intervals, and
-results/metadata/<run>.png, the change in each class's recall.
+results/metadata/<run>.png, the change in each class's recall. `--split val` compares the
+validation predictions instead (into <run>_val.md): the split to choose a recipe on, so that
+test is read once, for what was chosen.
 
     >>> table = metadata_gain("runs/a__baseline-cpu", "runs/b__meta-cpu")  # doctest: +SKIP
     >>> table.set_index(["case", "metric"]).loc[("all given", "mel_roc_auc")]  # doctest: +SKIP
@@ -43,9 +45,10 @@ def metadata_gain(
     data_root: str | os.PathLike | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    split: str = "test",
 ) -> pd.DataFrame:
     """One row per (case, metric): the image-only run's value, the fields run's, and the paired
-    difference (fields − image-only) with its 95 % lesion-bootstrap interval.
+    difference (fields − image-only) with its 95 % lesion-bootstrap interval, on `split`.
 
     data_root: the images, for the withheld case (default: the fields run's own data root).
     """
@@ -56,10 +59,10 @@ def metadata_gain(
             f"{image_run} takes patient fields {list(wrong)}: give an image-only run first, then "
             "the run with fields"
         )
-    image_only = read_predictions(image_run, "test")
+    image_only = read_predictions(image_run, split)
     cases = {
-        CASES[0]: read_predictions(fields_run, "test"),
-        CASES[1]: predict_with_fields_withheld(fields_run, "test", data_root),
+        CASES[0]: read_predictions(fields_run, split),
+        CASES[1]: predict_with_fields_withheld(fields_run, split, data_root),
     }
     labels = image_only["label"].to_numpy(dtype=int)
     rows = []
@@ -119,22 +122,25 @@ def write_metadata_gain(
     data_root: str | os.PathLike | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    split: str = "test",
 ) -> Path:
-    """`metadata_gain` as results/metadata/<fields run>.md (+ .png, + .csv); returns the .md."""
+    """`metadata_gain` as results/metadata/<fields run>.md (+ .png, + .csv; <fields run>_val.*
+    for split "val", so a validation comparison never replaces the test one); returns the .md."""
     image_run, fields_run = Path(image_run), Path(fields_run)
-    table = metadata_gain(image_run, fields_run, data_root, n_boot, seed)
-    name = run_name_of(fields_run)
+    table = metadata_gain(image_run, fields_run, data_root, n_boot, seed, split)
+    name = run_name_of(fields_run) + ("" if split == "test" else f"_{split}")
     out = Path(results_dir) / OUT_FOLDER
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"{name}.csv", index=False, float_format="%.4f")
     caption = run_caption(
         fields_run,
-        f"skin-tf meta-gain, test split, {run_name_of(image_run)} vs {name}, "
+        f"skin-tf meta-gain, {split} split, {run_name_of(image_run)} vs {run_name_of(fields_run)}, "
         f"paired lesion bootstrap ({n_boot} resamples)",
     )
     figure = plots.paired_class_changes(
         _class_changes(table),
-        title=f"What age, sex and site change per class: {name} − {run_name_of(image_run)}",
+        title=f"What age, sex and site change per class: {run_name_of(fields_run)} − "
+        f"{run_name_of(image_run)} ({split})",
         caption=caption,
     )
     plots.save_figure(figure, out / f"{name}.png")
@@ -154,11 +160,11 @@ def _class_changes(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def _markdown(table: pd.DataFrame, image_run: Path, fields_run: Path, name: str, caption: str):
-    fields = ", ".join(patient_fields(fields_run))
+    fields, run = ", ".join(patient_fields(fields_run)), run_name_of(fields_run)
     lines = [
-        f"# What the patient fields add: {name}",
+        f"# What the patient fields add: {run}" + ("" if name == run else f" ({name})"),
         "",
-        f"`{name}` was trained with the patient fields ({fields}) beside each image; "
+        f"`{run}` was trained with the patient fields ({fields}) beside each image; "
         f"`{run_name_of(image_run)}` is the same recipe on the images alone, tested on the same "
         "images. **all given**: the fields run as tested, with every field the data has; "
         "**none given**: its model on the same images with every field withheld. Differences "

@@ -101,6 +101,22 @@ def test_the_command_prints_the_headline_changes_and_names_its_files(two_runs, t
     assert "error: " in capsys.readouterr().err
 
 
+def test_the_validation_comparison_is_its_own_report(two_runs, tmp_path):
+    image_only, with_fields = two_runs
+    test = write_metadata_gain(image_only, with_fields, tmp_path, n_boot=10)
+    val = write_metadata_gain(image_only, with_fields, tmp_path, n_boot=10, split="val")
+    assert val == tmp_path / "metadata" / "fields_val.md" and test.is_file()
+    table = pd.read_csv(val.with_suffix(".csv")).set_index(["case", "metric"])
+    metrics = json.loads((image_only / "metrics.json").read_text())["val"]
+    expected = metrics["balanced_accuracy"]
+    assert table.loc[(CASES[0], "balanced_accuracy"), "image_only"] == pytest.approx(
+        expected, abs=1e-4
+    )
+    text = val.read_text()
+    assert text.startswith("# What the patient fields add: fields (fields_val)")
+    assert "val split" in text and "![per-class recall changes](fields_val.png)" in text
+
+
 def test_a_run_with_fields_is_evaluated_with_tta_like_any_run(two_runs, tmp_path):
     from skin_tf.evaluation.evaluate import evaluate_run
 
