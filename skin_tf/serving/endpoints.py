@@ -86,8 +86,8 @@ def input_size(model: keras.Model) -> tuple[int, int]:
     height, width = image_input(model).shape[1:3]
     if height is None or width is None:
         raise ValueError(
-            f"model input {image_input(model).shape} has no fixed size: fix it with "
-            "skin_tf.models.classifier.with_input_size(model, image_size) before exporting"
+            f"model input {image_input(model).shape} has no fixed size: build it with one "
+            "(build_classifier(..., image_size=...)) before exporting"
         )
     return int(height), int(width)
 

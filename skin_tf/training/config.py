@@ -140,11 +140,6 @@ class TrainConfig:
     # freeze_epochs == epochs trains the head alone (a frozen pretrained backbone).
     freeze_epochs: int = 0
     fine_tune_lr_factor: float = 0.1  # phase 2 (whole model) runs at learning_rate * this
-    # Progressive resizing: the first low_res_epochs train at low_res_size (cheaper), the rest at
-    # image_size, where the BatchNorm statistics and the last layers adapt to the served size
-    # (the "FixRes" effect); validation is always at image_size. EfficientNet-Lite only.
-    low_res_size: int | tuple[int, int] | None = None
-    low_res_epochs: int = 0
     # Exponential moving average of the weights (Keras optimizers' use_ema), 0.998 ≈ the last
     # 500 steps; validation, checkpoint selection and best.keras use the averaged weights.
     ema_momentum: float | None = None
@@ -273,13 +268,23 @@ def parse_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
     return result
 
 
+# Fields removed after measurement, with the value that meant "off": the config.json of a run
+# made before the removal still reads when they are off; one that used them is refused.
+RETIRED_FIELDS = {"low_res_size": None, "low_res_epochs": 0}
+RETIRED_WHY = (
+    "progressive resizing (low_res_size, low_res_epochs) was removed after issue 30 measured it: "
+    "no gain over training at image_size, at 1.6x the estimated time (benchmarks/README.md, "
+    "'Which CPU recipe'); train at image_size"
+)
+
+
 def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
     """Validate a (possibly partial) dict and build a TrainConfig; missing keys take defaults.
 
     >>> config_from_dict({"epochs": 2}).epochs
     2
     """
-    _check_keys(data, source)
+    data = _without_retired(data, source)
     values: dict[str, Any] = {}
     hints = typing.get_type_hints(TrainConfig)
     for name, value in data.items():
@@ -292,9 +297,19 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfi
     return config
 
 
+def _without_retired(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` without the retired fields (checked by `_check_keys` to be off)."""
+    _check_keys(data, source)
+    return {key: value for key, value in data.items() if key not in RETIRED_FIELDS}
+
+
 def _check_keys(data: dict[str, Any], source: str) -> None:
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     for key, value in data.items():
+        if key in RETIRED_FIELDS:
+            if value != RETIRED_FIELDS[key]:
+                raise ConfigError(f"{source}: {key}={value!r}: {RETIRED_WHY}")
+            continue
         if key not in known:
             raise ConfigError(f"{source}: unknown key {key!r}{did_you_mean(key, known)}")
         if key == "augment" and isinstance(value, dict):
@@ -347,20 +362,6 @@ def _check_values(c: TrainConfig, source: str) -> None:
 
     if not all(32 <= side <= 1024 for side in sides("image_size")):
         fail("image_size", "must be a side or [height, width] between 32 and 1024 pixels")
-    if (c.low_res_size is None) != (c.low_res_epochs == 0):
-        fail("low_res_epochs", "and low_res_size go together: set both (or neither)")
-    if c.low_res_size is not None:
-        if not all(side >= 32 for side in sides("low_res_size")):
-            fail("low_res_size", "must be a side or [height, width] of at least 32 pixels")
-        if not 0 < c.low_res_epochs < c.epochs:
-            fail("low_res_epochs", f"must be in [1, epochs={c.epochs}): the last epoch is at "
-                 "image_size")  # fmt: skip
-        if not c.model.startswith("efficientnet_lite"):
-            fail("low_res_size", "needs an efficientnet_lite model: the Keras EfficientNet-B "
-                 "models pad by their input's fixed size, so they compute another function at "
-                 "another size")  # fmt: skip
-        if c.freeze_epochs:
-            fail("low_res_size", "cannot be combined with freeze_epochs (one phase only)")
     try:
         check_fields(c.metadata)
     except ValueError as error:

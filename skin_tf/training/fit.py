@@ -4,15 +4,13 @@
 2. read the index and split it by lesion (or take given splits, for cross-validation folds);
 3. build the model (seeded, in the distribution strategy's scope, before the run directory exists,
    so missing weights leave no half-made run) and make the run directory (`run_dir.create_run`);
-4. plan the phases (head only, then the whole model, when `freeze_epochs` > 0) and, within a
-   phase, the image size of each epoch (`low_res_size` first, then `image_size`);
+4. plan the phases (head only, then the whole model, when `freeze_epochs` > 0);
 5. fit each phase on the training stream; after every epoch a callback
-   (`selection.validation_callback`) predicts the validation set (at `image_size`, with the
-   averaged weights when `ema_momentum` is set) and ModelCheckpoint keeps the epoch that is best
+   (`selection.validation_callback`) predicts the validation set (with the averaged weights
+   when `ema_momentum` is set) and ModelCheckpoint keeps the epoch that is best
    by `select_metric` as best.keras; CSVLogger appends history.csv (with `epoch_seconds`);
    BackupAndRestore keeps the last finished epoch in `<run>/backup/` so a run can resume;
-6. predict val and test with best.keras (predictions_*.csv), fixed to `image_size` first when
-   the model was trained at several sizes;
+6. predict val and test with best.keras (predictions_*.csv);
 7. write metrics.json (`skin_tf.evaluation.metrics`, lesion-bootstrap intervals) and the
    training time (`train_seconds`, the sum of `epoch_seconds`) into meta.json.
 
@@ -222,11 +220,9 @@ def build_model(config: TrainConfig, dist: Distribution) -> tuple[keras.Model, s
 
     keras.utils.set_random_seed(config.seed)
     policy = configure_precision(config.precision)
-    # Trained at two sizes, the model takes any size; `_evaluate` fixes it to image_size.
-    size = config.image_size if config.low_res_size is None else (None, None)
     with dist.strategy.scope():
         model = build_classifier(
-            config.model, size, config.weights, config.dropout,
+            config.model, config.image_size, config.weights, config.dropout,
             metadata_width=meta_width(config.metadata), fusion=config.metadata_fusion,
         )  # fmt: skip
     return model, policy
@@ -270,23 +266,6 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
     return [head, finetune]
 
 
-def plan_sizes(config: TrainConfig, phase: Phase) -> list[tuple[int, int, Any]]:
-    """(start, end, image size) of the `model.fit` calls of a phase: the first low_res_epochs at
-    low_res_size, the rest at image_size (one call when there is no low_res_size).
-
-    >>> config = TrainConfig(model="efficientnet_lite0", image_size=(150, 200),
-    ...                      low_res_size=(112, 150), low_res_epochs=8)
-    >>> plan_sizes(config, plan_phases(config)[0])
-    [(0, 8, (112, 150)), (8, 10, (150, 200))]
-    """
-    switch = config.low_res_epochs if config.low_res_size is not None else phase.start
-    segments = [
-        (phase.start, min(switch, phase.end), config.low_res_size),
-        (max(switch, phase.start), phase.end, config.image_size),
-    ]
-    return [(start, end, size) for start, end, size in segments if start < end]
-
-
 # ------------------------------------------------------------------ 5. fit
 
 
@@ -315,12 +294,10 @@ def _datasets(
     splits: tuple[str, ...] = SPLITS,
     epochs_done: int = 0,
     batch_size: int | None = None,
-    train_size: Any = None,
 ) -> dict[str, tf.data.Dataset]:
     """Datasets of the given splits: train shuffled/augmented/balanced, val and test in order.
 
-    batch_size: the global batch (default config.batch_size, one replica). train_size: the
-    training images' size (default config.image_size); val and test are at config.image_size.
+    batch_size: the global batch (default config.batch_size, one replica).
 
     The training stream is seeded by config.seed and `epochs_done`: a resumed run draws fresh
     shuffles and augmentations instead of replaying, with trained weights, the exact batches of
@@ -337,7 +314,7 @@ def _datasets(
     if "train" in splits:
         datasets["train"] = make_dataset(
             frames["train"],
-            train_size or config.image_size,
+            config.image_size,
             training=True,
             augment=config.augment,
             balance=config.balance,
@@ -377,11 +354,8 @@ def _fit(
     global_batch = dist.global_batch_size(config.batch_size)
     common = {"epochs_done": epochs_done, "batch_size": global_batch}
     datasets = _datasets(config, frames, ("train", "val"), **common)
-    if config.low_res_size is not None:
-        low_res = _datasets(config, frames, ("train",), train_size=config.low_res_size, **common)
-        datasets["low_res"] = low_res["train"]
     datasets = {split: shard_by(dataset, "data") for split, dataset in datasets.items()}
-    steps = len(datasets["train"])  # the same at every size
+    steps = len(datasets["train"])
     weights = class_weight_for(config, frames["train"])
     loss = build_loss(config.loss, config.label_smoothing, config.focal_gamma)
     validation = validation_callback(datasets["val"], frames["val"]["label"].to_numpy(), loss)
@@ -435,19 +409,18 @@ def _fit(
             *extra,
         ]
         callbacks = [callback for callback in callbacks if callback is not None]
-        for start, end, size in plan_sizes(config, phase):
-            # BackupAndRestore sets this private field when it restores; a stale value from the
-            # previous fit would otherwise override initial_epoch below.
-            model._initial_epoch = None
-            model.fit(
-                datasets["low_res" if size == config.low_res_size else "train"],
-                epochs=end,
-                initial_epoch=start,
-                class_weight=weights,
-                callbacks=callbacks,
-                shuffle=False,  # the pipeline shuffles (seeded); Keras can't shuffle a tf.data set
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
+        # BackupAndRestore sets this private field when it restores; a stale value from the
+        # previous phase would otherwise override initial_epoch below.
+        model._initial_epoch = None
+        model.fit(
+            datasets["train"],
+            epochs=phase.end,
+            initial_epoch=phase.start,
+            class_weight=weights,
+            callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles (seeded); Keras can't shuffle a tf.data set
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
 
 
 def averaged_weights_callbacks() -> tuple[keras.callbacks.Callback, keras.callbacks.Callback]:
@@ -516,15 +489,11 @@ def _evaluate(run_dir: Path, config: TrainConfig, root: Path) -> None:
         frame_arrays,
         read_predictions,
     )
-    from skin_tf.models.classifier import with_input_size
 
     best = run_dir / "best.keras"
     if not best.is_file():
         raise RuntimeError(f"{best} is missing: no epoch was checkpointed; check history.csv")
     model = keras.saving.load_model(best, compile=False)
-    if model.input_shape[1] is None:  # trained at several sizes: serve one, image_size
-        model = with_input_size(model, config.image_size)
-        model.save(best)
     frames = split_frames(run_dir / "splits.csv", root)
     datasets = _datasets(config, frames, ("val", "test"))
     report: dict[str, Any] = selection_summary(run_dir / "history.csv", config)

@@ -333,18 +333,3 @@ def test_larger_efficientnets_build_flat_at_their_native_size(name):
     probabilities = model.predict(_images(1, size=native), verbose=0)
     assert probabilities.shape == (1, 7)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-
-
-def test_a_model_of_any_size_gets_a_fixed_size_with_the_same_function():
-    """Progressive resizing trains a model built for any size; with_input_size fixes it for
-    export and Grad-CAM. EfficientNet-Lite pads "same", so both compute the same function."""
-    from skin_tf.models.classifier import with_input_size
-
-    keras.utils.set_random_seed(0)
-    flexible = build_classifier("efficientnet_lite0", (None, None), weights=None, dropout=0.3)
-    assert flexible.input_shape == (None, None, None, 3)
-    fixed = with_input_size(flexible, (48, 64))
-    assert fixed.input_shape == (None, 48, 64, 3) and fixed.name == flexible.name
-    assert fixed.get_layer("head_dropout").rate == 0.3
-    images = np.random.default_rng(0).uniform(0, 255, (2, 48, 64, 3)).astype("float32")
-    np.testing.assert_allclose(fixed(images), flexible(images), atol=1e-5)

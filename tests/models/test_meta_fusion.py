@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from skin_tf.models.classifier import build_classifier, set_backbone_trainable, with_input_size
+from skin_tf.models.classifier import build_classifier, set_backbone_trainable
 from skin_tf.models.meta_fusion import FUSIONS, metadata_shape
 
 WIDTH = 20  # meta_width of age, sex and localization
@@ -32,16 +32,6 @@ def test_each_fusion_takes_image_and_fields_and_the_fields_change_the_answer(fus
     assert probs.shape == (3, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     other = {**inputs, "metadata": np.roll(inputs["metadata"], 1, axis=0)}
     assert not np.allclose(model.predict(other, verbose=0), probs, atol=1e-6)
-    # A model of any size, fixed to one, keeps its fields and its function.
-    any_size = build_classifier(
-        "efficientnet_lite0", (None, None), None, metadata_width=WIDTH, fusion=fusion
-    )
-    fixed = with_input_size(any_size, (32, 48))
-    shapes = {tensor.name: tuple(tensor.shape) for tensor in fixed.inputs}
-    assert metadata_shape(fixed) == (WIDTH, fusion) and shapes["image"] == (None, 32, 48, 3)
-    np.testing.assert_allclose(
-        fixed.predict(inputs, verbose=0), any_size.predict(inputs, verbose=0), atol=1e-5
-    )
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

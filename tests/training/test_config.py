@@ -289,8 +289,6 @@ def test_wrong_types_are_rejected_naming_the_key(override, key):
         ("image_size=16", "image_size"),
         ("image_size=[16, 200]", "image_size"),
         ("image_size=[150, 0]", "image_size"),
-        ("low_res_epochs=3", "low_res_epochs"),
-        ("low_res_size=[112, 150]", "low_res_epochs"),
         ("ema_momentum=1", "ema_momentum"),
         ("ema_momentum=0", "ema_momentum"),
         ("freeze_epochs=11", "freeze_epochs"),
@@ -336,25 +334,25 @@ def test_patient_fields_are_off_by_default_named_by_list_and_never_a_leak():
             load_config("baseline", overrides=[override])
 
 
-def test_progressive_resizing_and_weight_averaging_are_checked_together():
+def test_a_non_square_size_and_a_weight_average_read_back():
     config = load_config(
-        "baseline",
-        profile="cpu",
-        overrides=["image_size=[150,200]", "low_res_size=[112,150]", "low_res_epochs=7",
-                   "ema_momentum=0.998"],
-    )  # fmt: skip
-    assert (config.image_size, config.low_res_size, config.low_res_epochs) == (
-        (150, 200), (112, 150), 7
-    )  # fmt: skip
+        "baseline", profile="cpu", overrides=["image_size=[150,200]", "ema_momentum=0.998"]
+    )
+    assert (config.image_size, config.ema_momentum) == ((150, 200), 0.998)
     assert config.to_dict()["image_size"] == [150, 200]  # JSON-ready, read back as a tuple
     assert config_from_dict(config.to_dict()) == config
-    progressive = ["low_res_size=96", "low_res_epochs=2"]
-    with pytest.raises(ConfigError, match="low_res_epochs=10 must be in"):
-        load_config("baseline", profile="cpu", overrides=["low_res_size=96", "low_res_epochs=10"])
-    with pytest.raises(ConfigError, match="needs an efficientnet_lite model"):
-        load_config("baseline", overrides=progressive)  # the full profile's Keras B0
-    with pytest.raises(ConfigError, match="freeze_epochs"):
-        load_config("baseline", profile="cpu", overrides=[*progressive, "freeze_epochs=1"])
+
+
+def test_the_retired_progressive_resizing_reads_when_off_and_is_refused_when_used():
+    """A run's config.json from before the removal (the fields at their off values) still
+    reads; a config that used progressive resizing is refused with the reason."""
+    old = {**load_config("baseline").to_dict(), "low_res_size": None, "low_res_epochs": 0}
+    assert config_from_dict(old) == load_config("baseline")
+    for used in ({"low_res_size": [112, 150]}, {"low_res_epochs": 7}):
+        with pytest.raises(ConfigError, match="progressive resizing .* was removed"):
+            config_from_dict({**old, **used})
+    with pytest.raises(ConfigError, match="low_res_size=96: progressive resizing"):
+        load_config("baseline", profile="cpu", overrides=["low_res_size=96", "low_res_epochs=2"])
 
 
 def test_unknown_choice_suggests_the_closest():
