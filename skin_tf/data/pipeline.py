@@ -188,8 +188,9 @@ def make_dataset(
     metadata: patient fields beside the image (`skin_tf.data.meta_fields`: "age", "sex",
     "localization"), read from the frame's columns; the batches are then ({"image": images,
     "metadata": float32 (B, meta_width)}, labels), what a classifier built with those fields
-    takes. metadata_dropout: in training, each field of each image is blanked ("not given") with
-    this probability, so the model also learns to answer without it. Synthetic images have none.
+    takes. metadata_dropout: in training, all of an image's fields are blanked ("not given") with
+    this probability, and each field of the other images too, so the model also learns to answer
+    with some or none of them. Synthetic images have none.
 
     >>> train = make_dataset(frame[frame.split == "train"], 224, training=True)  # doctest: +SKIP
     >>> model.fit(train, epochs=10)  # doctest: +SKIP

@@ -160,8 +160,9 @@ def _head(config: dict[str, Any]) -> str:
         return f"GAP → dropout {config['dropout']}"
     return (
         f"GAP, with the patient's {', '.join(fields)} joined by {config.get('metadata_fusion')} "
-        f"fusion (each field blanked at {config.get('metadata_dropout')} in training, so each is "
-        f"optional in use; dx_type never an input) → dropout {config['dropout']}"
+        f"fusion (each image's fields all blanked at {config.get('metadata_dropout')} in "
+        "training, and each field of the rest at that rate, so each is optional in use; dx_type "
+        f"never an input) → dropout {config['dropout']}"
     )
 
 

@@ -128,7 +128,7 @@ class TrainConfig:
     # for an image-only model. Never dx_type: it records how the diagnosis was made (a leak).
     metadata: tuple[str, ...] = ()
     metadata_fusion: Literal["concat", "metablock"] = "concat"  # skin_tf.models.meta_fusion
-    metadata_dropout: float = 0.3  # training: each field blanked ("not given") at this rate
+    metadata_dropout: float = 0.3  # training: a row's fields all, else each, blanked at this rate
     # Optimisation
     epochs: int = 10
     batch_size: int = 32
@@ -367,7 +367,7 @@ def _check_values(c: TrainConfig, source: str) -> None:
     except ValueError as error:
         raise ConfigError(f"{source}: metadata: {error}") from None
     if not 0 <= c.metadata_dropout < 1:
-        fail("metadata_dropout", "must be in [0, 1): the chance of blanking each field")
+        fail("metadata_dropout", "must be in [0, 1): the chance of blanking the fields")
     if c.ema_momentum is not None and not 0 < c.ema_momentum < 1:
         fail("ema_momentum", "must be null (off) or in (0, 1), e.g. 0.998")
     if not 0.0 <= c.dropout < 1.0:

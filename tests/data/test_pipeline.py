@@ -460,6 +460,7 @@ def test_training_blanks_fields_at_the_rate_keeps_pairs_together_and_replays(rea
     for name, where in field_slices(META_FIELDS).items():
         kept = (blanked[:, where] == given[rows][:, where]).all(axis=1)
         emptied = (blanked[:, where] == blank[where]).all(axis=1)
-        assert (kept | emptied).all() and 0.35 < (emptied & ~kept).mean() < 0.6, name
+        # The row's draw or the field's own: 0.5 + 0.5 * 0.5 of the rows.
+        assert (kept | emptied).all() and 0.62 < (emptied & ~kept).mean() < 0.88, name
     with pytest.raises(ValueError, match="'dx_type' can never be a model input"):
         make_dataset(frame, SIZE, training=False, metadata=["dx_type"])
