@@ -36,32 +36,37 @@ def fields_model(train: pd.DataFrame):
     return model.fit(encode_fields(train, META_FIELDS), train["label"].to_numpy())
 
 
-def fused(image: pd.DataFrame, frame: pd.DataFrame, model, prior: np.ndarray, w: float):
-    """`image` (a predictions frame) with p ∝ p_image · (p_fields / prior)^w for the images of
-    `frame` that have any field given; the rest unchanged."""
+def likelihood_ratio(image: pd.DataFrame, frame: pd.DataFrame, model, prior: np.ndarray):
+    """Per row of `image` (a predictions frame): p_fields / prior for the images of `frame` with
+    any field given, 1 for the rest."""
     from skin_tf.data.meta_fields import META_FIELDS, blank_vector, encode_fields
-    from skin_tf.evaluation.metrics import PROB_COLUMNS
 
     rows = frame.set_index("image_id").loc[image["image_id"]].reset_index()
     encoded = encode_fields(rows, META_FIELDS)
     given = (encoded != blank_vector(META_FIELDS)).any(axis=1)
-    ratio = np.where(given[:, None], (model.predict_proba(encoded) / prior) ** w, 1.0)
-    probs = image[list(PROB_COLUMNS)].to_numpy() * ratio
+    return np.where(given[:, None], model.predict_proba(encoded) / prior, 1.0)
+
+
+def fused(image: pd.DataFrame, ratio: np.ndarray, w: float) -> pd.DataFrame:
+    """`image` with p ∝ p_image · ratio^w."""
+    from skin_tf.evaluation.metrics import PROB_COLUMNS
+
+    probs = image[list(PROB_COLUMNS)].to_numpy() * ratio**w
     out = image.copy()
     out[list(PROB_COLUMNS)] = probs / probs.sum(axis=1, keepdims=True)
     return out
 
 
-def choose_weight(image: pd.DataFrame, val: pd.DataFrame, model, prior: np.ndarray) -> pd.DataFrame:
+def choose_weight(image: pd.DataFrame, ratio: np.ndarray) -> pd.DataFrame:
     """Per w of WEIGHTS: validation log loss and balanced accuracy of the fused probabilities."""
     from sklearn.metrics import balanced_accuracy_score, log_loss
 
     from skin_tf.evaluation.metrics import PROB_COLUMNS
 
+    labels = image["label"].to_numpy()
     rows = []
     for w in WEIGHTS:
-        probs = fused(image, val, model, prior, w)[list(PROB_COLUMNS)].to_numpy()
-        labels = image["label"].to_numpy()
+        probs = fused(image, ratio, w)[list(PROB_COLUMNS)].to_numpy()
         rows.append({
             "w": w, "val_log_loss": log_loss(labels, probs, labels=range(probs.shape[1])),
             "val_balanced_accuracy": balanced_accuracy_score(labels, probs.argmax(axis=1)),
@@ -101,16 +106,18 @@ def main() -> None:
     prior = np.bincount(frames["train"]["label"], minlength=len(model.classes_))
     prior = prior / prior.sum()
     val = read_predictions(args.run_dir, "val")
-    grid = choose_weight(val, frames["val"], model, prior)
+    val_ratio = likelihood_ratio(val, frames["val"], model, prior)
+    grid = choose_weight(val, val_ratio)
     chosen = float(grid.loc[grid["val_log_loss"].idxmin(), "w"])
     print(f"{args.run_dir.name}: fields model fitted on {len(frames['train'])} training images")
     print(grid.to_string(index=False, float_format="%.4f"))
     print(f"\nchosen on validation (lowest log loss): w = {chosen}")
-    print(differences(val, fused(val, frames["val"], model, prior, chosen)))
+    print(differences(val, fused(val, val_ratio, chosen)))
     if args.test:
         test = read_predictions(args.run_dir, "test")
         print(f"\ntest, once, w = {chosen}")
-        print(differences(test, fused(test, frames["test"], model, prior, chosen)))
+        test_ratio = likelihood_ratio(test, frames["test"], model, prior)
+        print(differences(test, fused(test, test_ratio, chosen)))
 
 
 if __name__ == "__main__":
