@@ -237,8 +237,8 @@ def blank_fields(vectors, fields: Sequence[str], rate: float, seed):
     blank = tf.constant(blank_vector(fields))
     keys = tf.random.stateless_uniform([tf.shape(vectors)[0], len(fields) + 1], seed) < rate
     # One draw per field, spread over the field's columns, and one for the whole row: with the
-    # fields' draws alone a row lost every field at rate**3 (2.7 % at 0.3), so a model rarely
-    # learned what to answer when a user gives none (issue 31's second pair: -0.051 on test).
+    # fields' draws alone a row lost every field at rate**len(fields) (2.7 % for three at 0.3),
+    # so a model rarely learned the answer for a user who gives none (issue 31's second pair).
     widths = [field_width(name) for name in check_fields(fields)]
     mask = tf.repeat(keys[:, :-1] | keys[:, -1:], widths, axis=1)
     return tf.where(mask, blank[None, :], vectors)
