@@ -5,7 +5,7 @@ LiteRT float and int8 models (and an eager PyTorch EfficientNet-B0 forward when 
     .venv/bin/python benchmarks/bench_serve.py --data-root ../shared/data/ham10000 --quick
 
 Builds EfficientNet-B0 at --size (no pretrained weights: latency does not depend on weight
-values), exports it with `skin_tf.serving.export.export_model` (SavedModel + model.tflite +
+values), exports it with `skin_tf.serving.archive.export_model` (SavedModel + model.tflite +
 model_int8.tflite, the int8 model calibrated on random images), then measures:
 
 1. One image per call (after warm-up calls), p50/p95 wall time and CPU time per call:
@@ -289,8 +289,8 @@ def run(
 
     from skin_tf.data.meta_fields import META_FIELDS, blank_vector
     from skin_tf.models.classifier import build_classifier
+    from skin_tf.serving.archive import export_model
     from skin_tf.serving.engines import CheckImages
-    from skin_tf.serving.export import export_model
     from skin_tf.serving.served import load_served
 
     load_before = os.getloadavg()
@@ -396,7 +396,7 @@ def ensemble_run(
 
     from skin_tf.models.classifier import build_classifier
     from skin_tf.models.ensemble import combine_classifiers
-    from skin_tf.serving.export import export_model
+    from skin_tf.serving.archive import export_model
     from skin_tf.serving.served import load_served
 
     load_before = os.getloadavg()
@@ -485,7 +485,7 @@ def explain_run(methods: list[str], model_name: str, side: int, calls: int) -> d
     import keras
 
     from skin_tf.models.classifier import build_classifier
-    from skin_tf.serving.export import export_model
+    from skin_tf.serving.archive import export_model
     from skin_tf.serving.served import load_served
 
     load_before = os.getloadavg()

@@ -12,7 +12,8 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "export": ["export_model", "export_run"],
+        "archive": ["export_model"],
+        "export": ["export_run"],
         "served": [
             "ServedModel",
             "Assessment",

@@ -2,7 +2,7 @@
 temperature-scaled probabilities, the out-of-distribution guard's score, and the SavedModel's
 `serve` and `explain` endpoints.
 
-`skin_tf.serving.export` writes `serve` and `explain` into the SavedModel and converts
+`skin_tf.serving.archive` writes `serve` and `explain` into the SavedModel and converts
 `probabilities_function` (the same network, head and temperature, on images already at the model's
 size) into the LiteRT flatbuffers (`skin_tf.serving.litert`). Both engines therefore compute the
 same probabilities; only where the resize happens differs (inside `serve`, before the LiteRT call).

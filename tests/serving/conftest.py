@@ -68,8 +68,8 @@ def tiny_export_plain(tiny_model, tmp_path_factory) -> Path:
 
 
 def _export_tiny(model, folder: Path, guard) -> Path:
+    from skin_tf.serving.archive import export_model
     from skin_tf.serving.engines import probe_images
-    from skin_tf.serving.export import export_model
 
     return export_model(
         model,

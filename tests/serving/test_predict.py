@@ -246,7 +246,7 @@ def test_real_images_through_an_exported_model(real_frame, tmp_path):
     import keras
 
     from skin_tf.models.classifier import build_classifier
-    from skin_tf.serving.export import export_model
+    from skin_tf.serving.archive import export_model
     from skin_tf.serving.served import load_served
 
     keras.utils.set_random_seed(0)
