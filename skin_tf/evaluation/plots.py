@@ -287,8 +287,9 @@ def confusion_matrices(
     return _finish(fig, caption)
 
 
-# history.csv columns that are not per-epoch scores.
-_NOT_SCORES = ("epoch", "learning_rate", "lr")
+# history.csv columns that are not per-epoch scores (epoch_seconds: the wall time training
+# logs per epoch, hundreds of seconds, which would flatten every score on a shared axis).
+_NOT_SCORES = ("epoch", "learning_rate", "lr", "epoch_seconds")
 
 
 def training_curves(
