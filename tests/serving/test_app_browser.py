@@ -133,6 +133,10 @@ def screenshot_page(url: str, images: Path | Sequence[Path], out: Path) -> Shown
             box = re.compile(r"melanoma (flag|threshold)", re.IGNORECASE)
             page.get_by_text(box).first.wait_for()
             page.locator('[data-testid="stVegaLiteChart"]').first.wait_for()
+            # The table comes after every upload's box: the status widget alone can be absent
+            # for a moment while later uploads are still being explained (RISE takes seconds).
+            page.get_by_text("All predictions").wait_for()
+            page.locator('[data-testid="stDataFrame"]').last.wait_for()
             page.wait_for_function(
                 "() => [...document.images].every(i => i.complete && i.naturalWidth > 0)"
             )
