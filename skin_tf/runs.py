@@ -52,6 +52,7 @@ class RunConfig(Protocol):
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 SOURCE_SIZE_SAMPLE = 200  # image headers read to find the most common source size
+EPOCH_SECONDS = "epoch_seconds"  # history.csv: wall time of each epoch, validation included
 
 
 def create_run_dir(runs_dir: str | os.PathLike, run_name: str) -> Path:

@@ -24,6 +24,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from skin_tf.runs import EPOCH_SECONDS
+
 CAPTION_FONT_SIZE = 7
 _CHARS_PER_INCH = 19  # about how many 7 pt characters fit in an inch of footer
 SPLIT_STYLES = {"val": "-", "test": "--"}
@@ -287,9 +289,9 @@ def confusion_matrices(
     return _finish(fig, caption)
 
 
-# history.csv columns that are not per-epoch scores (epoch_seconds: the wall time training
+# history.csv columns that are not per-epoch scores (EPOCH_SECONDS: the wall time training
 # logs per epoch, hundreds of seconds, which would flatten every score on a shared axis).
-_NOT_SCORES = ("epoch", "learning_rate", "lr", "epoch_seconds")
+_NOT_SCORES = ("epoch", "learning_rate", "lr", EPOCH_SECONDS)
 
 
 def training_curves(

@@ -48,7 +48,7 @@ import pandas as pd
 from skin_tf.config_files import ConfigError
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.data.splits import SPLITS, apply_splits
-from skin_tf.runs import write_json
+from skin_tf.runs import EPOCH_SECONDS, write_json
 from skin_tf.training.config import TrainConfig
 from skin_tf.training.run_dir import (
     check_resume_replicas,
@@ -77,7 +77,6 @@ RUN_FILES = (
     "metrics.json",
 )
 BACKUP_DIR = "backup"  # BackupAndRestore state; removed when the run completes
-EPOCH_SECONDS = "epoch_seconds"  # history.csv: wall time of each epoch, validation included
 RESUME_SEED_STRIDE = 7919  # training-stream seed offset per finished epoch on resume (a prime)
 
 

@@ -22,7 +22,14 @@ import pandas as pd
 from skin_tf.config_files import ConfigError
 from skin_tf.data.ham10000 import resolve_data_root
 from skin_tf.data.splits import write_splits
-from skin_tf.runs import collect_meta, create_run_dir, read_json, resumable_config, write_json
+from skin_tf.runs import (
+    EPOCH_SECONDS,
+    collect_meta,
+    create_run_dir,
+    read_json,
+    resumable_config,
+    write_json,
+)
 from skin_tf.training.config import TrainConfig, config_from_dict
 
 if TYPE_CHECKING:
@@ -103,7 +110,7 @@ def record_train_seconds(run_dir: Path) -> None:
     sessions of a resumed run. Epochs logged before the column existed count as unknown (the
     sum is then left out)."""
     history = pd.read_csv(run_dir / "history.csv")
-    seconds = history.get("epoch_seconds")
+    seconds = history.get(EPOCH_SECONDS)
     meta = read_json(run_dir / "meta.json")
     if seconds is not None and seconds.notna().all():
         meta["train_seconds"] = round(float(seconds.sum()), 1)

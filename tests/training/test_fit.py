@@ -17,10 +17,10 @@ from skin_tf.cli.main import _add_train
 from skin_tf.config_files import ConfigError
 from skin_tf.data.ham10000 import CLASSES, MEL_INDEX
 from skin_tf.data.sizes import image_hw
+from skin_tf.runs import EPOCH_SECONDS
 from skin_tf.training.config import MODELS, TrainConfig, load_config
 from skin_tf.training.fit import (
     BACKUP_DIR,
-    EPOCH_SECONDS,
     RUN_FILES,
     averaged_weights_callbacks,
     check_split,
