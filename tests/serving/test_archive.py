@@ -1,6 +1,6 @@
 """skin_tf.serving.archive: a model's export folder. Reloaded `serve` equals the Keras model,
 `explain` equals tf-keras-vis (the endpoints themselves are in skin_tf.serving.endpoints; the
-LiteRT models: test_litert.py); a run's export: test_export.py)."""
+LiteRT models: test_litert.py; a run's export: test_export.py)."""
 
 from __future__ import annotations
 
